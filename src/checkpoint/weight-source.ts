@@ -1,0 +1,24 @@
+import type { SafetensorsDType } from '../safetensors/dtypes.js';
+
+/** What a stored tensor is, without reading it. */
+export interface TensorMeta {
+  shape: number[];
+  dtype: SafetensorsDType;
+}
+
+/**
+ * Weights under canonical (diffusers-style) names such as `unet.conv_in.weight`,
+ * `text_encoder.text_model.embeddings.token_embedding.weight`, `vae.decoder.conv_in.weight`.
+ * Reads one tensor at a time from disk, so memory stays near the largest tensor.
+ * A LoRA merge is a WeightSource decorator that adds scale * delta on read.
+ */
+export interface WeightSource {
+  /** Every canonical name, sorted. */
+  names(): string[];
+  has(name: string): boolean;
+  /** Throws OnestepError naming the tensor when it is absent. */
+  meta(name: string): TensorMeta;
+  /** The tensor's values as float32 (exact for f16/bf16/f8 storage). */
+  readF32(name: string): Promise<Float32Array>;
+  close(): Promise<void>;
+}
