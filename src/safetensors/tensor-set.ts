@@ -1,0 +1,150 @@
+/** One logical set of tensors: a single .safetensors file, or shards listed by a *.safetensors.index.json. */
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, normalize, sep } from 'node:path';
+import { SafetensorsError } from './errors.js';
+import { SafetensorsFile, type TensorInfo } from './reader.js';
+
+const INDEX_FILE = /\.safetensors\.index(\.[^./\\]+)?\.json$/i;
+/** diffusers/transformers variant names we do not prefer when a plain file is also there (fp16, ema, non_ema). */
+const VARIANT = /(^|[._-])(fp16|ema)([._-]|$)/i;
+
+export class TensorSet {
+  private constructor(
+    readonly files: SafetensorsFile[],
+    private readonly fileOf: Map<string, SafetensorsFile>,
+  ) {}
+
+  /** A .safetensors file, a *.safetensors.index.json, or a folder holding one of those (the index preferred). */
+  static async open(path: string): Promise<TensorSet> {
+    const st = await stat(path).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') throw new SafetensorsError(path, 'not-found', 'no such file or folder', undefined, 'Check the path.');
+      throw e;
+    });
+    const target = st.isDirectory() ? await pickInFolder(path) : path;
+    const { files, fileOf } = INDEX_FILE.test(target) ? await openIndex(target) : await openSingle(target);
+    return new TensorSet(files, fileOf);
+  }
+
+  get metadata(): Readonly<Record<string, string>> {
+    return this.files[0]?.metadata ?? {};
+  }
+
+  /** Tensor names, file by file in data order. */
+  names(): string[] {
+    return [...this.fileOf.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.fileOf.has(name);
+  }
+
+  info(name: string): TensorInfo & { file: SafetensorsFile } {
+    const file = this.fileOf.get(name);
+    if (!file) {
+      const where = this.files.length === 1 ? this.files[0].path : `${this.files.length} shards starting ${this.files[0]?.path}`;
+      throw new SafetensorsError(where, 'missing-tensor', 'no tensor with this name', name, 'Check the tensor name.');
+    }
+    return { ...file.info(name), file };
+  }
+
+  readRaw(name: string): Promise<Uint8Array> {
+    return this.info(name).file.readRaw(name);
+  }
+
+  readF32(name: string): Promise<Float32Array> {
+    return this.info(name).file.readF32(name);
+  }
+
+  readF16(name: string): Promise<Uint16Array> {
+    return this.info(name).file.readF16(name);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.files.map((f) => f.close()));
+  }
+}
+
+interface Opened {
+  files: SafetensorsFile[];
+  fileOf: Map<string, SafetensorsFile>;
+}
+
+async function openSingle(path: string): Promise<Opened> {
+  const file = await SafetensorsFile.open(path);
+  return { files: [file], fileOf: new Map([...file.tensors.keys()].map((name) => [name, file])) };
+}
+
+async function openIndex(indexPath: string): Promise<Opened> {
+  let index: unknown;
+  try {
+    index = JSON.parse(await readFile(indexPath, 'utf8'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code) throw e;
+    throw new SafetensorsError(indexPath, 'index-json', `index is not valid JSON (${(e as Error).message})`);
+  }
+  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
+    throw new SafetensorsError(indexPath, 'index-weight-map', 'index has no "weight_map" object');
+  }
+  const shardNames = new Set<string>();
+  for (const [name, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== 'string' || shard === '' || isAbsolute(shard) || normalize(shard).split(sep).includes('..')) {
+      throw new SafetensorsError(indexPath, 'index-weight-map', `shard ${JSON.stringify(shard)} is not a file name next to the index`, name);
+    }
+    shardNames.add(shard);
+  }
+  if (shardNames.size === 0) throw new SafetensorsError(indexPath, 'index-weight-map', 'weight_map is empty');
+
+  const files: SafetensorsFile[] = [];
+  try {
+    const byShard = new Map<string, SafetensorsFile>();
+    for (const shard of [...shardNames].sort()) {
+      const file = await SafetensorsFile.open(join(dirname(indexPath), shard));
+      files.push(file);
+      byShard.set(shard, file);
+    }
+    const wanted = new Map(Object.entries(weightMap as Record<string, string>).map(([name, shard]) => [name, byShard.get(shard)!]));
+    for (const [name, file] of wanted) {
+      if (!file.tensors.has(name)) {
+        throw new SafetensorsError(indexPath, 'index-missing-tensor', `weight_map puts this tensor in ${basename(file.path)}, which does not hold it`, name);
+      }
+    }
+    const fileOf = new Map<string, SafetensorsFile>();
+    for (const file of files) for (const name of file.tensors.keys()) if (wanted.get(name) === file) fileOf.set(name, file);
+    return { files, fileOf };
+  } catch (e) {
+    await Promise.all(files.map((f) => f.close()));
+    throw e;
+  }
+}
+
+/** The one index (else the one .safetensors) in a folder; variants (fp16, ema) only when nothing plainer is there. */
+async function pickInFolder(folder: string): Promise<string> {
+  const entries = (await readdir(folder, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
+  const indexes = entries.filter((n) => INDEX_FILE.test(n));
+  const singles = entries.filter((n) => /\.safetensors$/i.test(n));
+  const candidates = indexes.length > 0 ? indexes : singles;
+  const kind = indexes.length > 0 ? 'index files' : 'safetensors files';
+  if (candidates.length === 0) {
+    const pickles = entries.filter((n) => /\.(ckpt|pt|pth|bin)$/i.test(n));
+    throw new SafetensorsError(
+      folder,
+      pickles.length > 0 ? 'pickle' : 'not-found',
+      pickles.length > 0
+        ? `holds only pickle checkpoints (${pickles.join(', ')}), no .safetensors`
+        : 'holds no .safetensors file or *.safetensors.index.json',
+      undefined,
+      pickles.length > 0 ? 'onestep never unpickles files; convert the checkpoint to .safetensors first.' : 'Check the path.',
+    );
+  }
+  if (candidates.length === 1) return join(folder, candidates[0]);
+  const plain = candidates.filter((n) => !VARIANT.test(n));
+  if (plain.length === 1) return join(folder, plain[0]);
+  throw new SafetensorsError(
+    folder,
+    'ambiguous',
+    `holds several ${kind} and no single obvious one: ${candidates.join(', ')}`,
+    undefined,
+    'Pass the file you mean directly.',
+  );
+}

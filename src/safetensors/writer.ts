@@ -1,0 +1,104 @@
+/** Streaming safetensors writer: one tensor in memory at a time, atomic (temp file + rename), deterministic bytes. */
+import { randomBytes } from 'node:crypto';
+import { open as openFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { DTYPE_SIZES, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
+import { SafetensorsError } from './errors.js';
+import { MAX_HEADER_BYTES } from './reader.js';
+
+export interface TensorToWrite {
+  name: string;
+  dtype: SafetensorsDType;
+  shape: number[];
+  /** Called once, when this tensor's turn to be written comes: little-endian bytes, numel * itemsize long. */
+  data: () => Promise<Uint8Array> | Uint8Array;
+}
+
+/**
+ * Writes tensors in the given order. `onProgress(done, total, bytes)`: tensors written so far, tensor count, data bytes
+ * written so far. The file appears at `path` only when complete.
+ */
+export async function writeSafetensors(
+  path: string,
+  tensors: Iterable<TensorToWrite>,
+  metadata?: Record<string, string>,
+  onProgress?: (done: number, total: number, bytes: number) => void,
+): Promise<void> {
+  const list = [...tensors];
+  const header = encodeHeader(path, list, metadata);
+
+  const tempPath = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  let handle: FileHandle | undefined;
+  try {
+    handle = await openFile(tempPath, 'wx');
+    await writeAll(handle, header);
+    let bytes = 0;
+    for (let i = 0; i < list.length; i++) {
+      const t = list[i];
+      const data = await t.data();
+      const expected = byteLengthOf(path, t);
+      if (!(data instanceof Uint8Array) || data.byteLength !== expected) {
+        const got = data instanceof Uint8Array ? `${data.byteLength} bytes` : 'not a Uint8Array';
+        throw new SafetensorsError(path, 'byte-length', `data() gave ${got}; ${t.dtype} ${JSON.stringify(t.shape)} needs ${expected}`, t.name);
+      }
+      await writeAll(handle, data);
+      bytes += expected;
+      onProgress?.(i + 1, list.length, bytes);
+    }
+    await handle.sync();
+    await handle.close();
+    handle = undefined;
+    await rename(tempPath, path);
+  } catch (e) {
+    await handle?.close().catch(() => undefined);
+    await rm(tempPath, { force: true });
+    throw e;
+  }
+}
+
+function byteLengthOf(path: string, t: TensorToWrite): number {
+  let n: number = DTYPE_SIZES[t.dtype];
+  for (const d of t.shape) n *= d;
+  if (!Number.isSafeInteger(n)) throw new SafetensorsError(path, 'shape', `shape ${JSON.stringify(t.shape)} is too large`, t.name);
+  return n;
+}
+
+/** The 8-byte length prefix and the header JSON, padded with spaces so the data starts at a multiple of 8. */
+function encodeHeader(path: string, list: TensorToWrite[], metadata?: Record<string, string>): Uint8Array {
+  const parts: string[] = [];
+  if (metadata) {
+    const entries = Object.entries(metadata).map(([k, v]) => {
+      if (typeof v !== 'string') throw new SafetensorsError(path, 'metadata', `metadata value of "${k}" is not a string`);
+      return `${JSON.stringify(k)}:${JSON.stringify(v)}`;
+    });
+    parts.push(`"__metadata__":{${entries.join(',')}}`);
+  }
+  const seen = new Set<string>();
+  let offset = 0;
+  for (const t of list) {
+    if (t.name === '__metadata__') throw new SafetensorsError(path, 'entry', 'the name __metadata__ is reserved', t.name);
+    if (seen.has(t.name)) throw new SafetensorsError(path, 'duplicate-key', 'tensor name given twice', t.name);
+    seen.add(t.name);
+    if (!isSafetensorsDType(t.dtype)) throw new SafetensorsError(path, 'dtype', `unknown dtype ${JSON.stringify(t.dtype)}`, t.name);
+    if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw new SafetensorsError(path, 'shape', `shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`, t.name);
+    }
+    const end = offset + byteLengthOf(path, t);
+    parts.push(`${JSON.stringify(t.name)}:{"dtype":"${t.dtype}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`);
+    offset = end;
+  }
+  const json = new TextEncoder().encode(`{${parts.join(',')}}`);
+  if (json.length > MAX_HEADER_BYTES) throw new SafetensorsError(path, 'header-length', `header would be ${json.length} bytes (limit ${MAX_HEADER_BYTES})`);
+  const padded = Math.ceil(json.length / 8) * 8;
+  const out = new Uint8Array(8 + padded).fill(0x20, 8 + json.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(padded), true);
+  out.set(json, 8);
+  return out;
+}
+
+async function writeAll(handle: FileHandle, data: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < data.byteLength) {
+    const { bytesWritten } = await handle.write(data, done, Math.min(data.byteLength - done, 1 << 30));
+    done += bytesWritten;
+  }
+}
