@@ -108,17 +108,30 @@ export function f32ToF16Bits(value: number): number {
   return h;
 }
 
+/** Bits of float32 2^-14 (smallest normal float16) and 65520 (first value that rounds to float16 infinity). */
+const F32_BITS_F16_MIN_NORMAL = 0x38800000;
+const F32_BITS_F16_OVERFLOW = 0x477ff000;
+
 export function f32ToF16(src: Float32Array, dst = new Uint16Array(src.length)): Uint16Array {
-  for (let i = 0; i < src.length; i++) dst[i] = f32ToF16Bits(src[i]);
+  const bits = new Int32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < bits.length; i++) {
+    const x = bits[i];
+    const abs = x & 0x7fffffff;
+    if (abs >= F32_BITS_F16_MIN_NORMAL && abs < F32_BITS_F16_OVERFLOW) {
+      // Normal float16 result: round to nearest even on the bits (a carry may bump the exponent), then rebias 127 -> 15.
+      dst[i] = ((x >>> 16) & 0x8000) | ((abs + 0xfff + ((abs >>> 13) & 1) - 0x38000000) >>> 13);
+    } else dst[i] = f32ToF16Bits(src[i]);
+  }
   return dst;
 }
 
 /** Number of finite float32 values that become +-Infinity in float16. */
 export function countF16Overflow(src: Float32Array): number {
+  const bits = new Int32Array(src.buffer, src.byteOffset, src.length);
   let n = 0;
-  for (let i = 0; i < src.length; i++) {
-    const v = src[i];
-    if (Number.isFinite(v) && Math.abs(v) >= 65520) n++;
+  for (let i = 0; i < bits.length; i++) {
+    const abs = bits[i] & 0x7fffffff;
+    if (abs >= F32_BITS_F16_OVERFLOW && abs < 0x7f800000) n++;
   }
   return n;
 }

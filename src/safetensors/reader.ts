@@ -48,7 +48,9 @@ export class SafetensorsFile {
     }
     if (PICKLE_EXTENSIONS.has(extname(path).toLowerCase())) throw pickleError(path);
 
-    const handle = await openFile(path, 'r');
+    const handle = await openFile(path, 'r').catch((e: NodeJS.ErrnoException) => {
+      throw new SafetensorsError(path, 'unreadable', `cannot open the file (${e.code ?? e.message})`, undefined, 'Check the file permissions.');
+    });
     try {
       const fileSize = st.size;
       if (fileSize < 8) throw new SafetensorsError(path, 'file-size', `file is ${fileSize} bytes; a safetensors file has at least 8`);

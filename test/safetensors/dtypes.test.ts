@@ -73,6 +73,8 @@ describe('safetensors/dtypes', () => {
     }
     const values = new Float32Array(bits.buffer);
     const got = f32ToF16(values);
+    const fromView = f32ToF16(new Float32Array(values.buffer, 400, 1000));
+    assert.deepEqual(fromView, got.subarray(100, 1100), 'works on a view at an offset');
     let nans = 0;
     for (let i = 0; i < values.length; i++) {
       if (Number.isNaN(values[i])) {
@@ -91,6 +93,8 @@ describe('safetensors/dtypes', () => {
       [3 * 2 ** -25, 0x0002], // between 1 and 2 ulps of subnormal: even 2
       [2 ** -25 * 1.0000001, 0x0001],
       [2 ** -14 - 2 ** -25, 0x0400], // largest subnormal + half ulp rounds up into the first normal
+      [2047.5, 0x6800], // tie, odd 2047 vs even 2048: the carry moves into the exponent
+      [2046.5, 0x67fe], // tie, even 2046 wins
       [65504, 0x7bff],
       [65519.99, 0x7bff],
       [65520, 0x7c00], // tie between 65504 (odd) and 65536 (would-be even): infinity
@@ -106,6 +110,8 @@ describe('safetensors/dtypes', () => {
 
   it('counts finite values that overflow float16', () => {
     assert.equal(countF16Overflow(Float32Array.of(1, 65504, 65519, 65520, -1e6, Infinity, NaN)), 2);
+    assert.equal(countF16Overflow(Float32Array.of(-65520, -65519.99, 3.4e38, -Infinity, -NaN)), 2);
+    assert.equal(countF16Overflow(new Float32Array(new ArrayBuffer(16), 4, 2).fill(7e4)), 2);
   });
 
   it('decodes bfloat16 as the top half of a float32', () => {
