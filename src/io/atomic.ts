@@ -1,0 +1,143 @@
+import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import { mkdir, open, rename, rm, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { OnestepError } from '../errors.js';
+
+// Temp paths to remove if the process is interrupted (SIGINT/SIGTERM) or exits while they exist.
+const pendingTempPaths = new Set<string>();
+let handlersInstalled = false;
+const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+
+function removeAllPendingSync(): void {
+  for (const path of pendingTempPaths) {
+    try {
+      rmSync(path, { recursive: true, force: true });
+    } catch {
+      // Best effort: the process is going away.
+    }
+  }
+  pendingTempPaths.clear();
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  removeAllPendingSync();
+  for (const s of SIGNALS) process.removeListener(s, onSignal);
+  process.removeListener('exit', removeAllPendingSync);
+  handlersInstalled = false;
+  // With no other listener, re-raise so the process ends as the signal intends (exit code 128+n). Another listener
+  // (say, a graceful stop in the command) keeps the decision.
+  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+}
+
+/**
+ * Registers a temp file or folder to remove if the process is interrupted by SIGINT/SIGTERM or exits before the
+ * returned function is called (call it once the path is renamed into place or removed).
+ */
+export function registerTempPath(path: string): () => void {
+  const absolute = resolve(path);
+  pendingTempPaths.add(absolute);
+  if (!handlersInstalled) {
+    for (const s of SIGNALS) process.on(s, onSignal);
+    process.on('exit', removeAllPendingSync);
+    handlersInstalled = true;
+  }
+  return () => {
+    pendingTempPaths.delete(absolute);
+  };
+}
+
+/** Paths currently registered for cleanup (for tests and diagnostics). */
+export function pendingTempPathCount(): number {
+  return pendingTempPaths.size;
+}
+
+function tempSibling(path: string, tag: string): string {
+  return join(dirname(path), `.${basename(path)}.${tag}-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  // Makes the rename durable. Not every platform lets a folder be opened for fsync; that only costs durability.
+  try {
+    const handle = await open(dir, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  } catch {
+    // ignore
+  }
+}
+
+/**
+ * Writes `data` to `path` so that readers see either the old file or the whole new one, never a partial one: writes a
+ * temp file in the same folder, fsyncs it, renames it over `path`. The temp file is removed on error or interruption.
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const temp = tempSibling(path, 'tmp');
+  const unregister = registerTempPath(temp);
+  try {
+    const handle = await open(temp, 'wx', 0o644);
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, path);
+  } catch (err) {
+    await unlink(temp).catch(() => undefined);
+    throw err;
+  } finally {
+    unregister();
+  }
+  await fsyncDir(dirname(path));
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+/**
+ * Builds a folder atomically: `fn` fills a sibling temp folder, which is renamed to `finalDir` only when `fn`
+ * succeeds. An existing `finalDir` is refused unless `force`; with `force` it is replaced only after success (moved
+ * aside, the new one renamed in, the old one deleted). The temp folder is removed on failure, SIGINT or SIGTERM.
+ */
+export async function withAtomicDir(
+  finalDir: string,
+  fn: (tmpDir: string) => Promise<void>,
+  opts: { force: boolean },
+): Promise<void> {
+  if (!opts.force && (await exists(finalDir))) {
+    throw new OnestepError(`${finalDir} already exists.`, 'Pass --force to replace it, or choose another output folder.');
+  }
+  await mkdir(dirname(resolve(finalDir)), { recursive: true });
+  const temp = tempSibling(finalDir, 'building');
+  const unregister = registerTempPath(temp);
+  try {
+    await mkdir(temp);
+    await fn(temp);
+    if (await exists(finalDir)) {
+      if (!opts.force) throw new OnestepError(`${finalDir} appeared while it was being built.`, 'Pass --force to replace it.');
+      const old = tempSibling(finalDir, 'old');
+      await rename(finalDir, old);
+      await rename(temp, finalDir);
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(temp, finalDir);
+    }
+    await fsyncDir(dirname(resolve(finalDir)));
+  } catch (err) {
+    await rm(temp, { recursive: true, force: true }).catch(() => undefined);
+    throw err;
+  } finally {
+    unregister();
+  }
+}
