@@ -1,0 +1,120 @@
+/** WeightSource implementations: canonical names backed by tensors of one or more TensorSets. */
+import { BadInputError } from '../errors.js';
+import type { TensorSet } from '../safetensors/tensor-set.js';
+import type { SourceRef } from './keymap-sd.js';
+import type { TensorMeta, WeightSource } from './weight-source.js';
+
+interface Entry {
+  set: TensorSet;
+  ref: SourceRef;
+}
+
+/** The shape a SourceRef presents, given the stored shape. */
+export function presentedShape(stored: readonly number[], ref: SourceRef): number[] {
+  let shape = [...stored];
+  if (ref.rows) shape = [ref.rows[1] - ref.rows[0], ...shape.slice(1)];
+  if (ref.squeeze) shape = shape.slice(0, 2);
+  if (ref.transpose) shape = [shape[1], shape[0]];
+  return shape;
+}
+
+function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
+  return out;
+}
+
+/**
+ * Canonical name -> (tensor set, stored key, transform). Reads one tensor at a time; dtype is the storage dtype,
+ * readF32 converts (exactly for f16/bf16/f8). Owns its sets: close() closes them.
+ */
+export class MappedSource implements WeightSource {
+  private readonly entries: Map<string, Entry>;
+  private readonly sortedNames: string[];
+
+  constructor(
+    entries: Iterable<[string, Entry]>,
+    private readonly sets: TensorSet[],
+    /** Names the user sees in errors (the checkpoint path). */
+    private readonly label: string,
+  ) {
+    this.entries = new Map(entries);
+    this.sortedNames = [...this.entries.keys()].sort();
+    for (const [name, { set, ref }] of this.entries) {
+      const stored = set.info(ref.key).shape;
+      if (ref.rows && (stored.length < 1 || ref.rows[1] > stored[0])) {
+        throw new BadInputError(label, `tensor ${ref.key} has shape [${stored}], too small to hold ${name}`);
+      }
+      if (ref.squeeze && !(stored.length === 4 && stored[2] === 1 && stored[3] === 1) && stored.length !== 2) {
+        throw new BadInputError(label, `tensor ${ref.key} has shape [${stored}]; expected [C, C, 1, 1] for ${name}`);
+      }
+      if (ref.transpose && stored.length !== 2) {
+        throw new BadInputError(label, `tensor ${ref.key} has shape [${stored}]; expected a matrix for ${name}`);
+      }
+    }
+  }
+
+  /** Every tensor of `set`, named `${prefix}${key}` (a diffusers component folder). */
+  static prefixed(set: TensorSet, prefix: string, label: string, keep: (key: string) => boolean = () => true): MappedSource {
+    const entries: [string, Entry][] = set
+      .names()
+      .filter(keep)
+      .map((key) => [prefix + key, { set, ref: { key } }]);
+    return new MappedSource(entries, [set], label);
+  }
+
+  /** The union of several sources' entries (names must not collide). Takes ownership of their sets. */
+  static union(sources: MappedSource[], label: string): MappedSource {
+    const entries: [string, Entry][] = [];
+    for (const s of sources) entries.push(...s.entries);
+    const names = new Set<string>();
+    for (const [n] of entries) {
+      if (names.has(n)) throw new BadInputError(label, `two components both provide ${n}`);
+      names.add(n);
+    }
+    return new MappedSource(entries, sources.flatMap((s) => s.sets), label);
+  }
+
+  names(): string[] {
+    return [...this.sortedNames];
+  }
+
+  has(name: string): boolean {
+    return this.entries.has(name);
+  }
+
+  private entry(name: string): Entry {
+    const e = this.entries.get(name);
+    if (!e) throw new BadInputError(this.label, `no weight named ${name}`, 'The checkpoint lacks a tensor this model needs.');
+    return e;
+  }
+
+  /** Where a canonical tensor lives in the input (for writers that keep the input's own names, e.g. lora merge). */
+  sourceOf(name: string): SourceRef & { storedShape: number[]; file: string } {
+    const { set, ref } = this.entry(name);
+    const info = set.info(ref.key);
+    return { ...ref, storedShape: [...info.shape], file: info.file.path };
+  }
+
+  meta(name: string): TensorMeta {
+    const { set, ref } = this.entry(name);
+    const info = set.info(ref.key);
+    return { shape: presentedShape(info.shape, ref), dtype: info.dtype };
+  }
+
+  async readF32(name: string): Promise<Float32Array> {
+    const { set, ref } = this.entry(name);
+    const stored = set.info(ref.key).shape;
+    let data = await set.readF32(ref.key);
+    if (ref.rows) {
+      const rowSize = stored.slice(1).reduce((a, b) => a * b, 1);
+      data = data.slice(ref.rows[0] * rowSize, ref.rows[1] * rowSize);
+    }
+    if (ref.transpose) data = transpose2d(data, stored[0], stored[1]);
+    return data;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.sets.map((s) => s.close()));
+  }
+}
