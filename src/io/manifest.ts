@@ -1,0 +1,218 @@
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, stat, truncate, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BadInputError } from '../errors.js';
+import { splitLines } from './lines.js';
+
+export const MANIFEST_FILE = 'manifest.jsonl';
+
+/** What the pipeline records for one written image. */
+export interface ManifestInput {
+  index: number;
+  prompt: string;
+  negativePrompt?: string;
+  seed: bigint;
+  width: number;
+  height: number;
+  guidance?: number;
+  name?: string;
+  /** The image's file, relative to the output folder. */
+  file: string;
+  /** The model's hash. */
+  model: string;
+  /** Timings in milliseconds, e.g. { encode: 14.2, total: 830 }. */
+  ms?: Record<string, number>;
+}
+
+/** One line of manifest.jsonl. `seed` is a number up to 2^53-1 and a string of digits above (JSON numbers lose digits). */
+export interface ManifestEntry {
+  index: number;
+  prompt: string;
+  negative_prompt?: string;
+  seed: number | string;
+  width: number;
+  height: number;
+  guidance?: number;
+  name?: string;
+  file: string;
+  model: string;
+  ms?: Record<string, number>;
+}
+
+export function manifestSeed(seed: bigint): number | string {
+  return seed <= BigInt(Number.MAX_SAFE_INTEGER) && seed >= 0n ? Number(seed) : seed.toString();
+}
+
+export function entrySeed(entry: Pick<ManifestEntry, 'seed'>): bigint {
+  return BigInt(entry.seed);
+}
+
+export function toManifestEntry(input: ManifestInput): ManifestEntry {
+  const entry: ManifestEntry = {
+    index: input.index,
+    prompt: input.prompt,
+    ...(input.negativePrompt !== undefined ? { negative_prompt: input.negativePrompt } : {}),
+    seed: manifestSeed(input.seed),
+    width: input.width,
+    height: input.height,
+    ...(input.guidance !== undefined ? { guidance: input.guidance } : {}),
+    ...(input.name !== undefined ? { name: input.name } : {}),
+    file: input.file,
+    model: input.model,
+    ...(input.ms !== undefined ? { ms: input.ms } : {}),
+  };
+  return entry;
+}
+
+function isEntry(value: unknown): value is ManifestEntry {
+  if (typeof value !== 'object' || value === null) return false;
+  const v = value as Record<string, unknown>;
+  return (
+    Number.isSafeInteger(v.index) &&
+    (v.index as number) >= 0 &&
+    typeof v.file === 'string' &&
+    (typeof v.seed === 'number' || (typeof v.seed === 'string' && /^\d+$/.test(v.seed)))
+  );
+}
+
+/**
+ * The manifest of an output folder, open for appending. Each append is one `write` of one whole line on a file
+ * opened with O_APPEND, so a line is either all there or (after SIGKILL mid-write) a torn tail, which the next
+ * openManifest cuts off.
+ */
+export class Manifest {
+  private queue: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+    /** index -> file, from the lines already there (the last line wins for an index written twice). */
+    readonly files: Map<number, string>,
+    /** Indices whose line is there and whose file exists: what `--resume` skips. */
+    readonly completed: Set<number>,
+    /** Bytes of torn last line cut off on open (0 when the manifest was whole). */
+    readonly repairedBytes: number,
+  ) {}
+
+  /** Entries as { index, file } for NameAllocator. */
+  *existing(): Iterable<{ index: number; file: string }> {
+    for (const [index, file] of this.files) yield { index, file };
+  }
+
+  /** Appends one line. Appends are written in call order; await it to know the line is written. */
+  append(input: ManifestInput | ManifestEntry): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('manifest is closed'));
+    const entry = typeof input.seed === 'bigint' ? toManifestEntry(input as ManifestInput) : (input as ManifestEntry);
+    const line = Buffer.from(JSON.stringify(entry) + '\n', 'utf8');
+    const write = async (): Promise<void> => {
+      let offset = 0;
+      while (offset < line.length) {
+        const { bytesWritten } = await this.handle.write(line, offset, line.length - offset);
+        offset += bytesWritten;
+      }
+      this.files.set(entry.index, entry.file);
+      this.completed.add(entry.index);
+    };
+    const result = this.queue.then(write);
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  /** Waits for pending appends, fsyncs, and closes. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.queue;
+    try {
+      await this.handle.sync();
+    } finally {
+      await this.handle.close();
+    }
+  }
+}
+
+/**
+ * Opens (creating when missing) `<outDir>/manifest.jsonl`: reads the entries already there, cuts off a torn last
+ * line (one without its `\n`, as a SIGKILL mid-write leaves), and works out which indices are complete (their line is
+ * there and their file exists). A bad line in the middle is not a crash artefact, so it is an error naming the line.
+ */
+export async function openManifest(outDir: string): Promise<Manifest> {
+  await mkdir(outDir, { recursive: true });
+  const path = join(outDir, MANIFEST_FILE);
+  const files = new Map<number, string>();
+  const totalBytes = await sizeOrZero(path);
+  // Everything after the last `\n` is a torn line (one append writes a whole line, `\n` last).
+  const goodBytes = totalBytes === 0 ? 0 : await endOfLastNewline(path, totalBytes);
+
+  if (goodBytes > 0) {
+    const stream = createReadStream(path, { start: 0, end: goodBytes - 1, highWaterMark: 256 * 1024 });
+    for await (const raw of splitLines(stream, Number.MAX_SAFE_INTEGER)) {
+      const text = raw.bytes.toString('utf8').trim();
+      if (text === '') continue;
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch {
+        value = undefined;
+      }
+      if (!isEntry(value)) {
+        throw new BadInputError(
+          `${path}:${raw.line}`,
+          'is not a manifest entry (a JSON object with index, seed and file).',
+          'Remove or fix that line; onestep only writes whole lines, so something else edited the file.',
+        );
+      }
+      files.set(value.index, value.file);
+    }
+  }
+
+  const repairedBytes = totalBytes - goodBytes;
+  if (repairedBytes > 0) await truncate(path, goodBytes);
+
+  const completed = new Set<number>();
+  const names = new Set(await readdir(outDir));
+  for (const [index, file] of files) {
+    const present = file.includes('/') || file.includes('\\') ? await fileExists(join(outDir, file)) : names.has(file);
+    if (present) completed.add(index);
+  }
+
+  const handle = await open(path, 'a');
+  return new Manifest(path, handle, files, completed, repairedBytes);
+}
+
+async function fileExists(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+async function sizeOrZero(path: string): Promise<number> {
+  try {
+    return (await stat(path)).size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw err;
+  }
+}
+
+/** The offset just past the file's last `\n` (0 when it has none), reading backwards from the end in blocks. */
+async function endOfLastNewline(path: string, size: number): Promise<number> {
+  const handle = await open(path, 'r');
+  try {
+    const block = Buffer.alloc(64 * 1024);
+    let end = size;
+    while (end > 0) {
+      const start = Math.max(0, end - block.length);
+      const { bytesRead } = await handle.read(block, 0, end - start, start);
+      const at = block.subarray(0, bytesRead).lastIndexOf(0x0a);
+      if (at >= 0) return start + at + 1;
+      end = start;
+    }
+    return 0;
+  } finally {
+    await handle.close();
+  }
+}
