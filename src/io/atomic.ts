@@ -21,18 +21,21 @@ function removeAllPendingSync(): void {
 }
 
 function onSignal(signal: NodeJS.Signals): void {
+  // Another listener (say, the command's graceful stop that lets in-flight writes finish) owns the decision: removing
+  // temp files now would break those writes. If it then exits, the 'exit' hook removes whatever is left.
+  if (process.listenerCount(signal) > 1) return;
   removeAllPendingSync();
   for (const s of SIGNALS) process.removeListener(s, onSignal);
   process.removeListener('exit', removeAllPendingSync);
   handlersInstalled = false;
-  // With no other listener, re-raise so the process ends as the signal intends (exit code 128+n). Another listener
-  // (say, a graceful stop in the command) keeps the decision.
-  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  // Re-raise with our handler gone so the process ends as the signal intends (killed by it, exit status 128+n).
+  process.kill(process.pid, signal);
 }
 
 /**
  * Registers a temp file or folder to remove if the process is interrupted by SIGINT/SIGTERM or exits before the
- * returned function is called (call it once the path is renamed into place or removed).
+ * returned function is called (call it once the path is renamed into place or removed). When the program has its own
+ * SIGINT/SIGTERM listener, the signal is left to it and the paths are removed at exit instead.
  */
 export function registerTempPath(path: string): () => void {
   const absolute = resolve(path);

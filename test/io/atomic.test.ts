@@ -107,6 +107,35 @@ describe('io/atomic', () => {
     }
   });
 
+  it('with the program\'s own signal listener, temp paths survive the signal (in-flight work goes on) and go at exit', async () => {
+    const final = join(dir, 'out');
+    const script = join(dir, 'graceful.mts');
+    await writeFile(
+      script,
+      `import { existsSync, writeFileSync } from 'node:fs';\n` +
+        `import { join } from 'node:path';\n` +
+        `import { withAtomicDir } from ${JSON.stringify(resolve('src/io/atomic.ts'))};\n` +
+        `let stop: () => void;\n` +
+        `const stopped = new Promise<void>((res) => (stop = res));\n` +
+        `process.on('SIGTERM', () => stop());\n` +
+        `setInterval(() => {}, 1000);\n` +
+        `await withAtomicDir(${JSON.stringify(final)}, async (tmp) => {\n` +
+        `  console.log(tmp);\n` +
+        `  await stopped;\n` +
+        `  if (!existsSync(tmp)) process.exit(4);\n` +
+        `  writeFileSync(join(tmp, 'after-signal.txt'), 'still there');\n` +
+        `  process.exit(3);\n` +
+        `}, { force: false });\n`,
+    );
+    const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const tmp = await new Promise<string>((res) => child.stdout.once('data', (d) => res(String(d).trim())));
+    child.kill('SIGTERM');
+    const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+    assert.equal(code, 3, 'the program decided how to exit');
+    assert.equal(existsSync(tmp), false, 'removed at exit');
+    assert.equal(existsSync(final), false);
+  });
+
   it('registerTempPath returns an unregister function', () => {
     const before = pendingTempPathCount();
     const unregister = registerTempPath(join(dir, 'x'));
