@@ -1,14 +1,57 @@
 import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../cli/base-command.js';
-import { OnestepError } from '../errors.js';
+import { formatBytes, Progress } from '../cli/progress.js';
+import { convertCheckpoint } from '../convert.js';
+import { RECIPE_NAMES } from '../runtime/recipes.js';
+import { parseLoraArg } from '../lora/args.js';
 
 export default class Convert extends OnestepCommand {
-  static description = 'Build ONNX graphs from a Stable Diffusion checkpoint (single file or diffusers folder) into a model directory.';
+  static description =
+    'Build ONNX graphs from a Stable Diffusion 1.x/2.x checkpoint (single .safetensors file or diffusers folder) into a model directory for `onestep generate`.';
+  static examples = [
+    '<%= config.bin %> convert sd-turbo.safetensors -o models/sd-turbo --recipe sd-turbo',
+    '<%= config.bin %> convert ./stable-diffusion-2-1 -o models/sd21 --dtype fp16',
+  ];
   static args = { checkpoint: Args.string({ description: 'a .safetensors checkpoint or a diffusers folder', required: true }) };
-  static flags = { out: Flags.string({ char: 'o', description: 'model directory to write', required: true }) };
+  static flags = {
+    out: Flags.string({ char: 'o', description: 'model directory to write', required: true }),
+    dtype: Flags.string({ description: 'weight and compute precision', options: ['fp32', 'fp16'], default: 'fp32' }),
+    force: Flags.boolean({ description: 'replace an existing output directory' }),
+    prediction: Flags.string({
+      description: 'what the UNet predicts (a single file cannot tell; SD 2.x 768 models are v_prediction)',
+      options: ['epsilon', 'v_prediction', 'sample', 'flow'],
+    }),
+    recipe: Flags.string({ description: 'one-step recipe of the model family', options: RECIPE_NAMES }),
+    lora: Flags.string({ description: 'LoRA file[:scale] merged on the fly (repeatable)', multiple: true }),
+    'allow-unmatched': Flags.boolean({ description: 'skip LoRA keys that match no module instead of failing' }),
+    quiet: Flags.boolean({ char: 'q', description: 'no progress output' }),
+  };
 
   async run(): Promise<void> {
-    await this.parse(Convert);
-    throw new OnestepError('convert is not built yet.');
+    const { args, flags } = await this.parse(Convert);
+    const progress = new Progress(flags.quiet);
+    const started = Date.now();
+    const result = await convertCheckpoint(args.checkpoint, {
+      out: flags.out,
+      dtype: flags.dtype === 'fp16' ? 'float16' : 'float32',
+      force: flags.force,
+      prediction: flags.prediction as never,
+      recipe: flags.recipe,
+      loras: (flags.lora ?? []).map(parseLoraArg),
+      allowUnmatched: flags['allow-unmatched'],
+      onProgress: (p) => {
+        const s = (Date.now() - started) / 1000;
+        progress.update(`${p.component}: ${p.tensors}/${p.totalTensors} tensors, ${formatBytes(p.bytes)} (${formatBytes(p.bytes / Math.max(s, 1e-3))}/s)`);
+      },
+    }).catch((err) => {
+      progress.fail();
+      throw err;
+    });
+    const s = (Date.now() - started) / 1000;
+    progress.succeed(`converted ${args.checkpoint} -> ${result.out} (${formatBytes(result.bytes)} of weights in ${s.toFixed(1)} s)`);
+    for (const note of result.notes) this.logToStderr(`note: ${note}`);
+    if (result.loraReport) this.logToStderr(result.loraReport);
+    const m = result.manifest;
+    this.log(`${result.out}: ${m.family}, ${m.dtype}, recipe ${m.recipe.name} (${m.recipe.prediction_type} at t=${m.recipe.timestep}, guidance ${m.recipe.guidance})`);
   }
 }

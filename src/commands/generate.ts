@@ -1,13 +1,144 @@
-import { Args } from '@oclif/core';
+import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../cli/base-command.js';
+import { Progress } from '../cli/progress.js';
 import { OnestepError } from '../errors.js';
+import { generateImages } from '../generate.js';
+import { IMAGE_FORMATS, type ImageFormat } from '../io/images.js';
+import { DEFAULT_NAME_TEMPLATE } from '../io/names.js';
+import { countPrompts } from '../io/prompts.js';
+import { resolveShard } from '../io/shard.js';
+import { parseLoraArg } from '../lora/args.js';
+import { resolveModel } from '../models.js';
+import { seededRandomSeed } from '../runtime/noise.js';
+
+function parseSeed(text: string): bigint {
+  if (!/^\d+$/.test(text)) throw new OnestepError(`--seed must be a non-negative integer, got "${text}"`);
+  const seed = BigInt(text);
+  if (seed >= 1n << 64n) throw new OnestepError(`--seed must be below 2^64, got ${text}`);
+  return seed;
+}
 
 export default class Generate extends OnestepCommand {
-  static description = 'Stream prompts through a one-step model and write images.';
+  static description = `Stream prompts through a one-step model and write images.
+
+Prompts come from a text file (one per line; blank lines and lines starting with # are skipped), a JSONL file (keys
+prompt, negative_prompt, seed, width, height, guidance, name) or - for stdin. Prompt i (counted from 0) gets seed
+base + i unless its line gives one, so the same prompt and seed give the same image at any batch size or shard split.`;
+  static examples = [
+    '<%= config.bin %> generate examples/prompts.txt',
+    '<%= config.bin %> generate prompts.jsonl --model models/sd-turbo -o out --batch-size 4 --seed 42',
+    'cat prompts.txt | <%= config.bin %> generate - --model sd-turbo.safetensors --format webp',
+  ];
   static args = { prompts: Args.string({ description: 'prompt file (.txt or .jsonl) or - for stdin', required: true }) };
+  static flags = {
+    model: Flags.string({ char: 'm', description: 'model directory, or a checkpoint to convert on first use (default: $ONESTEP_MODEL, else the bundled demo model)' }),
+    lora: Flags.string({ description: 'LoRA file[:scale] merged when converting a checkpoint (repeatable)', multiple: true }),
+    out: Flags.string({ char: 'o', description: 'output folder', default: './outputs' }),
+    'batch-size': Flags.integer({ char: 'b', description: 'prompts per tensor batch (different prompts share a batch)', default: 1, min: 1 }),
+    seed: Flags.string({ description: 'base seed: prompt i gets seed + i (random and recorded when unset)' }),
+    rng: Flags.string({ description: 'noise generator: torch reproduces torch.randn with a CPU generator per image', options: ['torch'], default: 'torch' }),
+    device: Flags.string({ description: 'auto | cpu | cuda | cuda:N (auto: CUDA when its provider loads, else CPU)', default: 'auto' }),
+    workers: Flags.integer({ description: 'inference worker threads (one ONNX Runtime session set each)', min: 1 }),
+    threads: Flags.integer({ description: 'intra-op threads per worker (default: cores / workers)', min: 1 }),
+    width: Flags.integer({ description: 'image width (multiple of 8; default: the model\'s)' }),
+    height: Flags.integer({ description: 'image height (multiple of 8; default: the model\'s)' }),
+    guidance: Flags.string({ description: 'classifier-free guidance scale (> 1 runs a negative pass; default: the model recipe\'s)' }),
+    'negative-prompt': Flags.string({ description: 'negative prompt for guidance > 1 (default empty)' }),
+    prediction: Flags.string({ description: 'override what the model predicts', options: ['epsilon', 'v_prediction', 'sample', 'flow'] }),
+    timestep: Flags.string({ description: 'override the one-step timestep (may be fractional, e.g. 1000.0)' }),
+    latents: Flags.string({ description: 'safetensors with one float32 tensor [N, C, H/8, W/8]: row i is the initial noise of prompt i' }),
+    'init-latent-mean': Flags.string({ description: 'safetensors with a mean latent: YOSO informative prior z = sqrt(a) mean + sqrt(1-a) noise' }),
+    format: Flags.string({ description: 'image format', options: [...IMAGE_FORMATS], default: 'png' }),
+    quality: Flags.integer({ description: 'webp/jpeg quality 1-100', min: 1, max: 100 }),
+    name: Flags.string({ description: 'file name template: {index:06} {seed} {prompt:40} {name} {width} {height}', default: DEFAULT_NAME_TEMPLATE }),
+    resume: Flags.boolean({ description: 'skip prompts the output folder\'s manifest.jsonl already holds (with their file)' }),
+    strict: Flags.boolean({ description: 'a bad prompt line is fatal instead of reported and skipped' }),
+    shard: Flags.string({ description: 'i/N: take the prompts with index % N == i (default: from SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX)' }),
+    'shard-count': Flags.integer({ description: 'shard count to pair with JOB_COMPLETION_INDEX (or ONESTEP_SHARD_COUNT)', min: 1 }),
+    dtype: Flags.string({ description: 'precision when a checkpoint is converted on the fly', options: ['fp32', 'fp16'], default: 'fp32' }),
+    quiet: Flags.boolean({ char: 'q', description: 'no progress output' }),
+    json: Flags.boolean({ description: 'print the final summary as JSON on stdout' }),
+  };
 
   async run(): Promise<void> {
-    await this.parse(Generate);
-    throw new OnestepError('generate is not built yet.');
+    const { args, flags } = await this.parse(Generate);
+    const progress = new Progress(flags.quiet);
+    const warn = (m: string) => (flags.quiet ? undefined : progress.note(`warning: ${m}`));
+    const guidance = flags.guidance === undefined ? undefined : Number(flags.guidance);
+    if (guidance !== undefined && !Number.isFinite(guidance)) throw new OnestepError(`--guidance must be a number, got "${flags.guidance}"`);
+    const timestep = flags.timestep === undefined ? undefined : Number(flags.timestep);
+    if (timestep !== undefined && !(timestep >= 0 && timestep <= 1000)) throw new OnestepError(`--timestep must be within 0..1000, got "${flags.timestep}"`);
+    const loras = (flags.lora ?? []).map(parseLoraArg);
+    const shard = resolveShard(flags.shard, process.env, flags['shard-count']);
+    const seed = flags.seed === undefined ? seededRandomSeed() : parseSeed(flags.seed);
+
+    const resolved = await resolveModel({
+      model: flags.model,
+      loras,
+      dtype: flags.dtype === 'fp16' ? 'float16' : 'float32',
+      onConvertProgress: (p) => progress.update(`converting: ${p.component} ${p.tensors}/${p.totalTensors} tensors`),
+    });
+    for (const n of resolved.notes) if (!flags.quiet) progress.note(n);
+    if (flags.seed === undefined && !flags.quiet) progress.note(`seed: ${seed} (random; pass --seed ${seed} to reproduce)`);
+
+    const total = args.prompts === '-' ? undefined : await countPrompts(args.prompts, { shard }).catch(() => undefined);
+    const controller = new AbortController();
+    let interrupts = 0;
+    const onSigint = () => {
+      interrupts++;
+      if (interrupts > 1) process.exit(130);
+      progress.note('interrupted: finishing the batches in flight and flushing the manifest (Ctrl-C again to quit now)');
+      controller.abort();
+    };
+    process.on('SIGINT', onSigint);
+    process.on('SIGTERM', onSigint);
+    const started = Date.now();
+    try {
+      const summary = await generateImages(args.prompts === '-' ? process.stdin : args.prompts, {
+        modelDir: resolved.dir,
+        out: flags.out,
+        batchSize: flags['batch-size'],
+        seed,
+        device: flags.device,
+        workers: flags.workers,
+        threads: flags.threads,
+        width: flags.width,
+        height: flags.height,
+        guidance,
+        negativePrompt: flags['negative-prompt'],
+        prediction: flags.prediction as never,
+        timestep,
+        format: flags.format as ImageFormat,
+        quality: flags.quality,
+        nameTemplate: flags.name,
+        resume: flags.resume,
+        strict: flags.strict,
+        shard,
+        latentsFile: flags.latents,
+        initLatentMeanFile: flags['init-latent-mean'],
+        signal: controller.signal,
+        onImage: (done) => {
+          const s = (Date.now() - started) / 1000;
+          const rate = done / Math.max(s, 1e-3);
+          const eta = total ? ` ETA ${Math.max(0, Math.round((total - done) / rate))} s` : '';
+          progress.update(`${done}${total ? `/${total}` : ''} images, ${rate.toFixed(2)} img/s${eta}`);
+        },
+        onWarning: warn,
+        onIssue: (line, message) => warn(`${args.prompts}:${line}: ${message} (skipped)`),
+      }).catch((err) => {
+        progress.fail();
+        throw err;
+      });
+      const line = `${summary.images} images in ${summary.seconds} s (${summary.images_per_second} img/s) on ${summary.device} -> ${summary.out}` +
+        (summary.skipped_existing ? `, ${summary.skipped_existing} already done` : '') +
+        (summary.bad_lines ? `, ${summary.bad_lines} bad lines skipped` : '') +
+        (summary.dropped ? `, ${summary.dropped} dropped at the interrupt` : '');
+      progress.succeed(line);
+      if (flags.json) this.log(JSON.stringify(summary));
+      if (summary.interrupted) this.exit(130);
+    } finally {
+      process.off('SIGINT', onSigint);
+      process.off('SIGTERM', onSigint);
+    }
   }
 }

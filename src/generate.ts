@@ -1,0 +1,286 @@
+/**
+ * `onestep generate`: prompts stream from the source through batching into the inference engine (worker threads),
+ * and images are encoded and written as soon as they exist, while the next batches run. Bounded in-flight work
+ * keeps memory flat for any prompt file length.
+ */
+import path from 'node:path';
+import { OnestepError, BadInputError } from './errors.js';
+import { writeImage, formatParameters, type ImageFormat } from './io/images.js';
+import { openManifest } from './io/manifest.js';
+import { NameAllocator } from './io/names.js';
+import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
+import type { Shard } from './io/shard.js';
+import type { PredictionType } from './checkpoint/configs.js';
+import { SafetensorsFile } from './safetensors/reader.js';
+import { OneStepEngine, type GeneratedImage, type ImageRequest } from './runtime/engine.js';
+import { ONESTEP_VERSION } from './convert.js';
+
+export interface GenerateOptions {
+  modelDir: string;
+  out: string;
+  batchSize: number;
+  seed: bigint;
+  device: string;
+  workers?: number;
+  threads?: number;
+  width?: number;
+  height?: number;
+  guidance?: number;
+  negativePrompt?: string;
+  prediction?: PredictionType;
+  timestep?: number;
+  format: ImageFormat;
+  quality?: number;
+  nameTemplate: string;
+  resume: boolean;
+  strict: boolean;
+  shard?: Shard;
+  latentsFile?: string;
+  initLatentMeanFile?: string;
+  /** Stop reading new prompts (SIGINT): in-flight batches finish, the manifest is flushed. */
+  signal?: AbortSignal;
+  onImage?: (done: number, img: GeneratedImage & { file: string }) => void;
+  onWarning?: (message: string) => void;
+  onIssue?: (line: number, message: string) => void;
+}
+
+export interface GenerateSummary {
+  model: string;
+  device: string;
+  out: string;
+  seed: string;
+  images: number;
+  dropped: number;
+  skipped_existing: number;
+  bad_lines: number;
+  prompts_read: number;
+  seconds: number;
+  images_per_second: number;
+  interrupted: boolean;
+  stage_ms: Record<string, number>;
+}
+
+/** One float32 tensor [N, C, h, w] whose row i is the initial noise of prompt i. */
+async function loadLatents(file: string): Promise<{ shape: number[]; data: Float32Array }> {
+  const st = await SafetensorsFile.open(file);
+  try {
+    const names = [...st.tensors.keys()];
+    if (names.length !== 1) throw new BadInputError(file, `--latents needs exactly one tensor, found ${names.length}`);
+    const info = st.tensors.get(names[0])!;
+    if (info.shape.length !== 4) throw new BadInputError(file, `--latents tensor must be [N, C, H/8, W/8], got [${info.shape}]`);
+    return { shape: info.shape, data: await st.readF32(names[0]) };
+  } finally {
+    await st.close();
+  }
+}
+
+async function loadLatentMean(file: string): Promise<Float32Array> {
+  const st = await SafetensorsFile.open(file);
+  try {
+    const names = [...st.tensors.keys()];
+    if (names.length !== 1) throw new BadInputError(file, `--init-latent-mean needs exactly one tensor, found ${names.length}`);
+    return await st.readF32(names[0]);
+  } finally {
+    await st.close();
+  }
+}
+
+class Semaphore {
+  private waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+  async acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
+  }
+}
+
+export async function generateImages(source: string | NodeJS.ReadableStream, opts: GenerateOptions): Promise<GenerateSummary> {
+  const started = performance.now();
+  const latents = opts.latentsFile ? await loadLatents(opts.latentsFile) : undefined;
+  const initLatentMean = opts.initLatentMeanFile ? await loadLatentMean(opts.initLatentMeanFile) : undefined;
+  const engine = await OneStepEngine.load(opts.modelDir, {
+    device: opts.device,
+    workers: opts.workers,
+    threads: opts.threads,
+    recipe: {
+      ...(opts.prediction ? { prediction_type: opts.prediction } : {}),
+      ...(opts.timestep !== undefined ? { timestep: opts.timestep } : {}),
+    },
+    initLatentMean,
+  });
+  const m = engine.manifest;
+  for (const note of engine.notes) opts.onWarning?.(note);
+  const manifest = await openManifest(opts.out);
+  const names = new NameAllocator(opts.nameTemplate, opts.format === 'jpeg' ? 'jpg' : opts.format, manifest.existing());
+  const modelHash = m.source.sha256;
+  const modelName = m.source.name.replace(/\.safetensors$/, '');
+  const stageMs: Record<string, number> = { tokenize: 0, textEncoder: 0, denoiser: 0, decoder: 0, encode: 0 };
+  let images = 0;
+  let skippedExisting = 0;
+  let dropped = 0;
+  let summary: PromptSummary | undefined;
+  let failure: unknown;
+
+  const defaultWidth = opts.width ?? m.default_size.width;
+  const defaultHeight = opts.height ?? m.default_size.height;
+  const downscale = m.latent.downscale;
+  // Two batches per worker in flight: one running, one ready, so a worker never waits on the prompt reader.
+  const inflight = new Semaphore(2 * (opts.workers ?? 1));
+  const pending = new Set<Promise<void>>();
+  const batches = new Map<string, ImageRequest[]>();
+  const records = new Map<number, PromptRecord>();
+
+  const toRequest = (r: PromptRecord): ImageRequest => {
+    const width = r.width ?? defaultWidth;
+    const height = r.height ?? defaultHeight;
+    if (width % downscale || height % downscale) {
+      throw new OnestepError(`prompt ${r.index} (line ${r.line}): ${width}x${height} is not a multiple of ${downscale}`);
+    }
+    const req: ImageRequest = {
+      index: r.index,
+      prompt: r.prompt,
+      negativePrompt: r.negativePrompt ?? opts.negativePrompt ?? '',
+      seed: resolveSeed(r, opts.seed),
+      width,
+      height,
+      guidance: r.guidance ?? opts.guidance ?? m.recipe.guidance,
+    };
+    if (latents) {
+      const [n, c, h, w] = latents.shape;
+      if (r.index >= n) throw new BadInputError(opts.latentsFile!, `holds noise for ${n} prompts; prompt ${r.index} has none`);
+      if (c !== m.latent.channels || h !== height / downscale || w !== width / downscale) {
+        throw new BadInputError(opts.latentsFile!, `rows are [${c}, ${h}, ${w}], prompt ${r.index} needs [${m.latent.channels}, ${height / downscale}, ${width / downscale}]`);
+      }
+      const size = c * h * w;
+      req.latents = latents.data.slice(r.index * size, (r.index + 1) * size);
+    }
+    return req;
+  };
+
+  const write = async (img: GeneratedImage): Promise<void> => {
+    const r = records.get(img.index)!;
+    records.delete(img.index);
+    const req = { seed: resolveSeed(r, opts.seed), guidance: r.guidance ?? opts.guidance ?? m.recipe.guidance };
+    const file = names.allocate({ index: img.index, seed: req.seed, prompt: r.prompt, name: r.name, width: img.width, height: img.height });
+    const negativePrompt = r.negativePrompt ?? opts.negativePrompt;
+    const parameters = formatParameters({
+      prompt: r.prompt,
+      negativePrompt: negativePrompt || undefined,
+      guidance: req.guidance,
+      seed: req.seed,
+      width: img.width,
+      height: img.height,
+      modelHash,
+      modelName,
+      version: ONESTEP_VERSION,
+    });
+    const { encodeMs } = await writeImage(path.join(opts.out, file), img.rgb, img.width, img.height, {
+      format: opts.format,
+      quality: opts.quality,
+      parameters,
+    });
+    stageMs.encode += encodeMs;
+    for (const w of img.warnings) opts.onWarning?.(`prompt ${img.index} (line ${r.line}): ${w}`);
+    await manifest.append({
+      index: img.index,
+      prompt: r.prompt,
+      negativePrompt,
+      seed: req.seed,
+      width: img.width,
+      height: img.height,
+      guidance: req.guidance,
+      name: r.name,
+      file,
+      model: modelHash,
+      ms: { ...img.ms, encode: Math.round(encodeMs * 10) / 10 },
+    });
+    images++;
+    opts.onImage?.(images, { ...img, file });
+  };
+
+  const dispatch = async (batch: ImageRequest[]): Promise<void> => {
+    await inflight.acquire();
+    const job = (async () => {
+      try {
+        const out = await engine.generate(batch);
+        for (const img of out) {
+          stageMs.tokenize += img.ms.tokenize / out.length;
+          stageMs.textEncoder += img.ms.textEncoder / out.length;
+          stageMs.denoiser += img.ms.denoiser / out.length;
+          stageMs.decoder += img.ms.decoder / out.length;
+        }
+        inflight.release();
+        await Promise.all(out.map(write));
+      } catch (err) {
+        inflight.release();
+        // After an interrupt, atomic writes in flight may have had their temp files removed: those images are dropped.
+        if (opts.signal?.aborted) dropped += batch.length;
+        else failure ??= err;
+      }
+    })();
+    pending.add(job);
+    job.finally(() => pending.delete(job));
+  };
+
+  try {
+    const prompts = readPrompts(source, {
+      strict: opts.strict,
+      shard: opts.shard,
+      onIssue: (i) => opts.onIssue?.(i.line, i.message),
+    });
+    for (;;) {
+      if (opts.signal?.aborted || failure) break;
+      const next = await prompts.next();
+      if (next.done) {
+        summary = next.value;
+        break;
+      }
+      const r = next.value;
+      if (opts.resume && manifest.completed.has(r.index)) {
+        skippedExisting++;
+        continue;
+      }
+      const req = toRequest(r);
+      records.set(r.index, r);
+      const key = `${req.width}x${req.height}`;
+      const batch = batches.get(key) ?? [];
+      batch.push(req);
+      batches.set(key, batch);
+      if (batch.length >= opts.batchSize) {
+        batches.delete(key);
+        await dispatch(batch);
+      }
+    }
+    if (!opts.signal?.aborted && !failure) for (const batch of batches.values()) await dispatch(batch);
+    while (pending.size) await Promise.all([...pending]);
+  } finally {
+    while (pending.size) await Promise.allSettled([...pending]);
+    await manifest.close();
+    await engine.close();
+  }
+  if (failure) throw failure;
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    model: opts.modelDir,
+    device: engine.device,
+    out: opts.out,
+    seed: opts.seed.toString(),
+    images,
+    dropped,
+    skipped_existing: skippedExisting,
+    bad_lines: summary?.skipped ?? 0,
+    prompts_read: summary?.prompts ?? images + skippedExisting,
+    seconds: Math.round(seconds * 100) / 100,
+    images_per_second: Math.round((images / Math.max(seconds, 1e-9)) * 100) / 100,
+    interrupted: !!opts.signal?.aborted,
+    stage_ms: Object.fromEntries(Object.entries(stageMs).map(([k, v]) => [k, Math.round(v)])),
+  };
+}

@@ -1,0 +1,63 @@
+/**
+ * Which model directory `generate` uses: a converted model directory as is; a checkpoint (file or diffusers folder,
+ * optionally with LoRAs) converted once into a cache folder keyed by the inputs' hashes; with nothing given, the
+ * bundled demo checkpoint.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { sha256Path } from './checkpoint/hash.js';
+import { convertCheckpoint, ONESTEP_VERSION, type ConvertOptions, type LoraSpec } from './convert.js';
+
+export const DEMO_CHECKPOINT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'assets', 'demo', 'tiny-sd15.safetensors');
+
+export function cacheRoot(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.ONESTEP_CACHE) return env.ONESTEP_CACHE;
+  const base = env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'onestep');
+}
+
+export function isModelDir(p: string): boolean {
+  return existsSync(path.join(p, 'model.json'));
+}
+
+export interface ResolvedModel {
+  dir: string;
+  /** Said on stderr: where the model came from, whether it was converted now. */
+  notes: string[];
+}
+
+export async function resolveModel(opts: {
+  model?: string;
+  loras?: LoraSpec[];
+  dtype?: 'float32' | 'float16';
+  env?: NodeJS.ProcessEnv;
+  onConvertProgress?: ConvertOptions['onProgress'];
+}): Promise<ResolvedModel> {
+  const env = opts.env ?? process.env;
+  const notes: string[] = [];
+  let model = opts.model ?? env.ONESTEP_MODEL;
+  if (!model) {
+    model = DEMO_CHECKPOINT;
+    notes.push(`no --model or ONESTEP_MODEL given: using the bundled demo model (a tiny random-weight SD 1.5; its images are noise-like, for trying the tool)`);
+  }
+  const loras = opts.loras ?? [];
+  if (isModelDir(model)) {
+    if (loras.length) notes.push('--lora is ignored for an already converted model directory: convert with --lora instead');
+    return { dir: model, notes };
+  }
+  const dtype = opts.dtype ?? 'float32';
+  const key = createHash('sha256');
+  key.update(`onestep ${ONESTEP_VERSION}\n${dtype}\n${await sha256Path(model)}\n`);
+  for (const l of loras) key.update(`${await sha256Path(l.path)} ${l.scale}\n`);
+  const dir = path.join(cacheRoot(env), 'models', key.digest('hex').slice(0, 24));
+  if (isModelDir(dir)) {
+    notes.push(`using the converted model cached in ${dir}`);
+    return { dir, notes };
+  }
+  notes.push(`converting ${model}${loras.length ? ` with ${loras.length} LoRA(s)` : ''} into ${dir} (once; later runs reuse it)`);
+  await convertCheckpoint(model, { out: dir, dtype, loras, force: true, onProgress: opts.onConvertProgress });
+  return { dir, notes };
+}
