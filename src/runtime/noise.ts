@@ -14,6 +14,8 @@ import { randomBytes } from 'node:crypto';
 
 const MT_N = 624;
 const MT_M = 397;
+const TWO_POW_MINUS_24 = 2 ** -24;
+const TWO_POW_24 = 2 ** 24;
 
 /** The Mersenne Twister mt19937 (32-bit outputs), as std::mt19937 / at::mt19937. */
 export class Mt19937 {
@@ -34,20 +36,41 @@ export class Mt19937 {
   /** Regenerates the state and tempers all of it into `outputs`. */
   private refill(): void {
     const s = this.state;
-    for (let i = 0; i < MT_N; i++) {
-      const y = (s[i] & 0x80000000) | (s[i + 1 < MT_N ? i + 1 : 0] & 0x7fffffff);
-      s[i] = s[i + MT_M < MT_N ? i + MT_M : i + MT_M - MT_N] ^ (y >>> 1) ^ (-(y & 1) & 0x9908b0df);
+    let i = 0;
+    for (; i < MT_N - MT_M; i++) {
+      const y = (s[i] & 0x80000000) | (s[i + 1] & 0x7fffffff);
+      s[i] = s[i + MT_M] ^ (y >>> 1) ^ (-(y & 1) & 0x9908b0df);
     }
+    for (; i < MT_N - 1; i++) {
+      const y = (s[i] & 0x80000000) | (s[i + 1] & 0x7fffffff);
+      s[i] = s[i + MT_M - MT_N] ^ (y >>> 1) ^ (-(y & 1) & 0x9908b0df);
+    }
+    const y = (s[MT_N - 1] & 0x80000000) | (s[0] & 0x7fffffff);
+    s[MT_N - 1] = s[MT_M - 1] ^ (y >>> 1) ^ (-(y & 1) & 0x9908b0df);
+
     const out = this.outputs;
-    for (let i = 0; i < MT_N; i++) {
-      let y = s[i];
-      y ^= y >>> 11;
-      y ^= (y << 7) & 0x9d2c5680;
-      y ^= (y << 15) & 0xefc60000;
-      y ^= y >>> 18;
-      out[i] = y;
+    for (let k = 0; k < MT_N; k++) {
+      let t = s[k];
+      t ^= t >>> 11;
+      t ^= (t << 7) & 0x9d2c5680;
+      t ^= (t << 15) & 0xefc60000;
+      t ^= t >>> 18;
+      out[k] = t;
     }
     this.index = 0;
+  }
+
+  /** Fills dst[start, start + count) with at::uniform_real_distribution<float>(0, 1) draws: low 24 bits / 2^24. */
+  fillUniformFloat(dst: Float32Array, start: number, count: number): void {
+    const out = this.outputs;
+    let i = start;
+    const end = start + count;
+    while (i < end) {
+      if (this.index >= MT_N) this.refill();
+      const n = Math.min(MT_N - this.index, end - i);
+      for (let k = this.index, stop = this.index + n; k < stop; k++) dst[i++] = (out[k] & 0xffffff) * TWO_POW_MINUS_24;
+      this.index += n;
+    }
   }
 
   /** Next 32-bit output as an unsigned number. */
@@ -63,13 +86,7 @@ export class Mt19937 {
 }
 
 const TWO_PI_F32 = Math.fround(2 * Math.PI);
-const TWO_POW_24 = 2 ** 24;
 const TWO_POW_53 = 2 ** 53;
-
-/** at::uniform_real_distribution<float>(0, 1): the low 24 bits of one 32-bit draw, / 2^24. */
-function uniformFloat(rng: Mt19937): number {
-  return (rng.nextI32() & 0xffffff) / TWO_POW_24;
-}
 
 /** at::uniform_real_distribution<double>(0, 1): the low 53 bits of a 64-bit draw (first draw = high word), / 2^53. */
 function uniformDouble(rng: Mt19937): number {
@@ -103,16 +120,17 @@ const MINUS_DP3 = f32(-3.77489497744594108e-8);
 const SIN_POLY = [-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1].map(f32);
 const COS_POLY = [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2].map(f32);
 
-const bitsF32 = new Float32Array(1);
-const bitsU32 = new Uint32Array(bitsF32.buffer);
+/** 2^-b for b = 0..32. */
+const INV_POW2 = Float64Array.from({ length: 33 }, (_, b) => 2 ** -b);
 
-/** Natural log of a float32 in (0, 1] (the only range used here). */
-function logF32(x: number): number {
-  bitsF32[0] = x;
-  const bits = bitsU32[0];
-  let exponent = f32((bits >>> 23) - 0x7f + 1);
-  bitsU32[0] = (bits & ~0x7f800000) | 0x3f000000; // mantissa scaled into [0.5, 1)
-  let m = bitsF32[0];
+/**
+ * Natural log of x = n / 2^24 for an integer n in [1, 2^24] (every u1 = 1 - uniform is one). The cephes algorithm
+ * splits x into mantissa in [0.5, 1) and exponent; for such x that is n / 2^bits and bits - 24.
+ */
+function logF32(n: number): number {
+  const bits = 32 - Math.clz32(n);
+  let exponent = bits - 24;
+  let m = n * INV_POW2[bits];
   if (m < SQRT_HALF_F32) {
     exponent = f32(exponent - 1);
     m = f32(f32(m - 1) + m);
@@ -158,9 +176,10 @@ const sinCos = new Float64Array(2);
 /** Box-Muller on 16 float uniforms in place, as torch's normal_fill_16_AVX2 (u1 from j, u2 from j + 8). */
 function normalFill16(data: Float32Array, offset: number): void {
   for (let j = 0; j < 8; j++) {
-    const u1 = f32(1 - data[offset + j]); // [0, 1) -> (0, 1] for the log
+    // u1 = 1 - data[j] maps [0, 1) to (0, 1] for the log; as data[j] = k / 2^24, u1 = (2^24 - k) / 2^24 exactly.
+    const u1Times2To24 = TWO_POW_24 - data[offset + j] * TWO_POW_24;
     const u2 = data[offset + j + 8];
-    const radius = f32(Math.sqrt(f32(-2 * logF32(u1))));
+    const radius = f32(Math.sqrt(f32(-2 * logF32(u1Times2To24))));
     sinCosF32(f32(TWO_PI_F32 * u2), sinCos);
     data[offset + j] = f32(radius * sinCos[1]);
     data[offset + j + 8] = f32(radius * sinCos[0]);
@@ -203,11 +222,11 @@ export function torchRandn(seed: bigint | number, shape: number[]): Float32Array
     return out;
   }
 
-  for (let i = 0; i < size; i++) out[i] = uniformFloat(rng);
+  rng.fillUniformFloat(out, 0, size);
   for (let i = 0; i + 16 <= size; i += 16) normalFill16(out, i);
   if (size % 16 !== 0) {
     const tail = size - 16;
-    for (let i = 0; i < 16; i++) out[tail + i] = uniformFloat(rng);
+    rng.fillUniformFloat(out, tail, 16);
     normalFill16(out, tail);
   }
   return out;
