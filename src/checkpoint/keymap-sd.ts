@@ -439,8 +439,25 @@ function distinctIndices(keys: string[], re: RegExp): number[] {
   return [...s].sort((a, b) => a - b);
 }
 
-/** Maps every key of an SD 1.x / 2.x single file to canonical names. `shapeOf` gives a key's stored shape. */
-export function buildLdmKeyMap(keys: string[], shapeOf: (key: string) => number[], text: TextLayout): LdmKeyMap {
+/**
+ * How many OpenCLIP blocks SD 2.x uses. Original checkpoints hold the whole tower (ViT-H: 24 blocks) and SD 2.x
+ * conditions on the penultimate layer, so the last block goes unused; files written back from diffusers by
+ * convert_diffusers_to_original_stable_diffusion.py hold only the 23 used blocks of ViT-H (width 1024).
+ */
+export function openClipUsedBlocks(blocks: number, width: number): number {
+  return blocks === 23 && width === 1024 ? 23 : Math.max(0, blocks - 1);
+}
+
+/**
+ * Maps every key of an SD 1.x / 2.x single file to canonical names. `shapeOf` gives a key's stored shape.
+ * `textBlocksUsed` overrides openClipUsedBlocks() (OpenCLIP files only).
+ */
+export function buildLdmKeyMap(
+  keys: string[],
+  shapeOf: (key: string) => number[],
+  text: TextLayout,
+  textBlocksUsed?: number,
+): LdmKeyMap {
   const entries = new Map<string, SourceRef>();
   const unmapped: string[] = [];
   const notes: string[] = [];
@@ -457,6 +474,7 @@ export function buildLdmKeyMap(keys: string[], shapeOf: (key: string) => number[
   const textWidth = keySet.has(OPENCLIP_PREFIX + 'token_embedding.weight')
     ? shapeOf(OPENCLIP_PREFIX + 'token_embedding.weight')[1]
     : 0;
+  const usedBlocks = textBlocksUsed ?? openClipUsedBlocks(textBlocks, textWidth);
 
   const unetKeys = keys.filter((k) => k.startsWith(UNET_PREFIX));
   const emaKeys = keys.filter((k) => k.startsWith('model_ema.') && !DDPM_BUFFERS.has(k));
@@ -482,7 +500,7 @@ export function buildLdmKeyMap(keys: string[], shapeOf: (key: string) => number[
       if (name === undefined) unmapped.push(key);
       else entries.set(`text_encoder.${name}`, { key });
     } else if (text === 'openclip' && key.startsWith(OPENCLIP_PREFIX)) {
-      const targets = openClipKeyToCanonical(key.slice(OPENCLIP_PREFIX.length), textWidth, textBlocks - 1);
+      const targets = openClipKeyToCanonical(key.slice(OPENCLIP_PREFIX.length), textWidth, usedBlocks);
       if (targets === undefined) unmapped.push(key);
       for (const t of targets ?? []) entries.set(`text_encoder.${t.name}`, { key, rows: t.rows, transpose: t.transpose });
     } else {
@@ -490,7 +508,11 @@ export function buildLdmKeyMap(keys: string[], shapeOf: (key: string) => number[
     }
   }
   if (text === 'openclip' && textBlocks > 0) {
-    notes.push(`SD 2.x text encoder: penultimate layer used (${textBlocks - 1} of ${textBlocks} OpenCLIP blocks)`);
+    notes.push(
+      usedBlocks < textBlocks
+        ? `SD 2.x text encoder: penultimate layer used (${usedBlocks} of ${textBlocks} OpenCLIP blocks)`
+        : `SD 2.x text encoder: all ${textBlocks} OpenCLIP blocks used (the file holds only the used ones)`,
+    );
   }
   const upWithAttention = new Set(
     [...entries.keys()].flatMap((n) => {

@@ -98,7 +98,14 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
         );
     }
     const family = kind.kind;
-    const map = buildLdmKeyMap(keys, (k) => set.info(k).shape, family === 'sd1' ? 'clip' : 'openclip');
+    const overrides = parseConfigOverrides(set.metadata, path);
+    const layers = overrides?.text_encoder?.num_hidden_layers;
+    const map = buildLdmKeyMap(
+      keys,
+      (k) => set.info(k).shape,
+      family === 'sd1' ? 'clip' : 'openclip',
+      typeof layers === 'number' ? layers : undefined,
+    );
     const weights = new MappedSource(
       [...map.entries].map(([name, ref]) => [name, { set, ref }]),
       [set],
@@ -106,7 +113,6 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
     );
     const names = weights.names();
     const metaOf = (n: string) => (weights.has(n) ? weights.meta(n) : undefined);
-    const overrides = parseConfigOverrides(set.metadata, path);
     let unet = inferUnetConfig(names, metaOf, family, path);
     let vae = inferVaeConfig(names, metaOf, path);
     let textEncoder = inferClipTextConfig(names, metaOf, family, path);
@@ -117,14 +123,14 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
       if (overrides.text_encoder) textEncoder = clipTextConfigFromJson(overrides.text_encoder, textEncoder);
       notes.push(`configs from the file's metadata "onestep.config" (${Object.keys(overrides).join(', ')}) override the inferred ones`);
     }
-    if (!overrides?.unet) {
+    if (overrides?.unet?.attention_head_dim === undefined && overrides?.unet?.num_attention_heads === undefined) {
       notes.push(
         family === 'sd1'
           ? 'UNet attention heads: 8 per attention (SD 1.x rule; heads are not visible in shapes)'
           : `UNet attention heads: channels/64 per block = [${unet.attention_head_dim}] (SD 2.x rule; heads are not visible in shapes)`,
       );
     }
-    if (!overrides?.text_encoder) {
+    if (overrides?.text_encoder?.num_attention_heads === undefined) {
       notes.push(`text encoder heads: hidden/64 = ${textEncoder.num_attention_heads} (heads are not visible in shapes)`);
     }
     if (family === 'sd2' && !opts.predictionType) {
@@ -152,6 +158,14 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+
+/** diffusers < 0.14 saved the VAE's mid attention as query/key/value/proj_attn. */
+function renameLegacyVaeAttention(key: string): string {
+  return key.replace(/(\.attentions\.\d+\.)(query|key|value|proj_attn)\./, (_, head: string, p: string) => {
+    const to = { query: 'to_q', key: 'to_k', value: 'to_v', proj_attn: 'to_out.0' }[p as 'query'];
+    return `${head}${to}.`;
+  });
+}
 
 function sdExpectedTensors(unet: UNetConfig, vae: VaeConfig, textEncoder: ClipTextConfig): Map<string, number[]> {
   return new Map([...expectedUnetTensors(unet), ...expectedVaeTensors(vae), ...expectedClipTextTensors(textEncoder)]);
@@ -199,7 +213,7 @@ async function openFolder(dir: string, opts: OpenOptions): Promise<Checkpoint> {
       rawConfigs[c] = await readJson(join(cdir, 'config.json'));
       const set = await TensorSet.open(cdir);
       // position_ids is an integer buffer older transformers versions saved; nothing reads it.
-      parts.push(MappedSource.prefixed(set, `${c}.`, dir, (k) => !k.endsWith('position_ids')));
+      parts.push(MappedSource.prefixed(set, `${c}.`, dir, (k) => !k.endsWith('position_ids'), c === 'vae' ? renameLegacyVaeAttention : undefined));
     }
     const weights = MappedSource.union(parts, dir);
     const notes: string[] = [];

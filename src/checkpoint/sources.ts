@@ -54,12 +54,18 @@ export class MappedSource implements WeightSource {
     }
   }
 
-  /** Every tensor of `set`, named `${prefix}${key}` (a diffusers component folder). */
-  static prefixed(set: TensorSet, prefix: string, label: string, keep: (key: string) => boolean = () => true): MappedSource {
+  /** Every kept tensor of `set`, named `${prefix}${rename(key)}` (a diffusers component folder). */
+  static prefixed(
+    set: TensorSet,
+    prefix: string,
+    label: string,
+    keep: (key: string) => boolean = () => true,
+    rename: (key: string) => string = (k) => k,
+  ): MappedSource {
     const entries: [string, Entry][] = set
       .names()
       .filter(keep)
-      .map((key) => [prefix + key, { set, ref: { key } }]);
+      .map((key) => [prefix + rename(key), { set, ref: { key } }]);
     return new MappedSource(entries, [set], label);
   }
 

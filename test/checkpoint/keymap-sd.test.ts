@@ -13,6 +13,7 @@ import {
   ldmUnetModuleToCanonical,
   ldmVaeKeyToCanonical,
   openClipKeyToCanonical,
+  openClipUsedBlocks,
 } from '../../src/checkpoint/keymap-sd.js';
 import { SafetensorsFile } from '../../src/safetensors/reader.js';
 
@@ -112,6 +113,12 @@ describe('checkpoint/keymap-sd', () => {
     assert.equal(openClipKeyToCanonical('visual.conv1.weight', 1024, 23), undefined);
     assert.equal(canonicalToLdm('text_encoder.text_model.encoder.layers.4.self_attn.v_proj.bias', { ...SD1_LDM_LAYOUT, text: 'openclip' }), 'cond_stage_model.model.transformer.resblocks.4.attn.in_proj_bias');
     assert.equal(canonicalToLdm('text_encoder.text_model.encoder.layers.4.layer_norm2.weight', { ...SD1_LDM_LAYOUT, text: 'openclip' }), 'cond_stage_model.model.transformer.resblocks.4.ln_2.weight');
+  });
+
+  it('OpenCLIP blocks used: all but the last, except a ViT-H file already cut to 23 blocks', () => {
+    assert.equal(openClipUsedBlocks(24, 1024), 23);
+    assert.equal(openClipUsedBlocks(23, 1024), 23);
+    assert.equal(openClipUsedBlocks(3, 32), 2);
   });
 
   it('EMA names and known-ignorable keys', () => {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OnestepError } from '../../src/errors.js';
@@ -237,5 +237,39 @@ describe('checkpoint/open', () => {
     const bad = join(tmp, 'bad-meta.safetensors');
     await rewriteSafetensors(join(FIX, 'tiny-sd21.safetensors'), bad, { metadata: { 'onestep.config': '{not json' } });
     await expectError(bad, /onestep\.config.*not valid JSON/);
+  });
+
+  it('reads legacy diffusers VAE attention names (query/key/value/proj_attn) as the current ones', async () => {
+    const dir = join(tmp, 'legacy-sd15');
+    await cp(join(FIX, 'tiny-sd15'), dir, { recursive: true });
+    const vaeFile = join(dir, 'vae', 'diffusion_pytorch_model.safetensors');
+    const renamed = join(tmp, 'legacy-vae.safetensors');
+    const legacy = { to_q: 'query', to_k: 'key', to_v: 'value', 'to_out.0': 'proj_attn' } as Record<string, string>;
+    await rewriteSafetensors(vaeFile, renamed, {
+      rename: (k) => k.replace(/(attentions\.0\.)(to_q|to_k|to_v|to_out\.0)\./, (_, h: string, p: string) => `${h}${legacy[p]}.`),
+    });
+    await copyFile(renamed, vaeFile);
+    const original = await openCheckpoint(join(FIX, 'tiny-sd15'));
+    try {
+      await withCheckpoint(dir, async (c) => {
+        assert.deepEqual(c.weights.names(), original.weights.names());
+        const name = 'vae.decoder.mid_block.attentions.0.to_out.0.weight';
+        assert.deepEqual(await c.weights.readF32(name), await original.weights.readF32(name));
+      });
+    } finally {
+      await original.weights.close();
+    }
+  });
+
+  it('uses every OpenCLIP block when the metadata says the text encoder has that many layers', async () => {
+    const path = join(tmp, 'sd21-all-blocks.safetensors');
+    await rewriteSafetensors(join(FIX, 'tiny-sd21.safetensors'), path, {
+      metadata: { 'onestep.config': JSON.stringify({ text_encoder: { num_hidden_layers: 3 } }) },
+    });
+    await withCheckpoint(path, async (c) => {
+      assert.equal(c.textEncoder?.num_hidden_layers, 3);
+      assert.ok(c.weights.has('text_encoder.text_model.encoder.layers.2.mlp.fc1.weight'));
+      assert.ok(c.notes.some((n) => /all 3 OpenCLIP blocks used/.test(n)));
+    });
   });
 });
