@@ -1,4 +1,5 @@
 /** Test helpers for LoRA files: write small safetensors files with chosen keys, seeded values. */
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,4 +60,20 @@ export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
     m = Math.max(m, Math.abs(b[i]));
   }
   return d / m;
+}
+
+/** Whole-file header parse for tests: tensor names in data order, metadata and each tensor's raw bytes. */
+export function rawSafetensors(file: string): { names: string[]; metadata: Record<string, string> | undefined; dtypes: Map<string, string>; raw: Map<string, Buffer> } {
+  const buf = readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, any>;
+  const entries = Object.entries(header).filter(([k]) => k !== '__metadata__');
+  entries.sort((a, b) => a[1].data_offsets[0] - b[1].data_offsets[0]);
+  const raw = new Map<string, Buffer>();
+  const dtypes = new Map<string, string>();
+  for (const [k, v] of entries) {
+    raw.set(k, buf.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1]));
+    dtypes.set(k, v.dtype);
+  }
+  return { names: entries.map(([k]) => k), metadata: header.__metadata__, dtypes, raw };
 }
