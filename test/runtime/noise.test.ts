@@ -54,14 +54,16 @@ describe('runtime/noise', () => {
     assert.deepEqual(torchRandn(-1, [20]), torchRandn(4294967295, [20]));
   });
 
-  it('is deterministic and takes ~1 ms for latent-sized noise', () => {
+  it('is deterministic; logs the time for latent-sized noise (best of 20)', () => {
     for (const shape of [[1, 4, 64, 64], [1, 4, 128, 128]]) {
       torchRandn(7, shape);
-      const runs = 20;
-      const t0 = performance.now();
-      for (let i = 0; i < runs; i++) torchRandn(7 + i, shape);
-      const ms = (performance.now() - t0) / runs;
-      console.log(`      torchRandn ${shape.join('x')}: ${ms.toFixed(2)} ms`);
+      let best = Infinity;
+      for (let i = 0; i < 20; i++) {
+        const t0 = performance.now();
+        torchRandn(7 + i, shape);
+        best = Math.min(best, performance.now() - t0);
+      }
+      console.log(`      torchRandn ${shape.join('x')}: ${best.toFixed(2)} ms`);
       assert.deepEqual(torchRandn(7, shape), torchRandn(7, shape));
     }
   });
