@@ -286,6 +286,8 @@ function fixSegment(text: string, unescape: boolean): string {
 
 /** ftfy.fix_text with its default settings, limited to the fixes listed at the top of this file. */
 export function fixText(text: string): string {
+  // Printable ASCII (plus tab and newline) without "&" is left as it is by every fix: skip them all.
+  if (/^[\t\n\x20-\x25\x27-\x7e]*$/.test(text)) return text;
   // As ftfy: HTML is only unescaped when the text contains no "<" (then it may be real HTML); lines fixed one by one.
   const unescape = !text.includes('<');
   let out = '';
