@@ -129,17 +129,12 @@ function decodeCharRef(body: string): string | undefined {
   const digits = hex ? body.slice(1) : body;
   if (!(hex ? /^[0-9A-Fa-f]+$/ : /^[0-9]+$/).test(digits)) return undefined;
   const cp = parseInt(digits, hex ? 16 : 10);
-  if (cp >= 0x80 && cp <= 0x9f) return cp1252CharRef(cp);
+  if (cp >= 0x80 && cp <= 0x9f) return cp1252Char(cp); // HTML5 reads these as Windows-1252 bytes
   if (cp === 0) return '\ufffd';
   if (cp === 0x0d) return '\r';
   if ((cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) return '\ufffd';
   if (isInvalidCharRef(cp)) return '';
   return String.fromCodePoint(cp);
-}
-
-/** HTML5 reads numeric references 0x80..0x9F as Windows-1252 bytes (its five undefined bytes stay C1 controls). */
-function cp1252CharRef(cp: number): string {
-  return cp1252Char(cp);
 }
 
 /** Replaces HTML entities ("&amp;", "&eacute;", "&#39;", "&#x263A;"; an all-caps "&EACUTE;" gives "É"). */

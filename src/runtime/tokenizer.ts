@@ -7,7 +7,7 @@
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { BadInputError } from '../errors.js';
+import { BadInputError, OnestepError } from '../errors.js';
 import { fixText } from './ftfy.js';
 
 /** CLIP's word pattern (the slow tokenizer's, minus its two special tokens which we split off beforehand). */
@@ -211,7 +211,9 @@ export class ClipTokenizer {
     const specials = new Map<string, number>();
     const bos = tokenizer.id_to_token(config.bosId);
     const eos = tokenizer.id_to_token(config.eosId);
-    if (bos === undefined || eos === undefined) throw new Error('tokenizer vocabulary lacks the bos/eos ids of its config');
+    if (bos === undefined || eos === undefined) {
+      throw new OnestepError('The tokenizer vocabulary lacks the BOS/EOS ids its config names.', 'Convert the checkpoint again.');
+    }
     specials.set(bos, config.bosId);
     specials.set(eos, config.eosId);
     specials.set(config.padToken, config.padId);
