@@ -1,6 +1,6 @@
 /** Opens a checkpoint (diffusers folder or single .safetensors file) as canonical weights plus configs. */
 import { readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { BadInputError } from '../errors.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
 import type { ClipTextConfig, PredictionType, SchedulerConfig, UNetConfig, VaeConfig } from './configs.js';
@@ -12,6 +12,7 @@ import {
   inferUnetConfig,
   inferVaeConfig,
   parseConfigOverrides,
+  type ConfigOverrides,
   schedulerConfigFromJson,
   sdScheduler,
   unetConfigFromJson,
@@ -54,6 +55,36 @@ export interface Checkpoint {
 export interface OpenOptions {
   /** Overrides the prediction type (single files do not record it; SD 2.x 768-v models need 'v_prediction'). */
   predictionType?: PredictionType;
+  /**
+   * Single files: a diffusers folder whose config files (unet/, vae/, text_encoder/, scheduler/, tokenizer/) describe
+   * the file's networks, as diffusers' `from_single_file(config=...)` takes one. Head counts, for one, are not
+   * visible in tensor shapes. When not given, a folder `<name>/` beside `<name>.safetensors` is used if it has a
+   * model_index.json (the way A1111 reads a `<name>.yaml` beside a checkpoint).
+   */
+  configDir?: string;
+}
+
+/** The config folder for a single file: the given one, or a diffusers folder of the same name beside it. */
+async function findConfigDir(file: string, given: string | undefined): Promise<string | undefined> {
+  if (given) {
+    if (!(await isDirectory(given))) throw new BadInputError(given, 'is not a folder', 'Pass a diffusers folder (with unet/, vae/, text_encoder/ config files) to --config.');
+    return given;
+  }
+  const sibling = join(dirname(file), basename(file).replace(/\.safetensors$/i, ''));
+  return sibling !== file && (await exists(join(sibling, 'model_index.json'))) ? sibling : undefined;
+}
+
+/** config.json files of a config folder, in the onestep.config form, plus its scheduler and tokenizer. */
+async function readConfigDir(dir: string): Promise<{ overrides: ConfigOverrides; prediction?: PredictionType; tokenizerDir?: string }> {
+  const overrides: ConfigOverrides = {};
+  for (const c of ['unet', 'vae', 'text_encoder'] as const) {
+    const f = join(dir, c, 'config.json');
+    if (await exists(f)) overrides[c] = await readJson(f);
+  }
+  const schedulerFile = join(dir, 'scheduler', 'scheduler_config.json');
+  const prediction = (await exists(schedulerFile)) ? ((await readJson(schedulerFile)).prediction_type as PredictionType | undefined) : undefined;
+  const tokenizerDir = (await exists(join(dir, 'tokenizer', 'vocab.json'))) ? join(dir, 'tokenizer') : undefined;
+  return { overrides, prediction, tokenizerDir };
 }
 
 const LORA_HINT =
@@ -98,7 +129,10 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
         );
     }
     const family = kind.kind;
-    const overrides = parseConfigOverrides(set.metadata, path);
+    const configDir = await findConfigDir(path, opts.configDir);
+    const fromDir = configDir ? await readConfigDir(configDir) : undefined;
+    const fromMetadata = parseConfigOverrides(set.metadata, path);
+    const overrides = fromDir || fromMetadata ? { ...fromMetadata, ...fromDir?.overrides } : undefined;
     const layers = overrides?.text_encoder?.num_hidden_layers;
     const map = buildLdmKeyMap(
       keys,
@@ -121,7 +155,11 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
       if (overrides.unet) unet = unetConfigFromJson(overrides.unet, unet);
       if (overrides.vae) vae = vaeConfigFromJson(overrides.vae, vae);
       if (overrides.text_encoder) textEncoder = clipTextConfigFromJson(overrides.text_encoder, textEncoder);
-      notes.push(`configs from the file's metadata "onestep.config" (${Object.keys(overrides).join(', ')}) override the inferred ones`);
+      notes.push(
+        configDir
+          ? `configs from ${configDir} (${Object.keys(overrides).join(', ')}) override the ones inferred from shapes`
+          : `configs from the file's metadata "onestep.config" (${Object.keys(overrides).join(', ')}) override the inferred ones`,
+      );
     }
     if (overrides?.unet?.attention_head_dim === undefined && overrides?.unet?.num_attention_heads === undefined) {
       notes.push(
@@ -133,7 +171,8 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
     if (overrides?.text_encoder?.num_attention_heads === undefined) {
       notes.push(`text encoder heads: hidden/64 = ${textEncoder.num_attention_heads} (heads are not visible in shapes)`);
     }
-    if (family === 'sd2' && !opts.predictionType) {
+    const prediction = opts.predictionType ?? fromDir?.prediction;
+    if (family === 'sd2' && !prediction) {
       notes.push('SD 2.x single file: prediction type assumed epsilon; 768-v models need --prediction v_prediction');
     }
     checkTensors(weights, sdExpectedTensors(unet, vae, textEncoder), path);
@@ -145,9 +184,10 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
       unet,
       vae,
       textEncoder,
-      scheduler: sdScheduler(opts.predictionType ?? 'epsilon'),
+      scheduler: sdScheduler(prediction ?? 'epsilon'),
       rawConfigs: { unet: { ...unet }, vae: { ...vae }, text_encoder: { ...textEncoder } },
       ldmLayout: map.layout,
+      tokenizerDir: fromDir?.tokenizerDir,
       notes,
       unmappedKeys: map.unmapped,
     };

@@ -102,7 +102,7 @@ describe('checkpoint/open', () => {
     await withCheckpoint(join(FIX, 'tiny-sd15.safetensors'), async (c) => {
       assert.equal(c.layout, 'single-file');
       assert.equal(c.family, 'sd1');
-      assert.equal(c.tokenizerDir, undefined);
+      assert.equal(c.tokenizerDir, join(FIX, 'tiny-sd15', 'tokenizer')); // the same-named folder beside the file
       assert.deepEqual(c.unmappedKeys, []);
       assert.equal(c.scheduler.prediction_type, 'epsilon');
       assert.ok(c.weights instanceof MappedSource);
@@ -125,6 +125,36 @@ describe('checkpoint/open', () => {
       },
       { predictionType: 'v_prediction' },
     );
+  });
+
+  it('reads configs shapes cannot tell from a diffusers folder beside the file or named with configDir', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'onestep-configdir-'));
+    try {
+      const lone = join(dir, 'model.safetensors');
+      await copyFile(join(FIX, 'tiny-sd21.safetensors'), lone);
+      await withCheckpoint(lone, async (c) => {
+        assert.deepEqual(c.unet?.attention_head_dim, [1, 1, 1, 1]); // SD 2.x rule: channels / 64, at least 1
+        assert.equal(c.textEncoder?.num_attention_heads, 1);
+        assert.equal(c.scheduler.prediction_type, 'epsilon');
+        assert.equal(c.tokenizerDir, undefined);
+      });
+      const check = async (c: Checkpoint) => {
+        assert.deepEqual(c.unet?.attention_head_dim, [1, 2, 4, 4]);
+        assert.equal(c.textEncoder?.num_attention_heads, 2);
+        assert.equal(c.textEncoder?.num_hidden_layers, 2);
+        assert.equal(c.scheduler.prediction_type, 'v_prediction');
+        assert.match(c.tokenizerDir ?? '', /tokenizer$/);
+        assert.ok(c.notes.some((n) => /override the ones inferred from shapes/.test(n)));
+      };
+      await withCheckpoint(lone, check, { configDir: join(FIX, 'tiny-sd21') });
+      await cp(join(FIX, 'tiny-sd21'), join(dir, 'model'), { recursive: true });
+      await withCheckpoint(lone, check);
+      // An explicit prediction type still wins over the folder's scheduler.
+      await withCheckpoint(lone, async (c) => assert.equal(c.scheduler.prediction_type, 'epsilon'), { predictionType: 'epsilon' });
+      await assert.rejects(openCheckpoint(lone, { configDir: join(dir, 'nope') }), /is not a folder/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('tiny-pixart folder: transformer, T5 and VAE weights, scheduler from its config', async () => {
