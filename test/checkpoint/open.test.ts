@@ -151,7 +151,7 @@ describe('checkpoint/open', () => {
       await withCheckpoint(lone, check);
       // An explicit prediction type still wins over the folder's scheduler.
       await withCheckpoint(lone, async (c) => assert.equal(c.scheduler.prediction_type, 'epsilon'), { predictionType: 'epsilon' });
-      await assert.rejects(openCheckpoint(lone, { configDir: join(dir, 'nope') }), /is not a folder/);
+      await assert.rejects(openCheckpoint(lone, { configDir: join(dir, 'nope') }), /nope: no such file or folder/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
