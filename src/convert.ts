@@ -31,6 +31,8 @@ export interface ConvertOptions {
   dtype?: 'float32' | 'float16';
   force?: boolean;
   prediction?: PredictionType;
+  /** For a single file: a diffusers folder holding its configs (see OpenOptions.configDir). */
+  configDir?: string;
   recipe?: string;
   /** Merged on read through the WeightSource (no merged checkpoint is written). */
   loras?: LoraSpec[];
@@ -80,7 +82,7 @@ async function writeTokenizer(ckpt: Checkpoint, dir: string): Promise<number> {
 
 export async function convertCheckpoint(input: string, opts: ConvertOptions): Promise<ConvertResult> {
   const dtype = opts.dtype ?? 'float32';
-  const ckpt = await openCheckpoint(input, { predictionType: opts.prediction });
+  const ckpt = await openCheckpoint(input, { predictionType: opts.prediction, configDir: opts.configDir });
   let weights: WeightSource = ckpt.weights;
   try {
     if (ckpt.family !== 'sd1' && ckpt.family !== 'sd2') {

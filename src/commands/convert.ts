@@ -21,6 +21,9 @@ export default class Convert extends OnestepCommand {
       description: 'what the UNet predicts (a single file cannot tell; SD 2.x 768 models are v_prediction)',
       options: ['epsilon', 'v_prediction', 'sample', 'flow'],
     }),
+    config: Flags.string({
+      description: 'for a single file: a diffusers folder with its configs (head counts are not in tensor shapes); default: a same-named folder beside the file, if any',
+    }),
     recipe: Flags.string({ description: 'one-step recipe of the model family', options: RECIPE_NAMES }),
     lora: Flags.string({ description: 'LoRA file[:scale] merged on the fly (repeatable)', multiple: true }),
     'allow-unmatched': Flags.boolean({ description: 'skip LoRA keys that match no module instead of failing' }),
@@ -37,6 +40,7 @@ export default class Convert extends OnestepCommand {
       force: flags.force,
       prediction: flags.prediction as never,
       recipe: flags.recipe,
+      configDir: flags.config,
       loras: (flags.lora ?? []).map(parseLoraArg),
       allowUnmatched: flags['allow-unmatched'],
       onProgress: (p) => {
