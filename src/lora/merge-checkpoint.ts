@@ -225,6 +225,7 @@ async function writeFolder(
   // Weight files the checkpoint reads, and the component folders they live in.
   const readFiles = new Set(source.names().map((n) => resolve(source.sourceOf(n).file)));
   const componentDirs = new Set([...readFiles].map((f) => dirname(f)));
+  let hasIndex = false;
   await withAtomicDir(
     out,
     async (temp) => {
@@ -238,6 +239,7 @@ async function writeFolder(
             return false;
           }
           const inComponent = componentDirs.has(dirname(abs));
+          if (inComponent && abs.endsWith('.safetensors.index.json')) hasIndex = true;
           if (inComponent && (abs.endsWith('.safetensors') || PICKLE_WEIGHTS.test(abs))) {
             notes.push(`not copied: ${relative(base, abs)} (weights this merge does not read, so they would stay unmerged)`);
             return false;
@@ -252,6 +254,6 @@ async function writeFolder(
     },
     { force: opts.force ?? false },
   );
-  if (opts.dtype) notes.push(`float tensors stored as ${opts.dtype}; *.safetensors.index.json total_size entries were not updated`);
+  if (opts.dtype && hasIndex) notes.push(`float tensors stored as ${opts.dtype}; *.safetensors.index.json total_size entries were not updated`);
 }
 

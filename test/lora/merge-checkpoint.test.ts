@@ -128,6 +128,35 @@ describe('lora/merge-checkpoint', () => {
     assert.equal(identical, before.names.length - 37);
   });
 
+  it('SD 2.x single file: q/k/v LoRAs land in the right rows of OpenCLIP in_proj_weight (same result as the folder)', async () => {
+    const r = seeded(21);
+    const tensors: Record<string, ReturnType<typeof tensor>> = {};
+    for (const p of ['q', 'k', 'v', 'out']) {
+      tensors[`lora_te_text_model_encoder_layers_1_self_attn_${p}_proj.lora_down.weight`] = tensor(r, 2, 32);
+      tensors[`lora_te_text_model_encoder_layers_1_self_attn_${p}_proj.lora_up.weight`] = tensor(r, 32, 2);
+    }
+    tensors['lora_unet_mid_block_attentions_0_proj_in.lora_down.weight'] = tensor(r, 2, 64);
+    tensors['lora_unet_mid_block_attentions_0_proj_in.lora_up.weight'] = tensor(r, 64, 2);
+    const path = await writeF32File(join(tmp.dir, 'te.safetensors'), tensors);
+    const single = join(tmp.dir, 'single.safetensors');
+    const folder = join(tmp.dir, 'folder');
+    await mergeLorasIntoCheckpoint({ base: join(FIXTURES, 'tiny-sd21.safetensors'), loras: [{ path, scale: 0.8 }], out: single, dtype: 'F32' });
+    await mergeLorasIntoCheckpoint({ base: join(FIXTURES, 'tiny-sd21'), loras: [{ path, scale: 0.8 }], out: folder, dtype: 'F32' });
+    const s = readSafetensors(single);
+    const te = readSafetensors(join(folder, 'text_encoder', 'model.safetensors'));
+    const unet = readSafetensors(join(folder, 'unet', 'diffusion_pytorch_model.safetensors'));
+    const before = readSafetensors(join(FIXTURES, 'tiny-sd21', 'text_encoder', 'model.safetensors'));
+    const packed = s.get('cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight')!.data;
+    ['q', 'k', 'v'].forEach((p, i) => {
+      const key = `text_model.encoder.layers.1.self_attn.${p}_proj.weight`;
+      assert.ok(maxRelDiff(te.get(key)!.data, before.get(key)!.data) > 1e-3, `${p} changed`);
+      assert.deepEqual(packed.slice(i * 1024, (i + 1) * 1024), te.get(key)!.data, p);
+    });
+    assert.deepEqual(s.get('cond_stage_model.model.transformer.resblocks.1.attn.out_proj.weight')!.data, te.get('text_model.encoder.layers.1.self_attn.out_proj.weight')!.data);
+    const proj = s.get('model.diffusion_model.middle_block.1.proj_in.weight')!;
+    assert.deepEqual(proj.data, unet.get('mid_block.attentions.0.proj_in.weight')!.data);
+  });
+
   it('bf16 output: round to nearest even', () => {
     const values = Float32Array.of(1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, 1 + 2 ** -8 + 2 ** -20);
     assert.deepEqual([...f32ToBf16(values)], [0x3f80, 0x3f80, 0x3f82, 0xc020, 0x3f81]);
