@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { closeSync, openSync, readFileSync, readSync, readdirSync, statSync, writeFileSync, ftruncateSync, mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readdirSync, statSync, writeFileSync, ftruncateSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatInspectReport, inspectPath, type InspectReport } from '../src/inspect.js';
@@ -20,7 +20,7 @@ interface Header {
   tensors: Map<string, HeaderEntry>;
 }
 
-export function readHeader(file: string): Header {
+function readHeader(file: string): Header {
   const fd = openSync(file, 'r');
   try {
     const lenBuf = Buffer.alloc(8);
@@ -316,6 +316,57 @@ describe('inspect: synthetic headers (data sections are sparse zeros)', () => {
     assert.equal(r.family, 'unknown');
     assert.equal(r.components.other.parameters, entries.reduce((a, e) => a + numel(e.shape), 0));
     assert.ok(r.warnings.some((w) => /a VAE alone/.test(w)));
+  });
+
+  /** A pipeline folder whose weight folders link to the fixture's. */
+  function pipelineFolder(name: string, index: Record<string, unknown>, links: Record<string, string>): string {
+    const root = join(dir, name);
+    mkdirSync(root);
+    writeFileSync(join(root, 'model_index.json'), JSON.stringify(index));
+    for (const [sub, target] of Object.entries(links)) symlinkSync(target, join(root, sub), 'dir');
+    return root;
+  }
+
+  it('a diffusers folder with a safety checker: counted as a component onestep does not use', async () => {
+    const fixture = join(FIXTURES, 'tiny-sd15');
+    const index = { ...JSON.parse(readFileSync(join(fixture, 'model_index.json'), 'utf8')), safety_checker: ['stable_diffusion', 'StableDiffusionSafetyChecker'] };
+    const root = pipelineFolder('with-checker', index, { unet: join(fixture, 'unet'), vae: join(fixture, 'vae'), text_encoder: join(fixture, 'text_encoder') });
+    mkdirSync(join(root, 'safety_checker'));
+    writeHeaderOnly(join(root, 'safety_checker', 'model.safetensors'), [{ name: 'vision_model.proj.weight', dtype: 'F16', shape: [7, 11] }]);
+    const r = await inspectPath(root);
+    const plain = await inspectPath(fixture);
+    assert.equal(r.family, 'sd1');
+    assert.deepEqual(r.components.safety_checker, { parameters: 77, tensors: 1, dtypes: { F16: 77 } });
+    assert.equal(r.totalParameters, plain.totalParameters + 77);
+    assert.equal(r.unused.tensors, 0);
+    assert.ok(r.notes.includes('safety_checker/ is not used by onestep'));
+  });
+
+  it('an SDXL diffusers folder: family sdxl, counts per component folder', async () => {
+    const sd15 = join(FIXTURES, 'tiny-sd15');
+    const sd21 = join(FIXTURES, 'tiny-sd21');
+    const index = {
+      _class_name: 'StableDiffusionXLPipeline',
+      unet: ['diffusers', 'UNet2DConditionModel'],
+      vae: ['diffusers', 'AutoencoderKL'],
+      text_encoder: ['transformers', 'CLIPTextModel'],
+      text_encoder_2: ['transformers', 'CLIPTextModelWithProjection'],
+      tokenizer: ['transformers', 'CLIPTokenizer'],
+    };
+    const root = pipelineFolder('sdxl', index, {
+      unet: join(sd15, 'unet'),
+      vae: join(sd15, 'vae'),
+      text_encoder: join(sd15, 'text_encoder'),
+      text_encoder_2: join(sd21, 'text_encoder'),
+    });
+    const r = await inspectPath(root);
+    assert.equal(r.family, 'sdxl');
+    assert.equal(r.layout, 'diffusers');
+    assert.equal(r.convertible, false);
+    const expected = expectedFolder(root).components;
+    assertComponents(r, expected);
+    assert.ok(r.components.text_encoder_2.parameters > 0);
+    assert.equal(r.config?.text_encoder_2.hidden_act, 'gelu');
   });
 
   it('unreadable input is one OnestepError: missing path, pickle, truncated file, folder without model_index.json', async () => {
