@@ -94,11 +94,19 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     const loraSpecs = opts.loras ?? [];
     let loraReport: string | undefined;
     if (loraSpecs.length) {
-      const merged = await LoraMergedSource.create(ckpt.weights, loraSpecs, { allowUnmatched: opts.allowUnmatched });
+      const merged = await LoraMergedSource.create(ckpt.weights, loraSpecs, { allowUnmatched: opts.allowUnmatched, baseFamily: ckpt.family, baseLabel: input });
       weights = merged;
       loraReport = formatMergeReport(merged.report);
     }
     const loras = await Promise.all(loraSpecs.map(async (l) => ({ name: path.basename(l.path), sha256: await sha256Path(l.path), scale: l.scale })));
+    // Before any graph is built: a recipe that does not fit the family must not cost a whole conversion.
+    const recipe = resolveRecipe({
+      family: ckpt.family,
+      explicit: opts.recipe,
+      detected: detectRecipe([path.basename(path.resolve(input))]),
+      schedulerPrediction: ckpt.scheduler.prediction_type,
+      predictionFlag: opts.prediction,
+    });
     const unetCfg = ckpt.unet;
     const textCfg = ckpt.textEncoder;
     const graphs: [string, () => Graph][] = [
@@ -120,13 +128,6 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
         const tokenizerDir = path.join(tmp, 'tokenizer');
         await mkdir(tokenizerDir);
         const maxLength = await writeTokenizer(ckpt, tokenizerDir);
-        const recipe = resolveRecipe({
-          family: ckpt.family,
-          explicit: opts.recipe,
-          detected: detectRecipe([path.basename(path.resolve(input))]),
-          schedulerPrediction: ckpt.scheduler.prediction_type,
-          predictionFlag: opts.prediction,
-        });
         const sampleSize = unetCfg.sample_size * 8;
         manifest = {
           format: MODEL_FORMAT,
