@@ -204,10 +204,11 @@ function rawSingleFile(
   const unknown: string[] = [];
   const recognized = family !== 'unknown';
   for (const t of stored) {
+    if (isKnownIgnorableKey(t.key)) continue; // DDPM buffers, position_ids, ...: unused
     const component = ldmComponent(t.key);
     if (component) tally.add(component, t.dtype, t.numel, t.id);
     else if (!recognized) tally.add('other', t.dtype, t.numel, t.id);
-    else if (!t.key.startsWith('model_ema.') && !isKnownIgnorableKey(t.key)) unknown.push(t.key);
+    else if (!t.key.startsWith('model_ema.')) unknown.push(t.key);
   }
   const keys = stored.map((t) => t.key);
   const ema = emaWarning(keys);

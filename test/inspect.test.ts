@@ -261,9 +261,9 @@ describe('inspect: synthetic headers (data sections are sparse zeros)', () => {
     const sum = (re: RegExp) => entries.filter((e) => re.test(e.name)).reduce((a, e) => a + numel(e.shape), 0);
     assert.equal(r.components.unet.parameters, sum(/^model\.diffusion_model\./));
     assert.equal(r.components.vae.parameters, sum(/^first_stage_model\./));
-    assert.equal(r.components.text_encoder.parameters, sum(/^conditioner\.embedders\.0\./));
+    assert.equal(r.components.text_encoder.parameters, sum(/^conditioner\.embedders\.0\.(?!.*position_ids$)/));
     assert.equal(r.components.text_encoder_2.parameters, sum(/^conditioner\.embedders\.1\./));
-    assert.equal(r.unused.tensors, 12); // the DDPM buffers
+    assert.equal(r.unused.tensors, 13); // the DDPM buffers and position_ids
     assert.ok(r.warnings.some((w) => /SDXL/.test(w)));
     assert.match(formatInspectReport(r), /modelspec\.architecture: stable-diffusion-xl-v1-base/);
   });
@@ -304,6 +304,19 @@ describe('inspect: synthetic headers (data sections are sparse zeros)', () => {
     console.log(`      inspect of a ${(statSync(file).size / 1e9).toFixed(1)} GB file: ${ms.toFixed(0)} ms`);
     assert.equal(r.family, 'sd1');
     assert.equal(r.unused.parameters - 5_000_000_000, (await inspectPath(join(FIXTURES, 'tiny-sd15.safetensors'))).unused.parameters);
+  });
+
+  it('an SD 1.x file onestep cannot open (a tensor missing): still reported by key prefix, with the reason', async () => {
+    const entries = sd15().filter((e) => e.name !== 'model.diffusion_model.out.2.weight');
+    const file = join(dir, 'incomplete.safetensors');
+    writeHeaderOnly(file, entries);
+    const r = await inspectPath(file);
+    assert.equal(r.family, 'sd1');
+    assert.equal(r.convertible, false);
+    const sum = (prefix: string) => entries.filter((e) => e.name.startsWith(prefix)).reduce((a, e) => a + numel(e.shape), 0);
+    assert.equal(r.components.unet.parameters, sum('model.diffusion_model.'));
+    assert.equal(r.components.text_encoder.parameters, sum('cond_stage_model.') - 77); // position_ids is unused
+    assert.ok(r.warnings.some((w) => w.startsWith('onestep cannot convert it as it is:') && /conv_out\.weight|out\.2\.weight/.test(w)), r.warnings.join('\n'));
   });
 
   it('a VAE alone: reported with family unknown and what it looks like', async () => {
