@@ -295,10 +295,19 @@ function fromCheckpoint(checkpoint: Checkpoint, stored: StoredTensor[], metadata
   });
 }
 
+const COMPONENT_ORDER = ['unet', 'transformer', 'text_encoder', 'text_encoder_2', 'vae'];
+
+/** Components in a fixed order (the pipeline's, then the rest by name), so output is deterministic. */
+function ordered(components: Record<string, ComponentReport>): Record<string, ComponentReport> {
+  const rank = (n: string) => (COMPONENT_ORDER.includes(n) ? COMPONENT_ORDER.indexOf(n) : COMPONENT_ORDER.length);
+  const names = Object.keys(components).sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+  return Object.fromEntries(names.map((n) => [n, components[n]]));
+}
+
 function finish(r: Omit<InspectReport, 'totalParameters'>): InspectReport {
   const totalParameters = Object.values(r.components).reduce((a, c) => a + c.parameters, 0);
   const { path, kind, layout, family, convertible, components, ...rest } = r;
-  return { path, kind, layout, family, convertible, totalParameters, components, ...rest };
+  return { path, kind, layout, family, convertible, totalParameters, components: ordered(components), ...rest };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -429,7 +438,7 @@ async function inspectFolder(dir: string): Promise<InspectReport> {
           if (c in report.components) continue;
           const tally = new Tally();
           for (const t of tensors) tally.add(c, t.dtype, t.numel, t.id);
-          report.components[c] = tally.components[c];
+          report.components = ordered({ ...report.components, [c]: tally.components[c] });
           report.totalParameters += tally.components[c].parameters;
           report.unused = subtractUnused(report.unused, tensors);
           report.notes.push(`${c}/ is not used by onestep`);

@@ -145,6 +145,7 @@ describe('inspect: fixtures', () => {
     assertComponents(r, expectedSingle(file, isBuffer));
     assertNothingLost(r, [file]);
     assert.equal(r.unused.tensors, 13); // 12 DDPM buffers + position_ids (fixtures README)
+    assert.deepEqual(Object.keys(r.components), ['unet', 'text_encoder', 'vae']); // fixed order, not the file's
     assert.deepEqual(r.warnings, []);
     assert.equal(r.config?.unet.cross_attention_dim, 32);
   });
