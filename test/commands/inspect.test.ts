@@ -57,7 +57,7 @@ describe('onestep inspect (CLI)', function () {
     if (!distIsStale()) return;
     // tsc emits even when files elsewhere in the tree fail to type-check; dist/ is not wiped, so parallel runs keep working.
     try {
-      execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'pipe' });
+      execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'pipe' });
     } catch {
       // reported below if the inspect files did not come out
     }
