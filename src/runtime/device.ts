@@ -77,6 +77,9 @@ export async function openSession(
 ): Promise<{ session: ort.InferenceSession; device: Device; note?: string }> {
   if (request.kind === 'cpu') return { session: await createOrExplain(file, { kind: 'cpu' }, settings), device: { kind: 'cpu' } };
   const cuda: Device = { kind: 'cuda', id: request.kind === 'cuda' ? request.id : 0 };
+  // Without the CUDA provider ORT also logs a red error of its own; the user gets our note or error instead.
+  // (ORT fixes this level process-wide at the first session the process creates; later settings do nothing.)
+  ort.env.logLevel = 'fatal';
   try {
     return { session: await ort.InferenceSession.create(file, sessionOptions(cuda, settings)), device: cuda };
   } catch (e) {

@@ -222,9 +222,6 @@ function failure(e: unknown): WorkerFailure {
 
 async function serve(cfg: WorkerConfig): Promise<void> {
   const port = parentPort!;
-  // Without the CUDA provider ORT logs a red error of its own; the user gets our note (auto) or error (cuda) instead.
-  // (The level is process-wide and fixed by the first session the process creates.)
-  if (cfg.device.kind !== 'cpu') ort.env.logLevel = 'fatal';
   let pipeline: InferencePipeline;
   try {
     pipeline = await InferencePipeline.load(cfg);
