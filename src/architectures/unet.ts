@@ -152,11 +152,12 @@ function groupNorm(g: Graph, x: Value, prefix: string, groups: number, eps: numb
   });
 }
 
-function resnetBlock2D(g: Graph, cfg: UNetConfig, x: Value, temb: Value, prefix: string, outputScale = 1): Value {
+/** `tembAct` is silu(temb), computed once for all resnets (diffusers applies it in each). */
+function resnetBlock2D(g: Graph, cfg: UNetConfig, x: Value, tembAct: Value, prefix: string, outputScale = 1): Value {
   return g.scope(lastPart(prefix), () => {
     let h = g.silu(groupNorm(g, x, `${prefix}.norm1`, cfg.norm_num_groups, cfg.norm_eps));
     h = g.conv2d(h, `${prefix}.conv1`);
-    const t = g.linear(g.silu(temb), `${prefix}.time_emb_proj`);
+    const t = g.linear(tembAct, `${prefix}.time_emb_proj`);
     h = g.add(h, g.unsqueeze(t, [2, 3]));
     h = g.silu(groupNorm(g, h, `${prefix}.norm2`, cfg.norm_num_groups, cfg.norm_eps));
     h = g.conv2d(h, `${prefix}.conv2`);
@@ -256,7 +257,7 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
     const context = g.cast(x.encoderHiddenStates, g.dtype);
 
     const tEmb = timestepEmbedding(g, g.cast(x.timestep, 'float32'), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift);
-    const temb = timeEmbedding(g, g.cast(tEmb, g.dtype), `${prefix}.time_embedding`);
+    const tembAct = g.silu(timeEmbedding(g, g.cast(tEmb, g.dtype), `${prefix}.time_embedding`));
 
     let h = g.conv2d(g.cast(x.sample, g.dtype), `${prefix}.conv_in`);
     const skips: Value[] = [h];
@@ -266,7 +267,7 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
       h = g.scope(`down_blocks.${i}`, () => {
         let y = h;
         for (let j = 0; j < cfg.layers_per_block; j++) {
-          y = resnetBlock2D(g, cfg, y, temb, `${p}.resnets.${j}`);
+          y = resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.${j}`);
           if (cfg.down_block_types[i] === 'CrossAttnDownBlock2D') {
             y = transformer2DModel(g, cfg, y, context, heads[i], cfg.transformer_layers_per_block[i], `${p}.attentions.${j}`);
           }
@@ -282,9 +283,9 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
 
     h = g.scope('mid_block', () => {
       const p = `${prefix}.mid_block`;
-      let y = resnetBlock2D(g, cfg, h, temb, `${p}.resnets.0`, cfg.mid_block_scale_factor);
+      let y = resnetBlock2D(g, cfg, h, tembAct, `${p}.resnets.0`, cfg.mid_block_scale_factor);
       y = transformer2DModel(g, cfg, y, context, heads[n - 1], cfg.transformer_layers_per_block[n - 1], `${p}.attentions.0`);
-      return resnetBlock2D(g, cfg, y, temb, `${p}.resnets.1`, cfg.mid_block_scale_factor);
+      return resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.1`, cfg.mid_block_scale_factor);
     });
 
     const upHeads = [...heads].reverse();
@@ -295,7 +296,7 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
         let y = h;
         for (let j = 0; j < cfg.layers_per_block + 1; j++) {
           y = g.concat([y, skips.pop()!], 1);
-          y = resnetBlock2D(g, cfg, y, temb, `${p}.resnets.${j}`);
+          y = resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.${j}`);
           if (cfg.up_block_types[i] === 'CrossAttnUpBlock2D') {
             y = transformer2DModel(g, cfg, y, context, upHeads[i], upLayers[i], `${p}.attentions.${j}`);
           }
