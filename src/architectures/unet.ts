@@ -134,32 +134,14 @@ function timeEmbedding(g: Graph, x: Value, prefix: string): Value {
   return g.scope('time_embedding', () => g.linear(g.silu(g.linear(x, `${prefix}.linear_1`)), `${prefix}.linear_2`));
 }
 
-/**
- * torch GroupNorm on NCHW, statistics in float32. Not ONNX GroupNormalization: onnxruntime has no CPU kernel for it and
- * expands its function body (~29 nodes per norm), whose variance E[x^2] - E[x]^2 loses precision to cancellation
- * (tiny-sd21 at t=999: relErr 1.8e-4 with it, 1.6e-5 with this two-pass form; InstanceNormalization: 1.1e-4).
- */
-function groupNorm(g: Graph, x: Value, prefix: string, groups: number, eps: number): Value {
-  return g.scope(lastPart(prefix), () => {
-    const channels = g.weightShape(`${prefix}.weight`)[0];
-    const grouped = g.cast(g.reshape(x, [0, groups, -1]), 'float32');
-    const centered = g.sub(grouped, g.node('ReduceMean', [grouped, g.ints([2])], { keepdims: 1 })[0]);
-    const variance = g.node('ReduceMean', [g.mul(centered, centered), g.ints([2])], { keepdims: 1 })[0];
-    const normed = g.div(centered, g.node('Sqrt', [g.add(variance, g.scalar(eps, 'float32'))])[0]);
-    const y = g.node('Reshape', [g.cast(normed, x.type), g.shape(x)])[0];
-    const scale = g.weight(`${prefix}.weight`, { reshape: [channels, 1, 1] });
-    return g.add(g.mul(y, scale), g.weight(`${prefix}.bias`, { reshape: [channels, 1, 1] }));
-  });
-}
-
 /** `tembAct` is silu(temb), computed once for all resnets (diffusers applies it in each). */
 function resnetBlock2D(g: Graph, cfg: UNetConfig, x: Value, tembAct: Value, prefix: string, outputScale = 1): Value {
   return g.scope(lastPart(prefix), () => {
-    let h = g.silu(groupNorm(g, x, `${prefix}.norm1`, cfg.norm_num_groups, cfg.norm_eps));
+    let h = g.silu(g.groupNorm(x, `${prefix}.norm1`, cfg.norm_num_groups, cfg.norm_eps));
     h = g.conv2d(h, `${prefix}.conv1`);
     const t = g.linear(tembAct, `${prefix}.time_emb_proj`);
     h = g.add(h, g.unsqueeze(t, [2, 3]));
-    h = g.silu(groupNorm(g, h, `${prefix}.norm2`, cfg.norm_num_groups, cfg.norm_eps));
+    h = g.silu(g.groupNorm(h, `${prefix}.norm2`, cfg.norm_num_groups, cfg.norm_eps));
     h = g.conv2d(h, `${prefix}.conv2`);
     const shortcut = g.hasWeight(`${prefix}.conv_shortcut.weight`) ? g.conv2d(x, `${prefix}.conv_shortcut`) : x;
     const y = g.add(shortcut, h);
@@ -207,7 +189,7 @@ function transformer2DModel(g: Graph, cfg: UNetConfig, x: Value, context: Value,
     const inner = g.weightShape(`${prefix}.proj_in.weight`)[0];
     const toTokens = (t: Value) => g.transpose(g.reshape(t, [0, inner, -1]), [0, 2, 1]); // NCHW -> [B, HW, C]
     const toImage = (t: Value) => g.node('Reshape', [g.transpose(t, [0, 2, 1]), g.shape(x)])[0];
-    let h = groupNorm(g, x, `${prefix}.norm`, cfg.norm_num_groups, 1e-6);
+    let h = g.groupNorm(x, `${prefix}.norm`, cfg.norm_num_groups, 1e-6);
     h = cfg.use_linear_projection ? linearOrConv1x1(g, toTokens(h), `${prefix}.proj_in`) : toTokens(g.conv2d(h, `${prefix}.proj_in`));
     for (let i = 0; i < layers; i++) h = basicTransformerBlock(g, cfg, h, context, heads, `${prefix}.transformer_blocks.${i}`);
     h = cfg.use_linear_projection ? toImage(linearOrConv1x1(g, h, `${prefix}.proj_out`)) : g.conv2d(toImage(h), `${prefix}.proj_out`);
@@ -306,7 +288,7 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
       });
     }
 
-    h = g.silu(groupNorm(g, h, `${prefix}.conv_norm_out`, cfg.norm_num_groups, cfg.norm_eps));
+    h = g.silu(g.groupNorm(h, `${prefix}.conv_norm_out`, cfg.norm_num_groups, cfg.norm_eps));
     return g.conv2d(h, `${prefix}.conv_out`);
   });
 }

@@ -285,15 +285,23 @@ export class Graph {
     );
   }
 
-  /** torch GroupNorm on NCHW (opset 21: per-channel scale and bias), statistics in float32. */
+  /**
+   * torch GroupNorm on NCHW, statistics in float32 with a two-pass variance. (ONNX Runtime has no CPU kernel for
+   * GroupNormalization-21: it expands it with E[x^2] - E[x]^2, which measurably loses precision, 1.8e-4 vs 1.6e-5 on
+   * the tiny SD 2.1 UNet.)
+   */
   groupNorm(x: Value, prefix: string, groups: number, eps: number): Value {
-    return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () =>
-      this.op('GroupNormalization', [x, this.weight(`${prefix}.weight`), this.weight(`${prefix}.bias`)], {
-        num_groups: groups,
-        epsilon: { float: eps },
-        stash_type: 1,
-      }),
-    );
+    return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
+      const channels = this.weightShape(`${prefix}.weight`)[0];
+      const grouped = this.cast(this.reshape(x, [0, groups, -1]), 'float32');
+      const mean = this.node('ReduceMean', [grouped, this.ints([2])], { keepdims: 1 })[0];
+      const centered = this.sub(grouped, mean);
+      const variance = this.node('ReduceMean', [this.mul(centered, centered), this.ints([2])], { keepdims: 1 })[0];
+      const normed = this.div(centered, this.node('Sqrt', [this.add(variance, this.scalar(eps, 'float32'))])[0]);
+      const y = this.node('Reshape', [this.cast(normed, x.type), this.shape(x)])[0];
+      const scale = this.weight(`${prefix}.weight`, { reshape: [channels, 1, 1] });
+      return this.add(this.mul(y, scale), this.weight(`${prefix}.bias`, { reshape: [channels, 1, 1] }));
+    });
   }
 
   /** Nearest-neighbour 2x upsampling of NCHW (torch F.interpolate(scale_factor=2, mode='nearest')). */
