@@ -63,7 +63,12 @@ export async function detectFolder(dir: string): Promise<{ kind: FolderKind; ind
   const cls = typeof index._class_name === 'string' ? index._class_name : '';
   if (/^StableDiffusionXL/.test(cls)) return { kind: { kind: 'sdxl' }, index };
   if (cls === 'PixArtAlphaPipeline') return { kind: { kind: 'pixart-alpha' }, index };
-  if (/^StableDiffusion(Img2Img|Inpaint)?Pipeline$/.test(cls) || (cls === '' && 'unet' in index && 'text_encoder' in index)) {
+  // Other pipelines built from SD's components (InstaFlow's RectifiedFlowPipeline, LatentConsistencyModelPipeline,
+  // community pipelines) convert the same way: what matters is a CLIP text encoder, a UNet2DConditionModel and a VAE.
+  const componentClass = (name: string): unknown => (Array.isArray(index[name]) ? (index[name] as unknown[])[1] : undefined);
+  const sdComponents =
+    componentClass('unet') === 'UNet2DConditionModel' && componentClass('text_encoder') === 'CLIPTextModel' && componentClass('vae') === 'AutoencoderKL' && !('text_encoder_2' in index);
+  if (/^StableDiffusion(Img2Img|Inpaint)?Pipeline$/.test(cls) || sdComponents || (cls === '' && 'unet' in index && 'text_encoder' in index)) {
     return { kind: { kind: 'sd', pipeline: cls || 'StableDiffusionPipeline' }, index };
   }
   throw new BadInputError(

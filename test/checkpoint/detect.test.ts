@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { detectFolder, detectSingleFile } from '../../src/checkpoint/detect.js';
 import { OnestepError } from '../../src/errors.js';
@@ -44,5 +46,23 @@ describe('checkpoint/detect', () => {
     assert.deepEqual((await detectFolder(join(FIX, 'tiny-sd21'))).kind, { kind: 'sd', pipeline: 'StableDiffusionPipeline' });
     assert.deepEqual((await detectFolder(join(FIX, 'tiny-pixart'))).kind, { kind: 'pixart-alpha' });
     await assert.rejects(detectFolder(join(FIX, 'loras')), (e: unknown) => e instanceof OnestepError && /model_index\.json/.test(e.message));
+  });
+
+  it('accepts other pipelines made of SD components (InstaFlow RectifiedFlowPipeline), refuses unknown ones', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'onestep-detect-'));
+    try {
+      const index = (cls: string) => ({
+        _class_name: cls,
+        unet: ['diffusers', 'UNet2DConditionModel'],
+        text_encoder: ['transformers', 'CLIPTextModel'],
+        vae: ['diffusers', 'AutoencoderKL'],
+      });
+      await writeFile(join(dir, 'model_index.json'), JSON.stringify(index('RectifiedFlowPipeline')));
+      assert.deepEqual((await detectFolder(dir)).kind, { kind: 'sd', pipeline: 'RectifiedFlowPipeline' });
+      await writeFile(join(dir, 'model_index.json'), JSON.stringify({ _class_name: 'KandinskyPipeline', unet: ['diffusers', 'UNet2DConditionModel'] }));
+      await assert.rejects(detectFolder(dir), /names pipeline "KandinskyPipeline"/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
