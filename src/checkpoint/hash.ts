@@ -1,13 +1,33 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 
-/** sha256 of a file, streamed (checkpoints are GBs). */
-export async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(file, { highWaterMark: 4 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
+// Hashing a multi-GB checkpoint costs seconds of CPU: it runs in a worker thread so that conversion, which reads the
+// same file at the same time, is not held up by it on the main thread.
+const HASH_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const hash = require('node:crypto').createHash('sha256');
+const fd = fs.openSync(workerData, 'r');
+const buf = Buffer.allocUnsafe(8 << 20);
+try {
+  let n;
+  while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) hash.update(buf.subarray(0, n));
+} finally {
+  fs.closeSync(fd);
+}
+parentPort.postMessage(hash.digest('hex'));
+`;
+
+/** sha256 of a file, streamed (checkpoints are GBs), in a worker thread. */
+export function sha256File(file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(HASH_WORKER, { eval: true, workerData: file });
+    worker.once('message', resolve);
+    worker.once('error', reject);
+    worker.once('exit', (code) => code !== 0 && reject(new Error(`hashing ${file} stopped (exit ${code})`)));
+  });
 }
 
 /**

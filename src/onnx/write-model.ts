@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError } from '../errors.js';
 import { countF16Overflow, f32ToF16 } from '../safetensors/dtypes.js';
@@ -22,8 +22,23 @@ export async function materialize(graph: Graph, init: InitializerSpec): Promise<
   const data = await graph.weights.readF32(key);
   if (!view.transpose) return data;
   const [rows, cols] = view.reshape ?? graph.weightShape(key);
+  return transpose2d(data, rows, cols);
+}
+
+/** [rows, cols] -> [cols, rows], in cache-sized tiles (a naive loop strides through memory on every write). */
+export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(data.length);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
+  const T = 32;
+  for (let r0 = 0; r0 < rows; r0 += T) {
+    const r1 = Math.min(r0 + T, rows);
+    for (let c0 = 0; c0 < cols; c0 += T) {
+      const c1 = Math.min(c0 + T, cols);
+      for (let r = r0; r < r1; r++) {
+        const src = r * cols;
+        for (let c = c0; c < c1; c++) out[c * rows + r] = data[src + c];
+      }
+    }
+  }
   return out;
 }
 
@@ -43,6 +58,14 @@ function encodeAs(init: InitializerSpec, data: Float32Array): Uint8Array {
   throw new OnestepError(`weight ${init.weight!.key}: unsupported initializer type ${init.type}`);
 }
 
+async function writeAll(fh: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
 /**
  * Writes `<dir>/<name>.onnx` and its weights into `<dir>/<name>.onnx.data`, streaming one tensor at a time.
  * Bytes depend only on the graph and the weight values, never on paths or time.
@@ -59,16 +82,29 @@ export async function writeModel(
   let offset = 0;
   let done = 0;
   const total = graph.initializers.size;
+  const specs = [...graph.initializers.values()];
+  // The next weight is read (and converted) while the current one is written: at most two tensors in memory.
+  const load = (i: number): Promise<Uint8Array> | undefined => {
+    const init = specs[i];
+    if (!init || init.raw) return undefined;
+    const p = materialize(graph, init).then((data) => encodeAs(init, data));
+    p.catch(() => undefined); // awaited in order below; this only keeps an early failure from being unhandled
+    return p;
+  };
+  let next = load(0);
   try {
-    for (const init of graph.initializers.values()) {
+    for (let i = 0; i < specs.length; i++) {
+      const init = specs[i];
+      const current = next;
+      next = load(i + 1);
       if (init.raw) {
         initializers.push({ name: init.name, type: init.type, dims: init.dims, raw: init.raw });
       } else {
-        const bytes = encodeAs(init, await materialize(graph, init));
+        const bytes = await current!;
         const pad = (ALIGN - (offset % ALIGN)) % ALIGN;
-        if (pad) await fh.write(new Uint8Array(pad), 0, pad, offset);
+        if (pad) await writeAll(fh, new Uint8Array(pad), offset);
         offset += pad;
-        await fh.write(bytes, 0, bytes.length, offset);
+        await writeAll(fh, bytes, offset);
         initializers.push({ name: init.name, type: init.type, dims: init.dims, external: { location: dataName, offset, length: bytes.length } });
         offset += bytes.length;
       }
@@ -76,6 +112,7 @@ export async function writeModel(
       onProgress?.({ tensors: done, totalTensors: total, bytes: offset });
     }
   } finally {
+    await next?.catch(() => undefined);
     await fh.close();
   }
   const opsets = [{ domain: '', version: OPSET }];
@@ -91,7 +128,7 @@ export async function writeModel(
   const onnxPath = path.join(dir, `${name}.onnx`);
   const out = await open(onnxPath, 'w');
   try {
-    await out.write(proto);
+    await writeAll(out, proto, 0);
   } finally {
     await out.close();
   }
