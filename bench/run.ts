@@ -1,0 +1,23 @@
+/**
+ * `npm run bench [-- <names...>] [-- --model <dir>]`: runs the benchmarks and prints figures; never fails on them.
+ * Names: safetensors, convert, lora, generate (default: all). Big files go to bench/.work/ (git-ignored).
+ */
+export {};
+
+const argv = process.argv.slice(2);
+const modelAt = argv.indexOf('--model');
+const modelDir = modelAt >= 0 ? argv[modelAt + 1] : undefined;
+const names = argv.filter((a, i) => !a.startsWith('--') && (modelAt < 0 || i !== modelAt + 1));
+const all = ['safetensors', 'convert', 'lora', 'generate'];
+const selected = names.length ? names : all;
+for (const name of selected) if (!all.includes(name)) throw new Error(`unknown benchmark "${name}" (known: ${all.join(', ')})`);
+
+for (const name of selected) {
+  console.log(`\n== ${name} ==`);
+  const started = performance.now();
+  if (name === 'safetensors') await (await import('./safetensors.js')).benchSafetensors({ sizeGB: Number(process.env.ONESTEP_BENCH_GB ?? 5) });
+  if (name === 'convert') await (await import('./convert.js')).benchConvert({});
+  if (name === 'lora') await (await import('./lora.js')).benchLoraMerge({});
+  if (name === 'generate') await (await import('./generate.js')).benchGenerate({ modelDir });
+  console.log(`(${name}: ${((performance.now() - started) / 1000).toFixed(0)} s)`);
+}
