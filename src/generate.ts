@@ -3,6 +3,7 @@
  * and images are encoded and written as soon as they exist, while the next batches run. Bounded in-flight work
  * keeps memory flat for any prompt file length.
  */
+import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError, BadInputError } from './errors.js';
 import { writeImage, formatParameters, type ImageFormat } from './io/images.js';
@@ -57,6 +58,10 @@ export interface GenerateSummary {
   seconds: number;
   images_per_second: number;
   interrupted: boolean;
+  /**
+   * Milliseconds summed over the images: tokenize, textEncoder, denoiser, decoder (each image's share of its batch's
+   * time in the worker), encode (sharp) and write (atomic file write + manifest line).
+   */
   stage_ms: Record<string, number>;
 }
 
@@ -102,8 +107,44 @@ class Semaphore {
   }
 }
 
+/**
+ * Removes the temp files (`.<name>.tmp-<pid>-<hex>`, see io/atomic.ts) that a SIGKILLed run left in the output folder.
+ * Only those of processes no longer alive: another run writing into the same folder keeps its own. Returns how many.
+ */
+async function removeStaleTempFiles(dir: string): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const name of names) {
+    const m = /^\..+\.tmp-(\d+)-[0-9a-f]+$/.exec(name);
+    if (!m || isAlive(Number(m[1]))) continue;
+    await rm(path.join(dir, name), { force: true });
+    removed++;
+  }
+  return removed;
+}
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export async function generateImages(source: string | NodeJS.ReadableStream, opts: GenerateOptions): Promise<GenerateSummary> {
   const started = performance.now();
+  for (const [flag, side] of [['width', opts.width], ['height', opts.height]] as const) {
+    if (side !== undefined && !(Number.isInteger(side) && side >= 8 && side % 8 === 0)) {
+      throw new OnestepError(`--${flag} ${side} must be a positive multiple of 8`);
+    }
+  }
   const latents = opts.latentsFile ? await loadLatents(opts.latentsFile) : undefined;
   const initLatentMean = opts.initLatentMeanFile ? await loadLatentMean(opts.initLatentMeanFile) : undefined;
   const engine = await OneStepEngine.load(opts.modelDir, {
@@ -119,10 +160,12 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
   const m = engine.manifest;
   for (const note of engine.notes) opts.onWarning?.(note);
   const manifest = await openManifest(opts.out);
+  const stale = await removeStaleTempFiles(opts.out);
+  if (stale) opts.onWarning?.(`removed ${stale} partial image file(s) left by an interrupted run`);
   const names = new NameAllocator(opts.nameTemplate, opts.format === 'jpeg' ? 'jpg' : opts.format, manifest.existing());
   const modelHash = m.source.sha256;
   const modelName = m.source.name.replace(/\.safetensors$/, '');
-  const stageMs: Record<string, number> = { tokenize: 0, textEncoder: 0, denoiser: 0, decoder: 0, encode: 0 };
+  const stageMs: Record<string, number> = { tokenize: 0, textEncoder: 0, denoiser: 0, decoder: 0, encode: 0, write: 0 };
   let images = 0;
   let skippedExisting = 0;
   let dropped = 0;
@@ -132,8 +175,10 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
   const defaultWidth = opts.width ?? m.default_size.width;
   const defaultHeight = opts.height ?? m.default_size.height;
   const downscale = m.latent.downscale;
-  // Two batches per worker in flight: one running, one ready, so a worker never waits on the prompt reader.
-  const inflight = new Semaphore(2 * (opts.workers ?? 1));
+  // Three batches per worker in flight: one running, one ready (a worker never waits on the prompt reader), one being
+  // encoded and written. A batch holds its slot until its images are written, so slow writes hold back the reader
+  // (memory stays flat) instead of piling up decoded images.
+  const inflight = new Semaphore(3 * (opts.workers ?? 1));
   const pending = new Set<Promise<void>>();
   const batches = new Map<string, ImageRequest[]>();
   const records = new Map<number, PromptRecord>();
@@ -155,9 +200,11 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
     };
     if (latents) {
       const [n, c, h, w] = latents.shape;
-      if (r.index >= n) throw new BadInputError(opts.latentsFile!, `holds noise for ${n} prompts; prompt ${r.index} has none`);
-      if (c !== m.latent.channels || h !== height / downscale || w !== width / downscale) {
-        throw new BadInputError(opts.latentsFile!, `rows are [${c}, ${h}, ${w}], prompt ${r.index} needs [${m.latent.channels}, ${height / downscale}, ${width / downscale}]`);
+      const need = [m.latent.channels, height / downscale, width / downscale];
+      const hint = `--latents row i is the noise of prompt i: give a tensor [N, ${need.join(', ')}] with N >= the prompt count for ${width}x${height} images, or change --width/--height to fit it.`;
+      if (r.index >= n) throw new BadInputError(opts.latentsFile!, `holds noise for ${n} prompts; prompt ${r.index} (line ${r.line}) has none.`, hint);
+      if (c !== need[0] || h !== need[1] || w !== need[2]) {
+        throw new BadInputError(opts.latentsFile!, `rows are [${c}, ${h}, ${w}], prompt ${r.index} (line ${r.line}, ${width}x${height}) needs [${need.join(', ')}].`, hint);
       }
       const size = c * h * w;
       req.latents = latents.data.slice(r.index * size, (r.index + 1) * size);
@@ -182,6 +229,7 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
       modelName,
       version: ONESTEP_VERSION,
     });
+    const writeStarted = performance.now();
     const { encodeMs } = await writeImage(path.join(opts.out, file), img.rgb, img.width, img.height, {
       format: opts.format,
       quality: opts.quality,
@@ -200,14 +248,21 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
       name: r.name,
       file,
       model: modelHash,
-      ms: { ...img.ms, encode: Math.round(encodeMs * 10) / 10 },
+      ms: Object.fromEntries(Object.entries({ ...img.ms, encode: encodeMs }).map(([k, v]) => [k, Math.round(v * 10) / 10])),
     });
+    stageMs.write += performance.now() - writeStarted - encodeMs;
     images++;
     opts.onImage?.(images, { ...img, file });
   };
 
   const dispatch = async (batch: ImageRequest[]): Promise<void> => {
     await inflight.acquire();
+    if (opts.signal?.aborted) {
+      // Stopped while this batch waited for a slot: it never started, so it is left for a later --resume.
+      inflight.release();
+      return;
+    }
+    let written = 0;
     const job = (async () => {
       try {
         const out = await engine.generate(batch);
@@ -217,13 +272,13 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
           stageMs.denoiser += img.ms.denoiser / out.length;
           stageMs.decoder += img.ms.decoder / out.length;
         }
-        inflight.release();
-        await Promise.all(out.map(write));
+        await Promise.all(out.map((img) => write(img).then(() => written++)));
       } catch (err) {
-        inflight.release();
         // After an interrupt, atomic writes in flight may have had their temp files removed: those images are dropped.
-        if (opts.signal?.aborted) dropped += batch.length;
+        if (opts.signal?.aborted) dropped += batch.length - written;
         else failure ??= err;
+      } finally {
+        inflight.release();
       }
     })();
     pending.add(job);
@@ -243,6 +298,7 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
         summary = next.value;
         break;
       }
+      if (opts.signal?.aborted) break;
       const r = next.value;
       if (opts.resume && manifest.completed.has(r.index)) {
         skippedExisting++;

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sha256Path } from './checkpoint/hash.js';
+import { OnestepError } from './errors.js';
 import { convertCheckpoint, ONESTEP_VERSION, type ConvertOptions, type LoraSpec } from './convert.js';
 
 export const DEMO_CHECKPOINT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'assets', 'demo', 'tiny-sd15.safetensors');
@@ -58,6 +59,15 @@ export async function resolveModel(opts: {
     return { dir, notes };
   }
   notes.push(`converting ${model}${loras.length ? ` with ${loras.length} LoRA(s)` : ''} into ${dir} (once; later runs reuse it)`);
-  await convertCheckpoint(model, { out: dir, dtype, loras, force: true, onProgress: opts.onConvertProgress });
+  // Several processes may convert the same model at once (a cluster array sharing one cache). The first to finish
+  // wins; the others keep its folder instead of replacing it under a run that may be loading it. Only a folder that
+  // is not a model directory (left by hand) is replaced.
+  const force = existsSync(dir);
+  try {
+    await convertCheckpoint(model, { out: dir, dtype, loras, force, onProgress: opts.onConvertProgress });
+  } catch (err) {
+    if (!(err instanceof OnestepError) || !isModelDir(dir)) throw err;
+    notes.push(`another process converted it first: using ${dir}`);
+  }
   return { dir, notes };
 }

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../cli/base-command.js';
 import { Progress } from '../cli/progress.js';
@@ -81,7 +82,12 @@ base + i unless its line gives one, so the same prompt and seed give the same im
     for (const n of resolved.notes) if (!flags.quiet) progress.note(n);
     if (flags.seed === undefined && !flags.quiet) progress.note(`seed: ${seed} (random; pass --seed ${seed} to reproduce)`);
 
-    const total = args.prompts === '-' ? undefined : await countPrompts(args.prompts, { shard }).catch(() => undefined);
+    // The total is only for progress: counted alongside the run, and only for a regular file (counting a named pipe or
+    // process substitution would consume the prompts, and waiting for a count would delay the first image).
+    let total: number | undefined;
+    if (args.prompts !== '-' && statSync(args.prompts, { throwIfNoEntry: false })?.isFile()) {
+      countPrompts(args.prompts, { shard }).then((n) => (total = n), () => undefined);
+    }
     const controller = new AbortController();
     let interrupts = 0;
     const onSigint = () => {

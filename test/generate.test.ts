@@ -1,0 +1,168 @@
+/**
+ * generateImages (the library behind `onestep generate`), in process: determinism across batch sizes and shard splits,
+ * resume, interruption through an AbortSignal, and the checks made before any prompt runs.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import sharp from 'sharp';
+import { convertCheckpoint } from '../src/convert.js';
+import { OnestepError } from '../src/errors.js';
+import { generateImages, type GenerateOptions, type GenerateSummary } from '../src/generate.js';
+import { FIXTURES } from './support/fixtures.js';
+
+const PROMPTS = [
+  'a photo of a cat',
+  'a watercolor painting of a lighthouse at dusk',
+  'an astronaut riding a horse, highly detailed, 4k',
+  'a red sports car on a mountain road',
+  'a small cabin in a snowy forest',
+  'a bowl of ramen, studio lighting',
+  'a photo of a cat',
+  'an oil painting of a harbour at night',
+];
+
+interface Entry {
+  index: number;
+  file: string;
+  seed: number;
+  prompt: string;
+}
+
+function readManifest(dir: string): Entry[] {
+  const text = fs.readFileSync(path.join(dir, 'manifest.jsonl'), 'utf8');
+  return text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Entry);
+}
+
+/** index -> the image file's bytes; with `lastWins` a later manifest line for an index replaces an earlier one. */
+function imagesByIndex(dir: string, lastWins = false): Map<number, Buffer> {
+  const out = new Map<number, Buffer>();
+  for (const e of readManifest(dir)) {
+    assert.ok(lastWins || !out.has(e.index), `index ${e.index} twice in ${dir}`);
+    out.set(e.index, fs.readFileSync(path.join(dir, e.file)));
+  }
+  return out;
+}
+
+describe('generate (library)', function () {
+  this.timeout(300_000);
+  let work: string;
+  let model: string;
+  let promptFile: string;
+
+  const options = (out: string, extra: Partial<GenerateOptions> = {}): GenerateOptions => ({
+    modelDir: model,
+    out,
+    batchSize: 1,
+    seed: 1234n,
+    device: 'cpu',
+    format: 'png',
+    nameTemplate: '{index:06}-{seed}',
+    resume: false,
+    strict: false,
+    ...extra,
+  });
+
+  before(async () => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-generate-'));
+    model = path.join(work, 'model');
+    await convertCheckpoint(path.join(FIXTURES, 'tiny-sd15'), { out: model });
+    promptFile = path.join(work, 'prompts.txt');
+    fs.writeFileSync(promptFile, PROMPTS.join('\n') + '\n');
+  });
+  after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+  it('the same (prompt, seed) gives byte-identical PNGs at batch sizes 1, 3 and 8 and under a 2-way shard split', async () => {
+    const runs = new Map<string, Map<number, Buffer>>();
+    for (const batchSize of [1, 3, 8]) {
+      const out = path.join(work, `batch-${batchSize}`);
+      const summary = await generateImages(promptFile, options(out, { batchSize }));
+      assert.equal(summary.images, 8);
+      assert.equal(summary.prompts_read, 8);
+      runs.set(`batch ${batchSize}`, imagesByIndex(out));
+    }
+    const sharded = new Map<number, Buffer>();
+    for (const index of [0, 1]) {
+      const out = path.join(work, `shard-${index}`);
+      const summary = await generateImages(promptFile, options(out, { batchSize: 3, shard: { index, count: 2 } }));
+      assert.equal(summary.images, 4);
+      for (const [i, bytes] of imagesByIndex(out)) {
+        assert.equal(i % 2, index, `shard ${index}/2 holds prompt ${i}`);
+        sharded.set(i, bytes);
+      }
+    }
+    runs.set('shards 0/2 + 1/2', sharded);
+
+    const reference = runs.get('batch 1')!;
+    assert.deepEqual([...reference.keys()].sort(), [0, 1, 2, 3, 4, 5, 6, 7]);
+    for (const [what, run] of runs) {
+      assert.equal(run.size, 8, what);
+      for (const [i, bytes] of reference) assert.ok(run.get(i)!.equals(bytes), `${what}: image ${i} differs from batch 1`);
+    }
+    // Prompts 0 and 6 are the same text with seeds 1234 and 1240: different images; distinct prompts differ too.
+    const pixels = async (b: Buffer) => (await sharp(b).raw().toBuffer()).toString('hex');
+    assert.notEqual(await pixels(reference.get(0)!), await pixels(reference.get(6)!));
+    assert.notEqual(await pixels(reference.get(0)!), await pixels(reference.get(1)!));
+  });
+
+  it('resume skips what the manifest holds, regenerates what lost its file, and leaves no stale temp files', async () => {
+    const out = path.join(work, 'resume');
+    const first = await generateImages(promptFile, options(out, { batchSize: 4 }));
+    assert.equal(first.images, 8);
+    const before = imagesByIndex(out);
+    const entries = readManifest(out);
+    // Lose image 5's file, and leave a temp file as a SIGKILLed run would (pid 2^22+1 is above Linux's pid_max).
+    fs.rmSync(path.join(out, entries.find((e) => e.index === 5)!.file));
+    const stale = path.join(out, `.000003-1237.png.tmp-${2 ** 22 + 1}-0123abcd`);
+    fs.writeFileSync(stale, 'partial');
+
+    const second = await generateImages(promptFile, options(out, { batchSize: 4, resume: true }));
+    assert.equal(second.images, 1);
+    assert.equal(second.skipped_existing, 7);
+    assert.ok(!fs.existsSync(stale), 'stale temp file removed');
+    const lines = readManifest(out);
+    assert.equal(lines.length, 9, 'one more line, for the regenerated image');
+    assert.deepEqual(lines.at(-1)!.index, 5);
+    const after = imagesByIndex(out, true);
+    for (const [i, bytes] of before) assert.ok(after.get(i)!.equals(bytes), `image ${i}`);
+  });
+
+  it('an aborted signal stops reading: the batches in flight finish and are recorded', async () => {
+    const out = path.join(work, 'abort');
+    const source = new PassThrough();
+    const controller = new AbortController();
+    source.write(PROMPTS.slice(0, 3).join('\n') + '\n');
+    let summary: GenerateSummary | undefined;
+    const run = generateImages(source, {
+      ...options(out, { batchSize: 1, signal: controller.signal }),
+      onImage: () => {
+        if (!controller.signal.aborted) {
+          controller.abort();
+          // More prompts after the stop: they must not be read into new batches.
+          source.end(Array.from({ length: 1000 }, (_, i) => `late prompt ${i}`).join('\n'));
+        }
+      },
+    }).then((s) => (summary = s));
+    await run;
+    assert.ok(summary!.interrupted);
+    assert.ok(summary!.images >= 1 && summary!.images <= 3, `${summary!.images} images`);
+    const entries = readManifest(out);
+    assert.equal(entries.length, summary!.images);
+    for (const e of entries) assert.ok(fs.existsSync(path.join(out, e.file)));
+  });
+
+  it('refuses a --width that is not a multiple of 8 before any prompt runs', async () => {
+    const out = path.join(work, 'width');
+    await assert.rejects(generateImages(promptFile, options(out, { width: 60 })), (e: unknown) => {
+      assert.ok(e instanceof OnestepError);
+      assert.match(e.message, /width 60 .*multiple of 8/);
+      return true;
+    });
+    assert.ok(!fs.existsSync(path.join(out, 'manifest.jsonl')) || readManifest(out).length === 0);
+  });
+});
