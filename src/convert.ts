@@ -103,7 +103,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     const recipe = resolveRecipe({
       family: ckpt.family,
       explicit: opts.recipe,
-      detected: detectRecipe([path.basename(path.resolve(input))]),
+      detected: detectRecipe([path.basename(path.resolve(input))], ckpt.metadata),
       schedulerPrediction: ckpt.scheduler.prediction_type,
       predictionFlag: opts.prediction,
     });

@@ -49,6 +49,8 @@ export interface Checkpoint {
   notes: string[];
   /** Keys of the input that map to nothing used (position_ids, DDPM buffers and other known-ignorable keys excluded). */
   unmappedKeys: string[];
+  /** A single file's safetensors metadata (modelspec.*, ss_*); empty for folders. */
+  metadata: Readonly<Record<string, string>>;
   sha256?: never;
 }
 
@@ -190,6 +192,7 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
       tokenizerDir: fromDir?.tokenizerDir,
       notes,
       unmappedKeys: map.unmapped,
+      metadata: set.metadata,
     };
   } catch (e) {
     await set.close();
@@ -275,7 +278,7 @@ async function openFolder(dir: string, opts: OpenOptions): Promise<Checkpoint> {
       for (const required of ['transformer.pos_embed.proj.weight', 'text_encoder.shared.weight']) {
         if (!weights.has(required)) throw new BadInputError(dir, `required tensor ${required} is missing`);
       }
-      return { path: dir, layout: 'diffusers', family: 'pixart-alpha', weights, vae, scheduler, rawConfigs, tokenizerDir, notes, unmappedKeys: [] };
+      return { path: dir, layout: 'diffusers', family: 'pixart-alpha', weights, vae, scheduler, rawConfigs, tokenizerDir, notes, unmappedKeys: [], metadata: {} };
     }
 
     const unsupported = unsupportedUnetFeatures(rawConfigs.unet);
@@ -288,7 +291,7 @@ async function openFolder(dir: string, opts: OpenOptions): Promise<Checkpoint> {
     const expected = sdExpectedTensors(unet, vae, textEncoder);
     checkTensors(weights, expected, dir);
     const unmappedKeys = weights.names().filter((n) => !expected.has(n));
-    return { path: dir, layout: 'diffusers', family, weights, unet, vae, textEncoder, scheduler, rawConfigs, tokenizerDir, notes, unmappedKeys };
+    return { path: dir, layout: 'diffusers', family, weights, unet, vae, textEncoder, scheduler, rawConfigs, tokenizerDir, notes, unmappedKeys, metadata: {} };
   } catch (e) {
     await Promise.all(parts.map((p) => p.close()));
     throw e;

@@ -75,7 +75,7 @@ describe('runtime/device', () => {
   });
 
   it('auto falls back to CPU with one note; explicit cuda fails with the install hint (where CUDA is absent)', async () => {
-    const explicit = await openSession(onnxPath, { kind: 'cuda', id: 0 }, { threads: 1 }).catch((e: unknown) => e);
+    const explicit: Awaited<ReturnType<typeof openSession>> | Error = await openSession(onnxPath, { kind: 'cuda', id: 0 }, { threads: 1 }).catch((e: Error) => e);
     if (!(explicit instanceof Error)) {
       // This machine has a working CUDA provider: nothing to fall back from.
       await explicit.session.release();
