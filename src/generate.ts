@@ -90,6 +90,9 @@ async function loadLatentMean(file: string): Promise<Float32Array> {
   }
 }
 
+/** How long the prompt source may stay quiet before partial batches run without waiting to fill up. */
+const IDLE_FLUSH_MS = 1000;
+
 class Semaphore {
   private waiting: (() => void)[] = [];
   constructor(private free: number) {}
@@ -291,9 +294,29 @@ export async function generateImages(source: string | NodeJS.ReadableStream, opt
       shard: opts.shard,
       onIssue: (i) => opts.onIssue?.(i.line, i.message),
     });
+    let pendingNext: Promise<IteratorResult<PromptRecord, PromptSummary>> | undefined;
     for (;;) {
       if (opts.signal?.aborted || failure) break;
-      const next = await prompts.next();
+      pendingNext ??= prompts.next();
+      let next: IteratorResult<PromptRecord, PromptSummary>;
+      if (batches.size === 0) {
+        next = await pendingNext;
+      } else {
+        // A source that goes quiet (a pipe fed slowly) does not hold back a partial batch: run it after a pause.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const quiet = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), IDLE_FLUSH_MS)));
+        const got = await Promise.race([pendingNext, quiet]);
+        clearTimeout(timer);
+        if (got === undefined) {
+          for (const [key, batch] of batches) {
+            batches.delete(key);
+            await dispatch(batch);
+          }
+          continue;
+        }
+        next = got;
+      }
+      pendingNext = undefined;
       if (next.done) {
         summary = next.value;
         break;

@@ -5,11 +5,13 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sha256Path } from './checkpoint/hash.js';
-import { OnestepError } from './errors.js';
+import { BadInputError, OnestepError } from './errors.js';
+import { writeFileAtomic } from './io/atomic.js';
 import { convertCheckpoint, ONESTEP_VERSION, type ConvertOptions, type LoraSpec } from './convert.js';
 
 export const DEMO_CHECKPOINT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'assets', 'demo', 'tiny-sd15.safetensors');
@@ -22,6 +24,33 @@ export function cacheRoot(env: NodeJS.ProcessEnv = process.env): string {
 
 export function isModelDir(p: string): boolean {
   return existsSync(path.join(p, 'model.json'));
+}
+
+/**
+ * sha256Path, remembered under `<cache>/hashes/` by what stat says of the path (real path, and per file: relative
+ * path, size, mtime, inode), so a multi-GB checkpoint is hashed once, not on every run (about 1.4 s per GiB here).
+ * The same trust as make or rsync: a file rewritten in place keeping its size and mtime would go unnoticed.
+ */
+export async function rememberedSha256(p: string, root: string): Promise<string> {
+  const real = await realpath(p);
+  const id = createHash('sha256').update(real);
+  const walk = async (rel: string): Promise<void> => {
+    const full = path.join(real, rel);
+    const st = await stat(full);
+    if (st.isDirectory()) {
+      for (const name of (await readdir(full)).sort()) await walk(path.join(rel, name));
+    } else {
+      id.update(`\n${rel}\0${st.size}\0${st.mtimeMs}\0${st.ino}`);
+    }
+  };
+  await walk('');
+  const memo = path.join(root, 'hashes', id.digest('hex').slice(0, 32));
+  const known = await readFile(memo, 'utf8').catch(() => '');
+  if (/^[0-9a-f]{64}$/.test(known)) return known;
+  const hash = await sha256Path(real);
+  await mkdir(path.dirname(memo), { recursive: true });
+  await writeFileAtomic(memo, hash);
+  return hash;
 }
 
 export interface ResolvedModel {
@@ -49,11 +78,17 @@ export async function resolveModel(opts: {
     if (loras.length) notes.push('--lora is ignored for an already converted model directory: convert with --lora instead');
     return { dir: model, notes };
   }
+  for (const p of [model, ...loras.map((l) => l.path)]) {
+    if (!existsSync(p)) {
+      throw new BadInputError(p, 'no such file or folder.', 'Give a model directory (onestep convert), a .safetensors checkpoint or a diffusers folder.');
+    }
+  }
   const dtype = opts.dtype ?? 'float32';
+  const root = cacheRoot(env);
   const key = createHash('sha256');
-  key.update(`onestep ${ONESTEP_VERSION}\n${dtype}\n${await sha256Path(model)}\n`);
-  for (const l of loras) key.update(`${await sha256Path(l.path)} ${l.scale}\n`);
-  const dir = path.join(cacheRoot(env), 'models', key.digest('hex').slice(0, 24));
+  key.update(`onestep ${ONESTEP_VERSION}\n${dtype}\n${await rememberedSha256(model, root)}\n`);
+  for (const l of loras) key.update(`${await rememberedSha256(l.path, root)} ${l.scale}\n`);
+  const dir = path.join(root, 'models', key.digest('hex').slice(0, 24));
   if (isModelDir(dir)) {
     notes.push(`using the converted model cached in ${dir}`);
     return { dir, notes };

@@ -156,6 +156,32 @@ describe('generate (library)', function () {
     for (const e of entries) assert.ok(fs.existsSync(path.join(out, e.file)));
   });
 
+  it('a quiet source does not hold back a partial batch: 3 prompts of a batch of 8 run while the stream stays open', async () => {
+    const out = path.join(work, 'quiet');
+    const source = new PassThrough();
+    source.write(PROMPTS.slice(0, 3).join('\n') + '\n');
+    let seen = 0;
+    let allThree: () => void;
+    const three = new Promise<void>((resolve) => (allThree = resolve));
+    const run = generateImages(source, {
+      ...options(out, { batchSize: 8 }),
+      onImage: (done) => {
+        seen = done;
+        if (done === 3) allThree();
+      },
+    });
+    const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error(`only ${seen} images while the stream is open`)), 120_000));
+    await Promise.race([three, timeout]);
+    source.end(PROMPTS[3] + '\n');
+    const summary = await run;
+    assert.equal(summary.images, 4);
+    // Batch-invariant: the same bytes as a batch-of-1 run (the first test's, or made here when run alone).
+    const referenceDir = path.join(work, 'batch-1');
+    if (!fs.existsSync(referenceDir)) await generateImages(promptFile, options(referenceDir));
+    const reference = imagesByIndex(referenceDir);
+    for (const [i, bytes] of imagesByIndex(out)) assert.ok(bytes.equals(reference.get(i)!), `image ${i}`);
+  });
+
   it('refuses a --width that is not a multiple of 8 before any prompt runs', async () => {
     const out = path.join(work, 'width');
     await assert.rejects(generateImages(promptFile, options(out, { width: 60 })), (e: unknown) => {

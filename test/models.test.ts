@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cacheRoot, DEMO_CHECKPOINT, isModelDir, resolveModel } from '../src/models.js';
+import { BadInputError } from '../src/errors.js';
+import { cacheRoot, DEMO_CHECKPOINT, isModelDir, rememberedSha256, resolveModel } from '../src/models.js';
 import { FIXTURES, ROOT } from './support/fixtures.js';
 
 function sha256(file: string): string {
@@ -69,6 +70,44 @@ describe('models', function () {
     const direct = await resolveModel({ model: fromEnv.dir, loras: [{ path: 'x.safetensors', scale: 1 }], env: { ONESTEP_MODEL: DEMO_CHECKPOINT } });
     assert.equal(direct.dir, fromEnv.dir);
     assert.ok(direct.notes.some((n) => /--lora is ignored/.test(n)));
+  });
+
+  it('rememberedSha256: the checkpoint hash (file or folder) is computed once per file state, then read back', async () => {
+    const root = path.join(work, 'cache');
+    const file = path.join(work, 'ckpt.safetensors');
+    fs.copyFileSync(path.join(FIXTURES, 'tiny-sd15.safetensors'), file);
+    assert.equal(await rememberedSha256(file, root), sha256(file));
+    const [memo] = fs.readdirSync(path.join(root, 'hashes'));
+    // What is remembered is what is returned: plant a different value to see that the second call reads it back.
+    const planted = 'f'.repeat(64);
+    fs.writeFileSync(path.join(root, 'hashes', memo), planted);
+    assert.equal(await rememberedSha256(file, root), planted);
+    // Any change of size or mtime is a new state: hashed again.
+    fs.appendFileSync(file, 'x');
+    assert.equal(await rememberedSha256(file, root), sha256(file));
+    assert.equal(fs.readdirSync(path.join(root, 'hashes')).length, 2);
+
+    // A folder: the same value as sha256Path's formula (independently: relative path NUL sha256 per file, sorted).
+    const folder = path.join(FIXTURES, 'tiny-sd21');
+    const files: string[] = [];
+    const walk = (rel: string) => {
+      for (const e of fs.readdirSync(path.join(folder, rel), { withFileTypes: true })) {
+        if (e.isDirectory()) walk(path.posix.join(rel, e.name));
+        else files.push(path.posix.join(rel, e.name));
+      }
+    };
+    walk('');
+    const h = createHash('sha256');
+    for (const f of files.sort()) h.update(`${f}\0${sha256(path.join(folder, f))}\n`);
+    assert.equal(await rememberedSha256(folder, root), h.digest('hex'));
+  });
+
+  it('a model path that does not exist: one clear BadInputError naming it', async () => {
+    await assert.rejects(resolveModel({ model: path.join(work, 'nope.safetensors'), env: { ONESTEP_CACHE: work } }), (e: unknown) => {
+      assert.ok(e instanceof BadInputError);
+      assert.match(e.message, /nope\.safetensors: no such file or folder/);
+      return true;
+    });
   });
 
   it('concurrent conversions of one checkpoint share one cache folder and both succeed', async () => {

@@ -191,13 +191,14 @@ describe('onestep generate (spawned CLI)', function () {
     });
   }
 
-  it('streams: the first image of a 100k-line named pipe is written while the pipe is still open', async () => {
+  it('streams: the first images of a 100k-line named pipe are written while the pipe is still open (batch 8, 5 lines so far)', async () => {
     const dir = path.join(work, 'stream');
     fs.mkdirSync(dir);
     const fifo = path.join(dir, 'prompts.fifo');
     execFileSync('mkfifo', [fifo]);
     const out = path.join(dir, 'out');
-    const run = start([fifo, '--model', sd15, '-o', out, '--seed', '5', '--device', 'cpu', '--json'], cleanEnv(cache));
+    // A batch of 8 with 5 lines written: the partial batch must run while the pipe stays open.
+    const run = start([fifo, '--model', sd15, '-o', out, '--seed', '5', '--device', 'cpu', '--batch-size', '8', '--json'], cleanEnv(cache));
     const writer = fs.createWriteStream(fifo);
     writer.on('error', () => undefined); // EPIPE once the run has stopped reading
     const line = (i: number) => `prompt number ${i}\n`;
