@@ -356,7 +356,7 @@ describe('onestep generate (spawned CLI)', function () {
     assert.equal(summary.interrupted, false);
     assert.ok(summary.seconds > 0);
     assert.ok(Math.abs(summary.images_per_second - summary.images / summary.seconds) <= 0.05 * summary.images_per_second + 0.01);
-    for (const stage of ['tokenize', 'textEncoder', 'denoiser', 'decoder', 'encode']) {
+    for (const stage of ['tokenize', 'textEncoder', 'denoiser', 'decoder', 'encode', 'write']) {
       assert.equal(typeof summary.stage_ms[stage], 'number', stage);
       assert.ok(summary.stage_ms[stage] >= 0, stage);
     }
