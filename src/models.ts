@@ -4,7 +4,7 @@
  * bundled demo checkpoint.
  */
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { mkdir, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +20,14 @@ export function cacheRoot(env: NodeJS.ProcessEnv = process.env): string {
   if (env.ONESTEP_CACHE) return env.ONESTEP_CACHE;
   const base = env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
   return path.join(base, 'onestep');
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 export function isModelDir(p: string): boolean {
@@ -88,6 +96,9 @@ export async function resolveModel(opts: {
   const key = createHash('sha256');
   key.update(`onestep ${ONESTEP_VERSION}\n${dtype}\n${await rememberedSha256(model, root)}\n`);
   for (const l of loras) key.update(`${await rememberedSha256(l.path, root)} ${l.scale}\n`);
+  // A single file takes its configs from a same-named diffusers folder beside it, when there is one: part of the input.
+  const configs = model.replace(/\.safetensors$/i, '');
+  if (configs !== model && isDirectory(configs)) key.update(`configs ${await rememberedSha256(configs, root)}\n`);
   const dir = path.join(root, 'models', key.digest('hex').slice(0, 24));
   if (isModelDir(dir)) {
     notes.push(`using the converted model cached in ${dir}`);
