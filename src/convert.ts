@@ -6,6 +6,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildClipTextGraph } from './architectures/clip-text.js';
+import { buildTaesdDecoderGraph, openTaesd, taesdUpscale, type OpenedTaesd } from './architectures/taesd.js';
 import { buildUNetGraph } from './architectures/unet.js';
 import { buildVaeDecoderGraph, buildVaeEncoderGraph } from './architectures/vae.js';
 import type { PredictionType } from './checkpoint/configs.js';
@@ -13,7 +14,7 @@ import { sha256Path } from './checkpoint/hash.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint/open.js';
 import type { WeightSource } from './checkpoint/weight-source.js';
 import { formatMergeReport, LoraMergedSource, type LoraSpec } from './lora/merge.js';
-import { OnestepError } from './errors.js';
+import { BadInputError, OnestepError } from './errors.js';
 import { withAtomicDir } from './io/atomic.js';
 import type { Graph } from './onnx/graph.js';
 import { writeModel } from './onnx/write-model.js';
@@ -37,6 +38,8 @@ export interface ConvertOptions {
   /** Merged on read through the WeightSource (no merged checkpoint is written). */
   loras?: LoraSpec[];
   allowUnmatched?: boolean;
+  /** A TAESD decoder (AutoencoderTiny folder or taesd_decoder.safetensors) written as vae_decoder.onnx instead of the VAE's. */
+  taesd?: string;
   onProgress?: (p: ConvertProgress) => void;
 }
 
@@ -84,6 +87,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
   const dtype = opts.dtype ?? 'float32';
   const ckpt = await openCheckpoint(input, { predictionType: opts.prediction, configDir: opts.configDir });
   let weights: WeightSource = ckpt.weights;
+  let taesd: OpenedTaesd | undefined;
   try {
     if (ckpt.family !== 'sd1' && ckpt.family !== 'sd2') {
       throw new OnestepError(`${input}: ${ckpt.family} checkpoints cannot be converted yet (Stable Diffusion 1.x and 2.x can).`);
@@ -107,12 +111,31 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
       schedulerPrediction: ckpt.scheduler.prediction_type,
       predictionFlag: opts.prediction,
     });
+    if (opts.taesd) {
+      taesd = await openTaesd(opts.taesd);
+      const { latent_channels } = taesd.config;
+      const downscale = 2 ** (ckpt.vae.block_out_channels.length - 1);
+      if (latent_channels !== ckpt.vae.latent_channels || taesdUpscale(taesd.config) !== downscale) {
+        throw new BadInputError(
+          opts.taesd,
+          `TAESD decodes ${latent_channels}-channel latents ${taesdUpscale(taesd.config)}x, but ${input} has ${ckpt.vae.latent_channels}-channel latents at ${downscale}x`,
+          'Use the TAESD made for this model family (taesd for SD 1.x/2.x).',
+        );
+      }
+    }
+    const taesdDecoder = taesd;
     const unetCfg = ckpt.unet;
     const textCfg = ckpt.textEncoder;
     const graphs: [string, () => Graph][] = [
       ['text_encoder', () => buildClipTextGraph(weights, textCfg, dtype)],
       ['unet', () => buildUNetGraph(weights, unetCfg, dtype)],
-      ['vae_decoder', () => buildVaeDecoderGraph(weights, ckpt.vae, dtype)],
+      [
+        'vae_decoder',
+        () =>
+          taesdDecoder
+            ? buildTaesdDecoderGraph(taesdDecoder.weights, taesdDecoder.config, dtype, { latentScale: ckpt.vae.scaling_factor, latentShift: ckpt.vae.shift_factor })
+            : buildVaeDecoderGraph(weights, ckpt.vae, dtype),
+      ],
       ['vae_encoder', () => buildVaeEncoderGraph(weights, ckpt.vae, dtype)],
     ];
     let bytes = 0;
@@ -147,6 +170,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
           default_size: { width: sampleSize, height: sampleSize },
           tokenizer: { dir: 'tokenizer', max_length: maxLength },
           converter: { name: 'onestep', version: ONESTEP_VERSION },
+          vae_decoder: taesd ? 'taesd' : 'autoencoder-kl',
         };
         await writeFile(path.join(tmp, 'model.json'), JSON.stringify(manifest, null, 2) + '\n');
       },
@@ -154,6 +178,6 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     );
     return { out: opts.out, manifest, notes: ckpt.notes, bytes, loraReport };
   } finally {
-    await weights.close();
+    await Promise.all([weights.close(), taesd?.weights.close()]);
   }
 }

@@ -11,6 +11,7 @@ export default class Convert extends OnestepCommand {
   static examples = [
     '<%= config.bin %> convert sd-turbo.safetensors -o models/sd-turbo --recipe sd-turbo',
     '<%= config.bin %> convert ./stable-diffusion-2-1 -o models/sd21 --dtype fp16',
+    '<%= config.bin %> convert sd-turbo.safetensors -o models/sd-turbo-taesd --recipe sd-turbo --taesd ./taesd',
   ];
   static args = { checkpoint: Args.string({ description: 'a .safetensors checkpoint or a diffusers folder', required: true }) };
   static flags = {
@@ -26,6 +27,9 @@ export default class Convert extends OnestepCommand {
     }),
     recipe: Flags.string({ description: 'one-step recipe of the model family', options: RECIPE_NAMES }),
     lora: Flags.string({ description: 'LoRA file[:scale] merged on the fly (repeatable)', multiple: true }),
+    taesd: Flags.string({
+      description: 'write vae_decoder.onnx from TAESD (an AutoencoderTiny folder or taesd_decoder.safetensors): ~18x fewer FLOPs than the VAE decoder, softer details',
+    }),
     'allow-unmatched': Flags.boolean({ description: 'skip LoRA keys that match no module instead of failing' }),
     quiet: Flags.boolean({ char: 'q', description: 'no progress output' }),
   };
@@ -43,6 +47,7 @@ export default class Convert extends OnestepCommand {
       configDir: flags.config,
       loras: (flags.lora ?? []).map(parseLoraArg),
       allowUnmatched: flags['allow-unmatched'],
+      taesd: flags.taesd,
       onProgress: (p) => {
         const s = (Date.now() - started) / 1000;
         progress.update(`${p.component}: ${p.tensors}/${p.totalTensors} tensors, ${formatBytes(p.bytes)} (${formatBytes(p.bytes / Math.max(s, 1e-3))}/s)`);

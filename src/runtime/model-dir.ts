@@ -46,6 +46,11 @@ export interface ModelManifest {
   default_size: { width: number; height: number };
   tokenizer: { dir: string; max_length: number };
   converter: { name: 'onestep'; version: string };
+  /**
+   * Which network vae_decoder.onnx is (absent: 'autoencoder-kl'). Its inputs and outputs are the same either way:
+   * a TAESD graph takes the same latent_sample and scales it back itself (architectures/taesd.ts).
+   */
+  vae_decoder?: 'autoencoder-kl' | 'taesd';
 }
 
 export async function readModelManifest(dir: string): Promise<ModelManifest> {

@@ -1,0 +1,251 @@
+/**
+ * TAESD, madebyollin's tiny autoencoder (diffusers `AutoencoderTiny`, its `DecoderTiny`), as a fast replacement for
+ * the AutoencoderKL decoder: ~141 GFLOP per 512x512 image instead of ~2515.
+ *
+ * DecoderTiny is one nn.Sequential, so its weights are named by layer index: `decoder.layers.N...` in diffusers'
+ * AutoencoderTiny, `N...` (decoder-only file) or `decoder.N...` (whole TAESD module) in madebyollin's own files, where
+ * index 0 is the weightless Clamp and every index is one higher. Both map to the canonical `taesd.decoder.layers.N...`
+ * with diffusers' numbering:
+ *
+ *   0 conv (latent -> C), 1 ReLU,
+ *   per stage: num_decoder_blocks[i] x AutoencoderTinyBlock, then (not last stage) Upsample + conv without bias,
+ *   last: conv (C -> out_channels) with bias.
+ *
+ * Latent scale: TAESD was trained on the latents the denoiser works in (SD latents * 0.18215, roughly in [-3, 3]);
+ * AutoencoderTiny's own scaling_factor is 1.0, so a diffusers pipeline with it decodes the UNet's x0 as is. onestep's
+ * decoder contract (runtime/model-dir.ts) is that `latent_sample` = x0 / scaling_factor + shift_factor of the
+ * checkpoint's VAE, so the graph undoes that first: raw = (latent_sample - shift) * scaling_factor. The engine and
+ * model.json's `latent` then stay the same whichever decoder was converted.
+ *
+ * Output: DecoderTiny's stack gives an image in about [0, 1]; diffusers' DecoderTiny.forward returns x * 2 - 1, and
+ * so does this graph, so `sample` is in [-1, 1] like AutoencoderKL's.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { WeightSource } from '../checkpoint/weight-source.js';
+import { MappedSource } from '../checkpoint/sources.js';
+import { BadInputError, OnestepError } from '../errors.js';
+import { Graph, type Value } from '../onnx/graph.js';
+import { TensorSet } from '../safetensors/tensor-set.js';
+import { toUint8Image } from './vae.js';
+
+/** The decoder half of diffusers' AutoencoderTiny config (same field names). */
+export interface TaesdDecoderConfig {
+  latent_channels: number;
+  out_channels: number;
+  /** AutoencoderTinyBlocks per stage; diffusers' default (3, 3, 3, 1) = madebyollin's Decoder. */
+  num_decoder_blocks: number[];
+  upsampling_scaling_factor: number;
+}
+
+export const TAESD_PREFIX = 'taesd.decoder';
+
+/** An AutoencoderTiny config.json -> the decoder config; rejects what DecoderTiny built here cannot mean. */
+export function normalizeTaesdConfig(json: Record<string, any>, label = 'TAESD config'): TaesdDecoderConfig {
+  if (json._class_name !== undefined && json._class_name !== 'AutoencoderTiny') {
+    throw new BadInputError(label, `is a ${json._class_name} config, not AutoencoderTiny`, 'Pass the folder of a TAESD (AutoencoderTiny) model.');
+  }
+  const unsupported = [
+    ...(json.act_fn !== undefined && json.act_fn !== 'relu' ? [`act_fn ${json.act_fn}`] : []),
+    ...(json.upsample_fn !== undefined && json.upsample_fn !== 'nearest' ? [`upsample_fn ${json.upsample_fn}`] : []),
+  ];
+  if (unsupported.length) throw new BadInputError(label, `unsupported ${unsupported.join(', ')}`, 'Only TAESD with relu and nearest upsampling is supported.');
+  const cfg: TaesdDecoderConfig = {
+    latent_channels: json.latent_channels ?? 4,
+    out_channels: json.out_channels ?? 3,
+    num_decoder_blocks: json.num_decoder_blocks ?? [3, 3, 3, 1],
+    upsampling_scaling_factor: json.upsampling_scaling_factor ?? 2,
+  };
+  if (!Number.isInteger(cfg.upsampling_scaling_factor) || cfg.upsampling_scaling_factor < 1) {
+    throw new BadInputError(label, `upsampling_scaling_factor ${cfg.upsampling_scaling_factor} is not a positive integer`);
+  }
+  return cfg;
+}
+
+/** How many times larger the decoded image is than the latent: 8 for TAESD. */
+export function taesdUpscale(cfg: TaesdDecoderConfig): number {
+  return cfg.upsampling_scaling_factor ** (cfg.num_decoder_blocks.length - 1);
+}
+
+/**
+ * The decoder config read off canonical weight names (madebyollin's files carry no config): walk the layer indices,
+ * counting blocks (`layers.N.conv.0.weight`) per stage; a weightless index followed by a conv without bias is an
+ * upsample ending the stage; a conv with bias is the last layer.
+ */
+export function inferTaesdDecoderConfig(weights: WeightSource, label: string, prefix = TAESD_PREFIX): TaesdDecoderConfig {
+  const layer = (i: number) => `${prefix}.layers.${i}`;
+  const notTaesd = (why: string) => new BadInputError(label, `is not a TAESD decoder (${why})`, 'Pass an AutoencoderTiny folder or madebyollin\'s taesd_decoder.safetensors.');
+  if (!weights.has(`${layer(0)}.weight`)) throw notTaesd('no first conv: an encoder file?');
+  const first = weights.meta(`${layer(0)}.weight`).shape;
+  if (first.length !== 4) throw notTaesd(`first conv has shape [${first}]`);
+  const blocks = [0];
+  const lastIndex = Math.max(...weights.names().map((n) => Number(/\.layers\.(\d+)\./.exec(n)?.[1] ?? -1)));
+  for (let i = 2; i <= lastIndex; ) {
+    if (weights.has(`${layer(i)}.conv.0.weight`)) {
+      blocks[blocks.length - 1]++;
+      i++;
+    } else if (weights.has(`${layer(i)}.weight`)) {
+      if (!weights.has(`${layer(i)}.bias`) || i !== lastIndex) throw notTaesd(`unexpected conv at layer ${i}`);
+      return { latent_channels: first[1], out_channels: weights.meta(`${layer(i)}.weight`).shape[0], num_decoder_blocks: blocks, upsampling_scaling_factor: 2 };
+    } else if (weights.has(`${layer(i + 1)}.weight`) && !weights.has(`${layer(i + 1)}.bias`)) {
+      blocks.push(0);
+      i += 2;
+    } else {
+      throw notTaesd(`nothing recognisable at layer ${i}`);
+    }
+  }
+  throw notTaesd('no final conv');
+}
+
+export interface OpenedTaesd {
+  weights: MappedSource;
+  config: TaesdDecoderConfig;
+  layout: 'diffusers' | 'taesd';
+  /** The safetensors file read. */
+  file: string;
+}
+
+/**
+ * A TAESD decoder from an AutoencoderTiny folder (config.json + diffusion_pytorch_model.safetensors), madebyollin's
+ * taesd_decoder.safetensors (or a folder holding it), or any safetensors file in one of those namings.
+ * Weights come out under `taesd.decoder.layers.N...`; encoder tensors are left out.
+ */
+export async function openTaesd(input: string): Promise<OpenedTaesd> {
+  const st = await stat(input).catch(() => {
+    throw new BadInputError(input, 'no such file or folder', 'Pass an AutoencoderTiny folder or a taesd_decoder.safetensors file.');
+  });
+  let file = input;
+  let configFile: string | undefined;
+  if (st.isDirectory()) {
+    const exists = (name: string) => stat(path.join(input, name)).then((s) => s.isFile(), () => false);
+    if (await exists('config.json')) configFile = path.join(input, 'config.json');
+    if (await exists('diffusion_pytorch_model.safetensors')) file = path.join(input, 'diffusion_pytorch_model.safetensors');
+    else if (await exists('taesd_decoder.safetensors')) file = path.join(input, 'taesd_decoder.safetensors');
+  }
+  const set = await TensorSet.open(file);
+  try {
+    const names = set.names();
+    let layout: OpenedTaesd['layout'];
+    let rename: (key: string) => string | undefined;
+    if (names.some((n) => n.startsWith('decoder.layers.'))) {
+      layout = 'diffusers';
+      rename = (k) => (k.startsWith('decoder.layers.') ? `${TAESD_PREFIX}.${k.slice('decoder.'.length)}` : undefined);
+    } else if (names.some((n) => /^(decoder\.)?\d+\./.test(n))) {
+      // madebyollin's nn.Sequential starts with the weightless Clamp: its index N is diffusers' N - 1.
+      layout = 'taesd';
+      rename = (k) => {
+        const m = /^(?:decoder\.)?(\d+)\.(.+)$/.exec(k);
+        return m ? `${TAESD_PREFIX}.layers.${Number(m[1]) - 1}.${m[2]}` : undefined;
+      };
+    } else {
+      throw new BadInputError(set.files[0]?.path ?? file, 'holds no TAESD decoder weights (no decoder.layers.* or numbered layers)', 'Pass an AutoencoderTiny folder or madebyollin\'s taesd_decoder.safetensors (not the encoder).');
+    }
+    const entries = names.flatMap((key) => {
+      const name = rename(key);
+      return name ? [[name, { set, ref: { key } }] as [string, { set: TensorSet; ref: { key: string } }]] : [];
+    });
+    const weights = new MappedSource(entries, [set], file);
+    const inferred = inferTaesdDecoderConfig(weights, file);
+    let config = inferred;
+    if (configFile) {
+      let json: Record<string, any>;
+      try {
+        json = JSON.parse(await readFile(configFile, 'utf8'));
+      } catch (e) {
+        throw new BadInputError(configFile, `cannot be read as JSON (${(e as Error).message})`);
+      }
+      config = normalizeTaesdConfig(json, configFile);
+      const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+      for (const k of ['latent_channels', 'out_channels', 'num_decoder_blocks'] as const) {
+        if (!same(config[k], inferred[k])) {
+          throw new BadInputError(configFile, `says ${k} ${JSON.stringify(config[k])}, but the weights in ${file} have ${JSON.stringify(inferred[k])}`);
+        }
+      }
+    }
+    return { weights, config, layout, file };
+  } catch (e) {
+    await set.close();
+    throw e;
+  }
+}
+
+function relu(g: Graph, x: Value): Value {
+  return g.node('Relu', [x])[0];
+}
+
+/** AutoencoderTinyBlock: relu(conv(relu(conv(relu(conv(x))))) + skip(x)), skip a 1x1 conv when channels change. */
+function autoencoderTinyBlock(g: Graph, x: Value, prefix: string): Value {
+  let h = relu(g, g.conv2d(x, `${prefix}.conv.0`));
+  h = relu(g, g.conv2d(h, `${prefix}.conv.2`));
+  h = g.conv2d(h, `${prefix}.conv.4`);
+  const skip = g.hasWeight(`${prefix}.skip.weight`) ? g.conv2d(x, `${prefix}.skip`) : x;
+  return relu(g, g.add(h, skip));
+}
+
+function upsampleNearest(g: Graph, x: Value, factor: number): Value {
+  if (factor === 2) return g.upsampleNearest2x(x);
+  const scales = g.constant([1, 1, factor, factor], [4], 'float32');
+  return g.node('Resize', [x, undefined, scales], { mode: 'nearest', nearest_mode: 'floor', coordinate_transformation_mode: 'asymmetric' })[0];
+}
+
+/**
+ * DecoderTiny.forward: raw TAESD latents (the denoiser's latent space) in the graph's dtype -> image in [-1, 1]
+ * (not clamped), NCHW.
+ */
+export function taesdDecoder(g: Graph, cfg: TaesdDecoderConfig, latents: Value, prefix = TAESD_PREFIX): Value {
+  return g.scope('decoder', () => {
+    const three = g.scalar(3, latents.type);
+    let h = g.mul(g.node('Tanh', [g.div(latents, three)])[0], three);
+    h = g.scope('layers.0', () => relu(g, g.conv2d(h, `${prefix}.layers.0`)));
+    let index = 2;
+    cfg.num_decoder_blocks.forEach((count, stage) => {
+      for (let b = 0; b < count; b++, index++) {
+        const i = index;
+        h = g.scope(`layers.${i}`, () => autoencoderTinyBlock(g, h, `${prefix}.layers.${i}`));
+      }
+      const last = stage === cfg.num_decoder_blocks.length - 1;
+      if (!last) {
+        h = g.scope(`layers.${index}`, () => upsampleNearest(g, h, cfg.upsampling_scaling_factor));
+        index++;
+      }
+      const i = index++;
+      h = g.scope(`layers.${i}`, () => g.conv2d(h, `${prefix}.layers.${i}`));
+    });
+    return g.sub(g.mul(h, g.scalar(2, h.type)), g.scalar(1, h.type));
+  });
+}
+
+export interface TaesdGraphOptions {
+  /** The checkpoint VAE's scaling_factor, which the engine divided x0 by (0.18215 for SD 1.x/2.x). */
+  latentScale: number;
+  /** The checkpoint VAE's shift_factor, which the engine added (none for SD 1.x/2.x). */
+  latentShift?: number | null;
+  /** End in uint8 RGB NHWC (`image`) instead of `sample`. */
+  toImage?: boolean;
+}
+
+/**
+ * Standalone decoder graph with the same contract as buildVaeDecoderGraph: `latent_sample` float32 [batch,
+ * latent_channels, height, width] = x0 / latentScale + latentShift -> `sample` float32 [batch, out_channels,
+ * height*8, width*8] in [-1, 1] (or `image` uint8 NHWC with toImage).
+ */
+export function buildTaesdDecoderGraph(
+  weights: WeightSource,
+  cfg: TaesdDecoderConfig,
+  dtype: 'float32' | 'float16',
+  opts: TaesdGraphOptions,
+): Graph {
+  if (!(opts.latentScale > 0)) throw new OnestepError(`TAESD: latent scale ${opts.latentScale} must be positive`);
+  const g = new Graph('vae_decoder', weights, dtype);
+  const z = g.input('latent_sample', 'float32', ['batch', cfg.latent_channels, 'height', 'width']);
+  const sample = g.scope('taesd', () => {
+    // Back to the denoiser's latent space, in float32 before any cast (see the file comment).
+    let raw = z;
+    if (opts.latentShift) raw = g.sub(raw, g.scalar(opts.latentShift, 'float32'));
+    raw = g.mul(raw, g.scalar(opts.latentScale, 'float32'));
+    return taesdDecoder(g, cfg, g.cast(raw, g.dtype));
+  });
+  if (opts.toImage) g.output(toUint8Image(g, sample), 'image', ['batch', 'image_height', 'image_width', cfg.out_channels]);
+  else g.output(g.cast(sample, 'float32'), 'sample', ['batch', cfg.out_channels, 'image_height', 'image_width']);
+  return g;
+}
