@@ -9,6 +9,7 @@
  * Every delta is computed in float32 as a matrix [out, in * kh * kw] (the row-major flattening of the target weight).
  */
 import { BadInputError, OnestepError } from '../errors.js';
+import { matmul } from './matmul.js';
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
 import { SafetensorsFile } from '../safetensors/reader.js';
 import { canonicalUnetToLdm } from '../checkpoint/keymap-sd.js';
@@ -126,7 +127,7 @@ export class LoraModule {
         if (k.has('mid')) {
           d = tuckerRebuild(await read('mid'), shape('mid'), up, this.outFeatures, down, shape('down')[0], this.inFlat / spatial(shape('mid')));
         } else {
-          d = matmul(up, down, this.outFeatures, this.rank, this.inFlat);
+          d = await matmul(up, down, this.outFeatures, this.rank, this.inFlat);
         }
         break;
       }
@@ -165,7 +166,7 @@ export class LoraModule {
       const tShape = this.store.tensors.get(t)!.shape;
       return tuckerRebuildTransposed(await this.read(t), tShape, a, this.outFeatures, b, this.inFlat / spatial(tShape));
     }
-    return matmul(a, b, this.outFeatures, this.rank, this.inFlat);
+    return await matmul(a, b, this.outFeatures, this.rank, this.inFlat);
   }
 
   /** A LoKr factor as a matrix with its [rows, cols]. */
@@ -192,7 +193,7 @@ export class LoraModule {
     const rows = shapeOf(aKey)[0];
     const r = shapeOf(aKey)[1];
     const cols = product(shapeOf(bKey)) / r;
-    return [matmul(a, b, rows, r, cols), rows, cols];
+    return [await matmul(a, b, rows, r, cols), rows, cols];
   }
 }
 
@@ -573,24 +574,6 @@ function product(s: number[]): number {
 
 function spatial(s: number[]): number {
   return product(s.slice(2));
-}
-
-/** a [m, k] @ b [k, n] -> [m, n]. */
-export function matmul(a: Float32Array, b: Float32Array, m: number, k: number, n: number): Float32Array {
-  if (a.length !== m * k || b.length !== k * n) throw new OnestepError(`internal: matmul sizes ${a.length} vs ${m}x${k}, ${b.length} vs ${k}x${n}`);
-  const out = new Float32Array(m * n);
-  const row = new Float64Array(n);
-  for (let i = 0; i < m; i++) {
-    row.fill(0);
-    for (let p = 0; p < k; p++) {
-      const av = a[i * k + p];
-      if (av === 0) continue;
-      const off = p * n;
-      for (let j = 0; j < n; j++) row[j] += av * b[off + j];
-    }
-    out.set(row, i * n);
-  }
-  return out;
 }
 
 /** Kronecker product of a [ra, ca] and b [rb, cb] -> [ra*rb, ca*cb]. */
