@@ -152,6 +152,11 @@ async function rewriteWeightFile(
 
 /** Applies LoRAs to the part of a stored tensor that one canonical weight occupies (rows / transpose / squeeze). */
 async function mergeInPlace(stored: Float32Array, storedShape: number[], ref: SourceRef, apps: Application[]): Promise<void> {
+  if (!ref.rows && !ref.transpose) {
+    // The canonical weight is the whole stored tensor: merge in place, no copies.
+    await applyLoras(stored, ref.squeeze ? storedShape.slice(0, 2) : storedShape, apps);
+    return;
+  }
   const rowSize = storedShape.slice(1).reduce((a, b) => a * b, 1);
   const [start, end] = ref.rows ?? [0, storedShape[0]];
   let part: Float32Array = stored.slice(start * rowSize, end * rowSize);

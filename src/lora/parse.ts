@@ -122,12 +122,15 @@ export class LoraModule {
     let d: Float32Array;
     switch (this.kind) {
       case 'lora': {
-        const up = await read('up');
+        let up = await read('up');
         const down = await read('down');
         if (k.has('mid')) {
           d = tuckerRebuild(await read('mid'), shape('mid'), up, this.outFeatures, down, shape('down')[0], this.inFlat / spatial(shape('mid')));
         } else {
-          d = await matmul(up, down, this.outFeatures, this.rank, this.inFlat);
+          // The factor goes into `up` (out x rank values) rather than into the product (out x in).
+          const factor = this.factor;
+          if (factor !== 1) up = up.map((v) => v * factor);
+          return matmul(up, down, this.outFeatures, this.rank, this.inFlat);
         }
         break;
       }

@@ -1,4 +1,4 @@
-/** Streaming safetensors writer: one tensor in memory at a time, atomic (temp file + rename), deterministic bytes. */
+/** Streaming safetensors writer: at most two tensors in memory (one being written, the next being produced), atomic (temp file + rename), deterministic bytes. */
 import { randomBytes } from 'node:crypto';
 import { open as openFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { DTYPE_SIZES, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
@@ -28,13 +28,24 @@ export async function writeSafetensors(
 
   const tempPath = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
   let handle: FileHandle | undefined;
+  let next: Promise<Uint8Array> | undefined;
   try {
     handle = await openFile(tempPath, 'wx');
     await writeAll(handle, header);
     let bytes = 0;
+    // The next tensor's data is produced (read, converted, merged) while the current one is written: reading and
+    // writing overlap, at the cost of holding two tensors instead of one.
+    const produce = (i: number): Promise<Uint8Array> | undefined => {
+      if (i >= list.length) return undefined;
+      const p = Promise.resolve().then(() => list[i].data());
+      p.catch(() => undefined); // awaited in order below; this only keeps an early failure from being unhandled
+      return p;
+    };
+    next = produce(0);
     for (let i = 0; i < list.length; i++) {
       const t = list[i];
-      const data = await t.data();
+      const data = await next!;
+      next = produce(i + 1);
       const expected = byteLengthOf(path, t);
       if (!(data instanceof Uint8Array) || data.byteLength !== expected) {
         const got = data instanceof Uint8Array ? `${data.byteLength} bytes` : 'not a Uint8Array';
@@ -49,6 +60,7 @@ export async function writeSafetensors(
     handle = undefined;
     await rename(tempPath, path);
   } catch (e) {
+    await next?.catch(() => undefined);
     await handle?.close().catch(() => undefined);
     await rm(tempPath, { force: true });
     throw e;

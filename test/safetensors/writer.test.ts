@@ -65,7 +65,7 @@ describe('safetensors/writer', () => {
     assert.deepEqual(await readFile(join(dir, '1.safetensors')), await readFile(join(dir, '2.safetensors')));
   });
 
-  it('calls data() lazily, one tensor at a time, and reports progress', async () => {
+  it('calls data() lazily and in order, one call at a time, at most one tensor ahead of the write; reports progress', async () => {
     const events: string[] = [];
     let pending = 0;
     const tensors: TensorToWrite[] = [0, 1, 2].map((i) => ({
@@ -85,7 +85,7 @@ describe('safetensors/writer', () => {
       for (const t of tensors) yield t;
     }
     await writeSafetensors(join(dir, 'l.safetensors'), lazily(), undefined, (done, total, bytes) => events.push(`progress ${done}/${total} ${bytes}`));
-    assert.deepEqual(events, ['data 0', 'progress 1/3 8', 'data 1', 'progress 2/3 16', 'data 2', 'progress 3/3 24']);
+    assert.deepEqual(events, ['data 0', 'data 1', 'progress 1/3 8', 'data 2', 'progress 2/3 16', 'progress 3/3 24']);
     const f = await SafetensorsFile.open(join(dir, 'l.safetensors'));
     assert.deepEqual(f.metadata, {});
     assert.deepEqual([...(await f.readF32('t2'))], [2, -2]);
