@@ -4,6 +4,7 @@ import { open as openFile, rename, rm, type FileHandle } from 'node:fs/promises'
 import { DTYPE_SIZES, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
 import { MAX_HEADER_BYTES } from './reader.js';
+import { registerTempPath } from '../io/atomic.js';
 
 export interface TensorToWrite {
   name: string;
@@ -27,6 +28,8 @@ export async function writeSafetensors(
   const header = encodeHeader(path, list, metadata);
 
   const tempPath = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  // Removed on Ctrl-C / SIGTERM too, not only on errors: a multi-GB temp file must not outlive an interrupted run.
+  const unregister = registerTempPath(tempPath);
   let handle: FileHandle | undefined;
   let next: Promise<Uint8Array> | undefined;
   try {
@@ -64,6 +67,8 @@ export async function writeSafetensors(
     await handle?.close().catch(() => undefined);
     await rm(tempPath, { force: true });
     throw e;
+  } finally {
+    unregister();
   }
 }
 

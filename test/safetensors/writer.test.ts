@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SafetensorsError } from '../../src/safetensors/errors.js';
@@ -146,5 +147,23 @@ describe('safetensors/writer', () => {
     const f = await SafetensorsFile.open(path);
     assert.deepEqual([...(await f.readRaw('v'))], [5, 6, 7, 8, 9, 10, 11, 12]);
     await f.close();
+  });
+
+  it('an interrupted write (SIGINT) leaves neither the file nor its temp file', async () => {
+    // `dir` comes from beforeEach (a fresh temp folder, removed in afterEach).
+    const out = join(dir, 'slow.safetensors');
+    // A child that writes tensors slowly; it is interrupted once its temp file exists.
+    const script = `
+      import { writeSafetensors } from ${JSON.stringify(new URL('../../src/safetensors/writer.ts', import.meta.url).href)};
+      const slow = Array.from({ length: 100 }, (_, i) => ({ name: 't' + i, dtype: 'F32', shape: [1024],
+        data: () => new Promise((r) => setTimeout(() => r(new Uint8Array(4096)), 50)) }));
+      await writeSafetensors(${JSON.stringify(out)}, slow);`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: 'ignore' });
+    const exited = new Promise<NodeJS.Signals | null>((r) => child.on('exit', (_code, signal) => r(signal)));
+    for (let i = 0; i < 200 && !(await readdir(dir)).some((f) => f.includes('.tmp-')); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok((await readdir(dir)).some((f) => f.includes('.tmp-')), 'the temp file appeared');
+    child.kill('SIGINT');
+    assert.equal(await exited, 'SIGINT');
+    assert.deepEqual(await readdir(dir), []);
   });
 });
