@@ -18,9 +18,20 @@ export function presentedShape(stored: readonly number[], ref: SourceRef): numbe
   return shape;
 }
 
-function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
+/** [rows, cols] -> [cols, rows], in cache-sized tiles (a naive loop strides through memory on every write). */
+export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(data.length);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
+  const T = 32;
+  for (let r0 = 0; r0 < rows; r0 += T) {
+    const r1 = Math.min(r0 + T, rows);
+    for (let c0 = 0; c0 < cols; c0 += T) {
+      const c1 = Math.min(c0 + T, cols);
+      for (let r = r0; r < r1; r++) {
+        const src = r * cols;
+        for (let c = c0; c < c1; c++) out[c * rows + r] = data[src + c];
+      }
+    }
+  }
   return out;
 }
 

@@ -1,13 +1,14 @@
 /**
  * `lora merge`: LoRAs merged into a checkpoint, written in the checkpoint's own layout. A single file keeps its key
  * names, order and metadata; a diffusers folder is copied with each weight file rewritten. Only merged tensors (and,
- * with an output dtype, float tensors) change; everything else is copied byte for byte. One tensor in memory at a
- * time; the output appears only when complete (temp file or temp sibling folder, then rename).
+ * with an output dtype, float tensors) change; everything else is copied byte for byte. Tensors stream through
+ * writeSafetensors, which holds only the one being written and the few it prefetches; the output appears only when
+ * complete (temp file or temp sibling folder, then rename).
  */
 import { cp, mkdir, realpath, stat } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/open.js';
-import type { MappedSource } from '../checkpoint/sources.js';
+import { transpose2d, type MappedSource } from '../checkpoint/sources.js';
 import type { SourceRef } from '../checkpoint/keymap-sd.js';
 import { BadInputError, OnestepError } from '../errors.js';
 import { withAtomicDir } from '../io/atomic.js';
@@ -163,18 +164,12 @@ async function mergeInPlace(stored: Float32Array, storedShape: number[], ref: So
   let shape = [end - start, ...storedShape.slice(1)];
   if (ref.squeeze) shape = shape.slice(0, 2);
   if (ref.transpose) {
-    part = transpose(part, shape[0], shape[1]);
+    part = transpose2d(part, shape[0], shape[1]);
     shape = [shape[1], shape[0]];
   }
   await applyLoras(part, shape, apps);
-  if (ref.transpose) part = transpose(part, shape[0], shape[1]);
+  if (ref.transpose) part = transpose2d(part, shape[0], shape[1]);
   stored.set(part, start * rowSize);
-}
-
-function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
-  return out;
 }
 
 function encodeF32(values: Float32Array, dtype: SafetensorsDType, file: string, name: string): Uint8Array {

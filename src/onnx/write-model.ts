@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError } from '../errors.js';
+import { transpose2d } from '../checkpoint/sources.js';
 import { countF16Overflow, f32ToF16 } from '../safetensors/dtypes.js';
 import type { Graph, InitializerSpec } from './graph.js';
 import { encodeModel, type TensorProtoData } from './proto.js';
@@ -23,23 +24,6 @@ export async function materialize(graph: Graph, init: InitializerSpec): Promise<
   if (!view.transpose) return data;
   const [rows, cols] = view.reshape ?? graph.weightShape(key);
   return transpose2d(data, rows, cols);
-}
-
-/** [rows, cols] -> [cols, rows], in cache-sized tiles (a naive loop strides through memory on every write). */
-export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
-  const T = 32;
-  for (let r0 = 0; r0 < rows; r0 += T) {
-    const r1 = Math.min(r0 + T, rows);
-    for (let c0 = 0; c0 < cols; c0 += T) {
-      const c1 = Math.min(c0 + T, cols);
-      for (let r = r0; r < r1; r++) {
-        const src = r * cols;
-        for (let c = c0; c < c1; c++) out[c * rows + r] = data[src + c];
-      }
-    }
-  }
-  return out;
 }
 
 function encodeAs(init: InitializerSpec, data: Float32Array): Uint8Array {
@@ -67,7 +51,8 @@ async function writeAll(fh: FileHandle, bytes: Uint8Array, position: number): Pr
 }
 
 /**
- * Writes `<dir>/<name>.onnx` and its weights into `<dir>/<name>.onnx.data`, streaming one tensor at a time.
+ * Writes `<dir>/<name>.onnx` and its weights into `<dir>/<name>.onnx.data`, streaming tensor by tensor (the next
+ * one is read while the current one is written, so at most two are in memory).
  * Bytes depend only on the graph and the weight values, never on paths or time.
  */
 export async function writeModel(

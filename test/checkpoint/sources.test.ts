@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MappedSource, presentedShape } from '../../src/checkpoint/sources.js';
+import { MappedSource, presentedShape, transpose2d } from '../../src/checkpoint/sources.js';
 import { OnestepError } from '../../src/errors.js';
 import { f32ToF16 } from '../../src/safetensors/dtypes.js';
 import { TensorSet } from '../../src/safetensors/tensor-set.js';
@@ -92,5 +92,13 @@ describe('checkpoint/sources', () => {
     assert.deepEqual(presentedShape([3072, 1024], { key: 'k', rows: [1024, 2048] }), [1024, 1024]);
     assert.deepEqual(presentedShape([512, 512, 1, 1], { key: 'k', squeeze: true }), [512, 512]);
     assert.deepEqual(presentedShape([1024, 768], { key: 'k', transpose: true }), [768, 1024]);
+  });
+
+  it('transposes in tiles exactly like the naive loop, for shapes that are not tile multiples', () => {
+    for (const [rows, cols] of [[1, 1], [3, 70], [65, 33], [128, 64]]) {
+      const data = Float32Array.from({ length: rows * cols }, (_, i) => i * 0.5 - 7);
+      const t = transpose2d(data, rows, cols);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) assert.equal(t[c * rows + r], data[r * cols + c]);
+    }
   });
 });

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { WeightSource } from '../../src/checkpoint/weight-source.js';
 import { Graph } from '../../src/onnx/graph.js';
-import { transpose2d, writeModel } from '../../src/onnx/write-model.js';
+import { writeModel } from '../../src/onnx/write-model.js';
 
 function memoryWeights(tensors: Record<string, { shape: number[]; data: number[] }>): WeightSource {
   return {
@@ -52,14 +52,6 @@ describe('onnx/write-model', () => {
       await assert.rejects(writeModel(g, dir, 'm'), /w\.weight: 1 values exceed the float16 range/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
-
-  it('transposes in tiles exactly like the naive loop, for shapes that are not tile multiples', () => {
-    for (const [rows, cols] of [[1, 1], [3, 70], [65, 33], [128, 64]]) {
-      const data = Float32Array.from({ length: rows * cols }, (_, i) => i * 0.5 - 7);
-      const t = transpose2d(data, rows, cols);
-      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) assert.equal(t[c * rows + r], data[r * cols + c]);
     }
   });
 });
