@@ -86,6 +86,11 @@ export class SafetensorsFile {
     return readExactly(this.openHandle(), this.path, info.byteOffset, info.byteLength, name);
   }
 
+  /** Where a tensor's bytes lie, for copying them as stored without holding them in memory (the writer's copyFrom). */
+  copySource(name: string): { handle: FileHandle; offset: number } {
+    return { handle: this.openHandle(), offset: this.info(name).byteOffset };
+  }
+
   /** Values as float32: exact for F32/F16/BF16/F8, rounded for F64 and large integers. */
   async readF32(name: string): Promise<Float32Array> {
     const info = this.info(name);

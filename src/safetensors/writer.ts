@@ -10,8 +10,38 @@ export interface TensorToWrite {
   name: string;
   dtype: SafetensorsDType;
   shape: number[];
-  /** Called once, when this tensor's turn to be written comes: little-endian bytes, numel * itemsize long. */
+  /** Called once, shortly before this tensor's turn to be written comes: little-endian bytes, numel * itemsize long. */
   data: () => Promise<Uint8Array> | Uint8Array;
+  /**
+   * Instead of calling data(): the bytes, as stored, at `offset` in another open file. They are copied in chunks
+   * through one reused buffer, as `cp` does, never as one tensor-sized allocation (a merge copies most tensors as is).
+   */
+  copyFrom?: { handle: FileHandle; offset: number };
+}
+
+const COPY_CHUNK = 8 << 20;
+
+/** Copies `length` bytes from `src` at `offset` to the end of `dst`, reading the next chunk while writing this one. */
+async function copyRange(src: FileHandle, offset: number, length: number, dst: FileHandle, buffers: [Uint8Array, Uint8Array], label: string): Promise<void> {
+  const read = async (pos: number, buf: Uint8Array): Promise<Uint8Array> => {
+    const n = Math.min(COPY_CHUNK, length - pos);
+    let got = 0;
+    while (got < n) {
+      const { bytesRead } = await src.read(buf, got, n - got, offset + pos + got);
+      if (bytesRead === 0) throw new SafetensorsError(label, 'truncated', `source ended ${length - pos - got} bytes early while copying`);
+      got += bytesRead;
+    }
+    return buf.subarray(0, n);
+  };
+  let pos = 0;
+  let chunk = length > 0 ? read(0, buffers[0]) : undefined;
+  for (let k = 0; chunk; k++) {
+    const current = await chunk;
+    pos += current.length;
+    chunk = pos < length ? read(pos, buffers[(k + 1) % 2]) : undefined;
+    chunk?.catch(() => undefined);
+    await writeAll(dst, current);
+  }
 }
 
 /**
@@ -39,17 +69,26 @@ export async function writeSafetensors(
     // The next tensor's data is produced (read, converted, merged) while the current one is written: reading and
     // writing overlap, at the cost of holding two tensors instead of one.
     const produce = (i: number): Promise<Uint8Array> | undefined => {
-      if (i >= list.length) return undefined;
+      if (i >= list.length || list[i].copyFrom) return undefined;
       const p = Promise.resolve().then(() => list[i].data());
       p.catch(() => undefined); // awaited in order below; this only keeps an early failure from being unhandled
       return p;
     };
+    let copyBuffers: [Uint8Array, Uint8Array] | undefined;
     next = produce(0);
     for (let i = 0; i < list.length; i++) {
       const t = list[i];
+      const expected = byteLengthOf(path, t);
+      if (t.copyFrom) {
+        next = produce(i + 1);
+        copyBuffers ??= [new Uint8Array(COPY_CHUNK), new Uint8Array(COPY_CHUNK)];
+        await copyRange(t.copyFrom.handle, t.copyFrom.offset, expected, handle, copyBuffers, t.name);
+        bytes += expected;
+        onProgress?.(i + 1, list.length, bytes);
+        continue;
+      }
       const data = await next!;
       next = produce(i + 1);
-      const expected = byteLengthOf(path, t);
       if (!(data instanceof Uint8Array) || data.byteLength !== expected) {
         const got = data instanceof Uint8Array ? `${data.byteLength} bytes` : 'not a Uint8Array';
         throw new SafetensorsError(path, 'byte-length', `data() gave ${got}; ${t.dtype} ${JSON.stringify(t.shape)} needs ${expected}`, t.name);

@@ -166,4 +166,31 @@ describe('safetensors/writer', () => {
     assert.equal(await exited, 'SIGINT');
     assert.deepEqual(await readdir(dir), []);
   });
+
+  it('copies tensors as stored from another file (copyFrom), across chunk boundaries, mixed with data()', async () => {
+    const src = join(dir, 'src.safetensors');
+    const big = new Uint8Array((8 << 20) * 2 + 12); // spans three copy chunks
+    const rand = seededUint32(3);
+    for (let i = 0; i < big.length; i++) big[i] = rand() & 255;
+    await writeSafetensors(src, [
+      { name: 'small', dtype: 'U8', shape: [5], data: () => Uint8Array.of(1, 2, 3, 4, 5) },
+      { name: 'big', dtype: 'U8', shape: [big.length], data: () => big },
+    ]);
+    const from = await SafetensorsFile.open(src);
+    try {
+      const out = join(dir, 'out.safetensors');
+      await writeSafetensors(out, [
+        { name: 'big', dtype: 'U8', shape: [big.length], data: () => assert.fail('data() of a copied tensor'), copyFrom: from.copySource('big') },
+        { name: 'x', dtype: 'F32', shape: [1], data: () => bytesOf(Float32Array.of(7)) },
+        { name: 'small', dtype: 'U8', shape: [5], data: () => assert.fail('data() of a copied tensor'), copyFrom: from.copySource('small') },
+      ]);
+      const f = await SafetensorsFile.open(out);
+      assert.ok(Buffer.from(await f.readRaw('big')).equals(Buffer.from(big)));
+      assert.deepEqual([...(await f.readRaw('small'))], [1, 2, 3, 4, 5]);
+      assert.deepEqual([...(await f.readF32('x'))], [7]);
+      await f.close();
+    } finally {
+      await from.close();
+    }
+  });
 });
