@@ -120,7 +120,6 @@ async function rewriteWeightFile(
   const file = await SafetensorsFile.open(input);
   try {
     const infos = [...file.tensors.values()];
-    let done = 0;
     const tensors: TensorToWrite[] = infos.map((info) => {
       const dtype = opts.dtype && isFloatDType(info.dtype) ? opts.dtype : info.dtype;
       const parts = changes.get(info.name);
@@ -128,6 +127,8 @@ async function rewriteWeightFile(
         name: info.name,
         dtype,
         shape: info.shape,
+        // Most tensors are untouched: copied as stored, in chunks, never as a whole tensor in memory.
+        copyFrom: !parts && dtype === info.dtype ? file.copySource(info.name) : undefined,
         data: async () => {
           let bytes: Uint8Array;
           if (parts) {
@@ -139,13 +140,14 @@ async function rewriteWeightFile(
           } else {
             bytes = encodeF32(bytesToF32(info.dtype, await file.readRaw(info.name)), dtype, input, info.name);
           }
-          opts.onProgress?.(++done, infos.length);
           return bytes;
         },
       };
     });
     // No metadata block when the input had none, so that a header stays as it was.
-    await writeSafetensors(output, tensors, Object.keys(file.metadata).length ? { ...file.metadata } : undefined);
+    await writeSafetensors(output, tensors, Object.keys(file.metadata).length ? { ...file.metadata } : undefined, (done, total) =>
+      opts.onProgress?.(done, total),
+    );
   } finally {
     await file.close();
   }
