@@ -16,6 +16,7 @@ import { writeModel } from '../../src/onnx/write-model.js';
 import { OneStepEngine } from '../../src/runtime/engine.js';
 import { readModelManifest } from '../../src/runtime/model-dir.js';
 import { FIXTURES, goldens, relErr } from '../support/fixtures.js';
+import { signedRandom } from '../support/random.js';
 
 const SD_SCALE = 0.18215;
 
@@ -24,24 +25,12 @@ interface T {
   data: Float32Array;
 }
 
-/** Deterministic uniform numbers in [-1, 1) (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  };
-}
-
 /**
  * A random DecoderTiny in diffusers' layer numbering (`layers.N...`). `channels[s]` is stage s's width; a stage's
  * first block maps the previous width to it (with a 1x1 skip when they differ, as madebyollin's Block allows).
  */
 function randomDecoder(seed: number, latent: number, channels: number[], blocks: number[], out = 3): Map<string, T> {
-  const r = rng(seed);
+  const r = signedRandom(seed);
   const w = new Map<string, T>();
   const conv = (name: string, cout: number, cin: number, k: number, bias: boolean) => {
     // Gains keep activations O(1) through 10 residual blocks; the sign-symmetric uniform has variance 1/3.
@@ -186,7 +175,7 @@ function referenceDecode(latentSample: Img, weights: Map<string, T>, cfg: TaesdD
 }
 
 function randomLatents(seed: number, n: number): Float32Array {
-  const r = rng(seed);
+  const r = signedRandom(seed);
   // Like x0 / 0.18215: spread about +-15, so the tanh clamp is exercised in both its linear and saturated parts.
   return Float32Array.from({ length: n }, () => r() * 15);
 }

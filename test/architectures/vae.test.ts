@@ -11,6 +11,7 @@ import { OnestepError } from '../../src/errors.js';
 import type { Graph } from '../../src/onnx/graph.js';
 import { writeModel } from '../../src/onnx/write-model.js';
 import { FIXTURES, folderConfig, folderWeights, goldens, relErr } from '../support/fixtures.js';
+import { unitRandom } from '../support/random.js';
 
 const MODELS = ['tiny-sd15', 'tiny-sd21'] as const;
 
@@ -236,15 +237,6 @@ function referenceBatch(fn: (x: Act) => Act, data: Float32Array, shape: number[]
 // Random weights for a VAE whose channels change between blocks (the fixtures keep 32 everywhere), so that
 // conv_shortcut and channel-changing blocks are exercised. Shapes follow diffusers' AutoencoderKL constructor.
 
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function randomVaeWeights(cfg: VaeConfig, seed: number): WeightSource {
   const shapes = new Map<string, number[]>();
   const conv = (p: string, o: number, i: number, k = 3) => (shapes.set(`${p}.weight`, [o, i, k, k]), shapes.set(`${p}.bias`, [o]));
@@ -286,7 +278,7 @@ function randomVaeWeights(cfg: VaeConfig, seed: number): WeightSource {
   norm('vae.decoder.conv_norm_out', ch[0]);
   conv('vae.decoder.conv_out', cfg.out_channels, ch[0]);
 
-  const rand = mulberry32(seed);
+  const rand = unitRandom(seed);
   const values = new Map<string, Float32Array>();
   for (const [name, shape] of shapes) {
     const size = shape.reduce((a, b) => a * b, 1);
@@ -306,7 +298,7 @@ function randomVaeWeights(cfg: VaeConfig, seed: number): WeightSource {
 }
 
 function randomImage(shape: number[], seed: number): Float32Array {
-  const rand = mulberry32(seed);
+  const rand = unitRandom(seed);
   return Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => 2 * rand() - 1);
 }
 

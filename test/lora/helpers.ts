@@ -4,6 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeSafetensors } from '../../src/safetensors/writer.js';
+import { signedRandom } from '../support/random.js';
 
 export interface TestTensor {
   shape: number[];
@@ -17,15 +18,8 @@ export async function tempDir(): Promise<{ dir: string; cleanup: () => Promise<v
 
 /** Seeded values in [-1, 1) (mulberry32). */
 export function seeded(seed: number): (n: number) => Float32Array {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  return (n) => Float32Array.from({ length: n }, () => next() * 2 - 1);
+  const next = signedRandom(seed);
+  return (n) => Float32Array.from({ length: n }, () => next());
 }
 
 export function tensor(rand: (n: number) => Float32Array, ...shape: number[]): TestTensor {
@@ -50,17 +44,8 @@ export async function writeF32File(path: string, tensors: Record<string, TestTen
   return path;
 }
 
-/** max |a - b| / max |b| */
-export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
-  let d = 0;
-  let m = 1e-30;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
-}
+/** max |a - b| / max |b| (the one in test/support, under the name the LoRA tests use). */
+export { relErr as maxRelDiff } from '../support/fixtures.js';
 
 /** Whole-file header parse for tests: tensor names in data order, metadata and each tensor's raw bytes. */
 export function rawSafetensors(file: string): { names: string[]; metadata: Record<string, string> | undefined; dtypes: Map<string, string>; raw: Map<string, Buffer> } {

@@ -9,16 +9,7 @@ export async function makeTempDir(): Promise<{ dir: string; cleanup: () => Promi
 }
 
 /** Small seeded PRNG (mulberry32): uint32 per call. */
-export function seededUint32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
+export { mulberry32 as seededUint32 } from '../support/random.js';
 
 export function bytesOf(view: ArrayBufferView): Uint8Array {
   return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
