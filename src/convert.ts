@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { buildClipTextGraph } from './architectures/clip-text.js';
 import { buildTaesdDecoderGraph, openTaesd, taesdUpscale, type OpenedTaesd } from './architectures/taesd.js';
 import { buildUNetGraph } from './architectures/unet.js';
-import { buildVaeDecoderGraph, buildVaeEncoderGraph } from './architectures/vae.js';
+import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeScaleFactor } from './architectures/vae.js';
 import type { PredictionType } from './checkpoint/configs.js';
 import { sha256Path } from './checkpoint/hash.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint/open.js';
@@ -114,7 +114,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     if (opts.taesd) {
       taesd = await openTaesd(opts.taesd);
       const { latent_channels } = taesd.config;
-      const downscale = 2 ** (ckpt.vae.block_out_channels.length - 1);
+      const downscale = vaeScaleFactor(ckpt.vae);
       if (latent_channels !== ckpt.vae.latent_channels || taesdUpscale(taesd.config) !== downscale) {
         throw new BadInputError(
           opts.taesd,
@@ -165,7 +165,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
             channels: ckpt.vae.latent_channels,
             scaling_factor: ckpt.vae.scaling_factor,
             shift_factor: ckpt.vae.shift_factor,
-            downscale: 2 ** (ckpt.vae.block_out_channels.length - 1),
+            downscale: vaeScaleFactor(ckpt.vae),
           },
           default_size: { width: sampleSize, height: sampleSize },
           tokenizer: { dir: 'tokenizer', max_length: maxLength },
