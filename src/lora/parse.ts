@@ -8,7 +8,7 @@
  * `inspect`); `resolveLoraTargets` then finds each module's canonical target among a base's weight names.
  * Every delta is computed in float32 as a matrix [out, in * kh * kw] (the row-major flattening of the target weight).
  */
-import { BadInputError, OnestepError } from '../errors.js';
+import { BadInputError } from '../errors.js';
 import { matmul } from './matmul.js';
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
 import { SafetensorsFile } from '../safetensors/reader.js';
