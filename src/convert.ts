@@ -14,7 +14,7 @@ import { sha256Path } from './checkpoint/hash.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint/open.js';
 import type { WeightSource } from './checkpoint/weight-source.js';
 import { formatMergeReport, LoraMergedSource, type LoraSpec } from './lora/merge.js';
-import { BadInputError, OnestepError } from './errors.js';
+import { BadInputError } from './errors.js';
 import { withAtomicDir } from './io/atomic.js';
 import type { Graph } from './onnx/graph.js';
 import { writeModel } from './onnx/write-model.js';
@@ -90,9 +90,11 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
   let taesd: OpenedTaesd | undefined;
   try {
     if (ckpt.family !== 'sd1' && ckpt.family !== 'sd2') {
-      throw new OnestepError(`${input}: ${ckpt.family} checkpoints cannot be converted yet (Stable Diffusion 1.x and 2.x can).`);
+      throw new BadInputError(input, `is a ${ckpt.family} checkpoint; these cannot be converted yet`, 'onestep converts Stable Diffusion 1.x and 2.x checkpoints.');
     }
-    if (!ckpt.unet || !ckpt.textEncoder) throw new OnestepError(`${input}: the checkpoint lacks a UNet or a text encoder.`);
+    if (!ckpt.unet || !ckpt.textEncoder) {
+      throw new BadInputError(input, 'lacks a UNet or a text encoder', 'Pass a complete checkpoint (UNet, VAE and text encoder) or a diffusers folder.');
+    }
     const hashPromise = sha256Path(input);
     hashPromise.catch(() => undefined);
     const loraSpecs = opts.loras ?? [];

@@ -304,6 +304,11 @@ describe('convertCheckpoint refuses bad input, leaving nothing behind', function
     assert.deepEqual(readdirSync(out), ['keep.txt']);
   });
 
+  it('a PixArt folder (opened, not convertible yet)', async () => {
+    await refuses(join(FIXTURES, 'tiny-pixart'), /tiny-pixart: is a pixart-alpha checkpoint; these cannot be converted yet/);
+    assert.deepEqual(readdirSync(outParent), []);
+  });
+
   it('a recipe for another family', async () => {
     await refuses(join(FIXTURES, 'tiny-sd21'), /recipe "instaflow" is for sd1 models, not sd2/, { recipe: 'instaflow' });
     assert.deepEqual(readdirSync(outParent), []);

@@ -119,7 +119,7 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
         throw new BadInputError(
           path,
           `is an SDXL checkpoint (keys like ${sample(/^conditioner\.embedders\.|label_emb/)}); SDXL conversion is not supported`,
-          'onestep converts SD 1.x, SD 2.x and PixArt-alpha checkpoints.',
+          'onestep converts SD 1.x and SD 2.x checkpoints.',
         );
       case 'unsupported':
         throw new BadInputError(path, `looks like ${kind.what}, not a full SD 1.x / 2.x checkpoint`, 'Pass a complete checkpoint (UNet, VAE and text encoder) or a diffusers folder.');
@@ -244,7 +244,7 @@ async function exists(path: string): Promise<boolean> {
 async function openFolder(dir: string, opts: OpenOptions): Promise<Checkpoint> {
   const { kind } = await detectFolder(dir);
   if (kind.kind === 'sdxl') {
-    throw new BadInputError(dir, 'is an SDXL pipeline folder; SDXL conversion is not supported', 'onestep converts SD 1.x, SD 2.x and PixArt-alpha checkpoints.');
+    throw new BadInputError(dir, 'is an SDXL pipeline folder; SDXL conversion is not supported', 'onestep converts SD 1.x and SD 2.x checkpoints.');
   }
   const componentNames = kind.kind === 'pixart-alpha' ? ['transformer', 'text_encoder', 'vae'] : ['unet', 'text_encoder', 'vae'];
   const rawConfigs: Record<string, Record<string, unknown>> = {};
