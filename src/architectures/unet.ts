@@ -60,7 +60,7 @@ export function normalizeUNetConfig(json: Record<string, any>, source = 'unet co
     if (field in json && !isDefault(json[field])) {
       throw new OnestepError(
         `${source}: ${field} = ${JSON.stringify(json[field])} is not supported (onestep builds SD 1.x / 2.x UNets)`,
-        'use a Stable Diffusion 1.x or 2.x checkpoint',
+        'Use a Stable Diffusion 1.x or 2.x checkpoint.',
       );
     }
   }

@@ -30,7 +30,7 @@ export function normalizeVaeConfig(json: Record<string, any>): VaeConfig {
     ...(json.act_fn && json.act_fn !== 'silu' ? [`act_fn ${json.act_fn}`] : []),
   ];
   if (unsupported.length) {
-    throw new OnestepError(`VAE config: unsupported ${[...new Set(unsupported)].join(', ')}`, 'only AutoencoderKL with DownEncoderBlock2D / UpDecoderBlock2D and silu is supported');
+    throw new OnestepError(`VAE config: unsupported ${[...new Set(unsupported)].join(', ')}`, 'Only AutoencoderKL with DownEncoderBlock2D / UpDecoderBlock2D and silu is supported.');
   }
   const bad = cfg.block_out_channels.find((c) => c % cfg.norm_num_groups !== 0);
   if (bad !== undefined) throw new OnestepError(`VAE config: ${bad} channels do not divide into ${cfg.norm_num_groups} groups`);

@@ -33,7 +33,7 @@ function encodeAs(init: InitializerSpec, data: Float32Array): Uint8Array {
     if (overflow) {
       throw new OnestepError(
         `weight ${init.weight!.key}: ${overflow} values exceed the float16 range`,
-        'convert with --dtype fp32',
+        'Convert with --dtype fp32.',
       );
     }
     const h = f32ToF16(data);

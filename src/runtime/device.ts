@@ -23,7 +23,7 @@ export function parseDevice(spec: string): DeviceRequest {
   if (s === 'cpu') return { kind: 'cpu' };
   const m = /^cuda(?::(\d+))?$/.exec(s);
   if (m) return { kind: 'cuda', id: m[1] === undefined ? 0 : Number(m[1]) };
-  throw new OnestepError(`unknown device ${JSON.stringify(spec)}`, 'use auto, cpu, cuda or cuda:N (N = GPU index)');
+  throw new OnestepError(`unknown device ${JSON.stringify(spec)}`, 'Use auto, cpu, cuda or cuda:N (N = GPU index).');
 }
 
 export function deviceName(d: Device | DeviceRequest): string {
@@ -102,5 +102,5 @@ async function createOrExplain(file: string, device: Device, settings: SessionSe
 }
 
 function modelError(file: string, message: string): OnestepError {
-  return new OnestepError(`${file}: onnxruntime cannot load this graph: ${firstLine(message)}`, 'convert the checkpoint again with this version of onestep');
+  return new OnestepError(`${file}: onnxruntime cannot load this graph: ${firstLine(message)}`, 'Convert the checkpoint again with this version of onestep.');
 }

@@ -118,7 +118,7 @@ export class OneStepEngine {
     if (!Number.isInteger(workers) || workers < 1) throw new OnestepError(`workers must be a positive integer (got ${workers})`);
     const threads = opts.threads ?? defaultThreads(workers);
     if (!Number.isInteger(threads) || threads < 1) throw new OnestepError(`threads must be a positive integer (got ${threads})`);
-    if (opts.rng !== undefined && opts.rng !== 'torch') throw new OnestepError(`unknown rng ${JSON.stringify(opts.rng)}`, 'the only generator is torch');
+    if (opts.rng !== undefined && opts.rng !== 'torch') throw new OnestepError(`unknown rng ${JSON.stringify(opts.rng)}`, 'The only generator is torch.');
     const recipe: OneStepRecipe = { ...manifest.recipe, ...opts.recipe };
     if (opts.recipe && Object.keys(opts.recipe).length > 0) recipe.source = 'flag';
     // Flow models integrate a velocity and never look at alpha bar (their timestep, 1000, lies outside the table).
@@ -195,7 +195,7 @@ export class OneStepEngine {
     for (const r of batch) {
       const where = `request ${r.index}`;
       if (r.width !== width || r.height !== height) {
-        throw new OnestepError(`${where}: ${r.width}x${r.height} differs from the batch's ${width}x${height}`, 'batch requests of one size together');
+        throw new OnestepError(`${where}: ${r.width}x${r.height} differs from the batch's ${width}x${height}`, 'Batch requests of one size together.');
       }
       if (!Number.isInteger(r.width) || !Number.isInteger(r.height) || r.width <= 0 || r.height <= 0 || r.width % f || r.height % f) {
         throw new BadInputError(where, `size ${r.width}x${r.height} must be positive multiples of ${f}`);

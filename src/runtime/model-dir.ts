@@ -59,17 +59,17 @@ export async function readModelManifest(dir: string): Promise<ModelManifest> {
   try {
     text = await readFile(file, 'utf8');
   } catch {
-    throw new BadInputError(dir, 'not a onestep model directory (no model.json)', `create one with: onestep convert <checkpoint> -o ${dir}`);
+    throw new BadInputError(dir, 'not a onestep model directory (no model.json)', `Create one with: onestep convert <checkpoint> -o ${dir}`);
   }
   let m: ModelManifest;
   try {
     m = JSON.parse(text);
   } catch (e) {
-    throw new BadInputError(file, `invalid JSON (${(e as Error).message})`, 'convert the checkpoint again');
+    throw new BadInputError(file, `invalid JSON (${(e as Error).message})`, 'Convert the checkpoint again.');
   }
   if (m.format !== MODEL_FORMAT) throw new BadInputError(file, `format is ${JSON.stringify(m.format)}, expected "${MODEL_FORMAT}"`);
   if (m.version > MODEL_FORMAT_VERSION) {
-    throw new BadInputError(file, `model format version ${m.version} is newer than this onestep understands (${MODEL_FORMAT_VERSION})`, 'upgrade onestep');
+    throw new BadInputError(file, `model format version ${m.version} is newer than this onestep understands (${MODEL_FORMAT_VERSION})`, 'Upgrade onestep.');
   }
   return m;
 }

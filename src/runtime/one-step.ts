@@ -37,7 +37,7 @@ export function x0FromModelOutput(predictionType: PredictionType, z: Float32Arra
       for (let i = 0; i < z.length; i++) x0[i] = z[i] + out[i];
       break;
     default:
-      throw new OnestepError(`unknown prediction type ${JSON.stringify(predictionType)}`, 'expected epsilon, v_prediction, sample or flow');
+      throw new OnestepError(`unknown prediction type ${JSON.stringify(predictionType)}`, 'Expected epsilon, v_prediction, sample or flow.');
   }
   return x0;
 }

@@ -48,7 +48,7 @@ export function detectRecipe(names: string[], metadata: Record<string, string> =
 
 export function recipeByName(name: string, source: string): OneStepRecipe {
   const r = RECIPES[name];
-  if (!r) throw new OnestepError(`unknown recipe "${name}"`, `known recipes: ${RECIPE_NAMES.join(', ')}`);
+  if (!r) throw new OnestepError(`unknown recipe "${name}"`, `Known recipes: ${RECIPE_NAMES.join(', ')}.`);
   return { name, prediction_type: r.prediction_type, timestep: r.timestep, guidance: r.guidance, informative_prior: r.informative_prior, source };
 }
 

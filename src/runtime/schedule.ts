@@ -61,7 +61,7 @@ export function betas(cfg: SchedulerConfig): Float32Array {
     default:
       throw new OnestepError(
         `scheduler config: unsupported beta_schedule ${JSON.stringify(cfg.beta_schedule)}`,
-        'supported: scaled_linear, linear, squaredcos_cap_v2, or trained_betas',
+        'Supported: scaled_linear, linear, squaredcos_cap_v2, or trained_betas.',
       );
   }
 }
@@ -92,7 +92,7 @@ export function alphaBar(cfg: SchedulerConfig, t: number): number {
     cache.set(cfg, table);
   }
   if (!Number.isFinite(t) || t < 0 || t > table.length - 1) {
-    throw new OnestepError(`timestep ${t} is outside the scheduler's range 0..${table.length - 1}`, 'pick a timestep within the training range');
+    throw new OnestepError(`timestep ${t} is outside the scheduler's range 0..${table.length - 1}`, 'Pick a timestep within the training range.');
   }
   const lo = Math.floor(t);
   if (lo === t) return table[t];
