@@ -67,7 +67,9 @@ export async function readModelManifest(dir: string): Promise<ModelManifest> {
   } catch (e) {
     throw new BadInputError(file, `invalid JSON (${(e as Error).message})`, 'Convert the checkpoint again.');
   }
-  if (m.format !== MODEL_FORMAT) throw new BadInputError(file, `format is ${JSON.stringify(m.format)}, expected "${MODEL_FORMAT}"`);
+  if (m.format !== MODEL_FORMAT) {
+    throw new BadInputError(file, `format is ${JSON.stringify(m.format)}, expected "${MODEL_FORMAT}"`, 'Pass a folder written by onestep convert.');
+  }
   if (m.version > MODEL_FORMAT_VERSION) {
     throw new BadInputError(file, `model format version ${m.version} is newer than this onestep understands (${MODEL_FORMAT_VERSION})`, 'Upgrade onestep.');
   }
