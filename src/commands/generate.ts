@@ -22,8 +22,8 @@ function parseSeed(text: string): bigint {
 export default class Generate extends OnestepCommand {
   static description = `Stream prompts through a one-step model and write images.
 
-Prompts come from a text file (one per line; blank lines and lines starting with # are skipped), a JSONL file (keys
-prompt, negative_prompt, seed, width, height, guidance, name) or - for stdin. Prompt i (counted from 0) gets seed
+Prompts come from a text file (one per line; blank lines and lines starting with # are skipped), a JSONL file (keys \
+prompt, negative_prompt, seed, width, height, guidance, name) or - for stdin. Prompt i (counted from 0) gets seed \
 base + i unless its line gives one, so the same prompt and seed give the same image at any batch size or shard split.`;
   static examples = [
     '<%= config.bin %> generate examples/prompts.txt',
