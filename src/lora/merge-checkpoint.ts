@@ -1,8 +1,8 @@
 /**
  * `lora merge`: LoRAs merged into a checkpoint, written in the checkpoint's own layout. A single file keeps its key
  * names, order and metadata; a diffusers folder is copied with each weight file rewritten. Only merged tensors (and,
- * with an output dtype, float tensors) change; everything else is copied byte for byte. Tensors stream through
- * writeSafetensors, which holds only the one being written and the few it prefetches; the output appears only when
+ * with an output dtype, float tensors) change; everything else is copied byte for byte, in chunks. At most two tensors
+ * are in memory (writeSafetensors produces the next while it writes the current); the output appears only when
  * complete (temp file or temp sibling folder, then rename).
  */
 import { cp, mkdir, realpath, stat } from 'node:fs/promises';
