@@ -38,7 +38,7 @@ describe('onestep lora merge (spawned CLI)', () => {
     if (!existsSync(built) || statSync(built).mtimeMs < newestMtime(join(ROOT, 'src'))) {
       this.timeout(180_000);
       try {
-        execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'pipe' });
+        execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.json')], { cwd: ROOT, stdio: 'pipe' });
       } catch {
         // Type errors elsewhere in the tree still emit JavaScript; the run below shows whether the CLI works.
       }
