@@ -103,14 +103,18 @@ export function buildClipTokenizerJson(vocab: Record<string, number>, merges: st
   };
 }
 
-async function readJson(file: string): Promise<unknown> {
-  let text: string;
+/** A tokenizer file's text; a missing file is a BadInputError ending in 'file not found'. */
+async function readTokenizerFile(file: string): Promise<string> {
   try {
-    text = await readFile(file, 'utf8');
+    return await readFile(file, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new BadInputError(file, 'file not found', 'The tokenizer folder must hold vocab.json and merges.txt.');
     throw e;
   }
+}
+
+async function readJson(file: string): Promise<unknown> {
+  const text = await readTokenizerFile(file);
   try {
     return JSON.parse(text);
   } catch {
@@ -135,13 +139,7 @@ export async function clipTokenizerFromFolder(dir: string): Promise<ClipTokenize
     throw new BadInputError(vocabPath, 'is not a token -> id map', 'Use the vocab.json of a CLIP tokenizer.');
   }
   const mergesPath = path.join(dir, 'merges.txt');
-  let mergesText: string;
-  try {
-    mergesText = await readFile(mergesPath, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new BadInputError(mergesPath, 'file not found', 'The tokenizer folder must hold vocab.json and merges.txt.');
-    throw e;
-  }
+  const mergesText = await readTokenizerFile(mergesPath);
 
   const settings: Record<string, unknown> = {};
   let maxLength = 77;
