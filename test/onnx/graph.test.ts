@@ -3,19 +3,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import type { WeightSource } from '../../src/checkpoint/weight-source.js';
 import { Graph } from '../../src/onnx/graph.js';
 import { writeModel } from '../../src/onnx/write-model.js';
-
-function memoryWeights(tensors: Record<string, { shape: number[]; data: number[] }>): WeightSource {
-  return {
-    names: () => Object.keys(tensors).sort(),
-    has: (n) => n in tensors,
-    meta: (n) => ({ shape: tensors[n].shape, dtype: 'F32' }),
-    readF32: async (n) => Float32Array.from(tensors[n].data),
-    close: async () => {},
-  };
-}
+import { memoryWeights } from '../support/fixtures.js';
 
 async function run(g: Graph, feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.Tensor>> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-graph-'));

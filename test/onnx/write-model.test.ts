@@ -2,19 +2,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { WeightSource } from '../../src/checkpoint/weight-source.js';
 import { Graph } from '../../src/onnx/graph.js';
 import { writeModel } from '../../src/onnx/write-model.js';
-
-function memoryWeights(tensors: Record<string, { shape: number[]; data: number[] }>): WeightSource {
-  return {
-    names: () => Object.keys(tensors).sort(),
-    has: (n) => n in tensors,
-    meta: (n) => ({ shape: tensors[n].shape, dtype: 'F32' }),
-    readF32: async (n) => Float32Array.from(tensors[n].data),
-    close: async () => {},
-  };
-}
+import { memoryWeights } from '../support/fixtures.js';
 
 describe('onnx/write-model', () => {
   const weights = memoryWeights({

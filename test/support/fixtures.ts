@@ -76,6 +76,17 @@ export function folderWeights(folder: string, components = ['unet', 'vae', 'text
   };
 }
 
+/** A WeightSource over small float32 tensors given inline (graph and writer tests). */
+export function memoryWeights(tensors: Record<string, { shape: number[]; data: number[] }>): WeightSource {
+  return {
+    names: () => Object.keys(tensors).sort(),
+    has: (n) => n in tensors,
+    meta: (n) => ({ shape: tensors[n].shape, dtype: 'F32' }),
+    readF32: async (n) => Float32Array.from(tensors[n].data),
+    close: async () => {},
+  };
+}
+
 export function folderConfig(folder: string, component: string): any {
   const dir = path.join(FIXTURES, folder, component);
   const f = ['config.json', 'scheduler_config.json'].map((x) => path.join(dir, x)).find((x) => fs.existsSync(x))!;
