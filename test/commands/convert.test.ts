@@ -2,25 +2,13 @@
  * `onestep convert` end to end: the built CLI (`node bin/run.js`, from dist/) in a child process, as a user runs it.
  */
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
+import { onestep } from '../support/cli.js';
 import { FIXTURES, ROOT, goldens, relErr } from '../support/fixtures.js';
-
-const run = promisify(execFile);
-
-async function onestep(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [join(ROOT, 'bin', 'run.js'), ...args], { cwd: ROOT });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const err = e as { code: number; stdout: string; stderr: string };
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-  }
-}
 
 /** The text encoder of a converted model reproduces the golden embeddings. */
 async function textEncoderError(dir: string, model: 'tiny-sd15' | 'tiny-sd21'): Promise<number> {

@@ -3,25 +3,12 @@
  * locally the build runs here when dist/ lacks the inspect sources or is older than them.
  */
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { onestep, type CliRun } from '../support/cli.js';
 import { FIXTURES, ROOT } from '../support/fixtures.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function onestep(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [join(ROOT, 'bin', 'run.js'), ...args], { cwd: ROOT }, (err, stdout, stderr) => {
-      resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 function distIsStale(): boolean {
   const pairs = [
@@ -116,7 +103,7 @@ describe('onestep inspect (CLI)', function () {
     });
     after(() => rmSync(dir, { recursive: true, force: true }));
 
-    const assertCleanFailure = (run: Run, pattern: RegExp) => {
+    const assertCleanFailure = (run: CliRun, pattern: RegExp) => {
       assert.notEqual(run.code, 0);
       assert.equal(run.stdout, '');
       const lines = run.stderr.trim().split('\n');

@@ -1,13 +1,12 @@
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
+import { runCli } from '../../support/cli.js';
 import { FIXTURES, ROOT, readSafetensors } from '../../support/fixtures.js';
 import { canonicalToLdm } from '../../../src/checkpoint/keymap-sd.js';
 import { maxRelDiff, seeded, tempDir, tensor, writeF32File } from '../../lora/helpers.js';
 
-const run = promisify(execFile);
 const LORAS = join(FIXTURES, 'loras');
 
 function newestMtime(dir: string): number {
@@ -19,15 +18,7 @@ function newestMtime(dir: string): number {
 }
 
 /** `node bin/dev.js ...`; resolves with exit code and output instead of throwing. */
-async function onestep(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [join(ROOT, 'bin', 'dev.js'), ...args], { cwd: ROOT });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const err = e as { code: number; stdout: string; stderr: string };
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-  }
-}
+const onestep = (...args: string[]) => runCli('dev.js', args);
 
 describe('onestep lora merge (spawned CLI)', () => {
   let tmp: Awaited<ReturnType<typeof tempDir>>;
