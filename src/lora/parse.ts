@@ -5,7 +5,7 @@
  * LoCon's CP `lora_mid`, full `diff` and DoRA magnitudes (`dora_scale`, PEFT `lora_magnitude_vector`).
  *
  * Parsing happens in two steps: `LoraFile.open` groups keys into modules by their file names alone (enough for
- * `inspect`); `resolveLoraTargets` then finds each module's canonical target among a base's weight names.
+ * `inspect`); `resolveTarget` then finds each module's canonical target in a base's `buildTargetIndex`.
  * Every delta is computed in float32 as a matrix [out, in * kh * kw] (the row-major flattening of the target weight).
  */
 import { BadInputError } from '../errors.js';
