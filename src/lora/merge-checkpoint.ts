@@ -12,7 +12,7 @@ import { transpose2d, type MappedSource } from '../checkpoint/sources.js';
 import type { SourceRef } from '../checkpoint/keymap-sd.js';
 import { BadInputError, OnestepError } from '../errors.js';
 import { withAtomicDir } from '../io/atomic.js';
-import { bytesToF32, countF16Overflow, f32ToF16, isFloatDType, type SafetensorsDType } from '../safetensors/dtypes.js';
+import { bytesToF32, countF16Overflow, f32ToBf16, f32ToF16, isFloatDType, type SafetensorsDType } from '../safetensors/dtypes.js';
 import { F16OverflowError } from '../safetensors/errors.js';
 import { SafetensorsFile } from '../safetensors/reader.js';
 import { writeSafetensors, type TensorToWrite } from '../safetensors/writer.js';
@@ -199,18 +199,6 @@ function encodeF32(values: Float32Array, dtype: SafetensorsDType, file: string, 
     default:
       throw new BadInputError(file, `tensor ${name} is stored as ${dtype}; merged values cannot be stored in that dtype`, 'Pass --dtype fp16, bf16 or fp32.');
   }
-}
-
-/** float32 -> bfloat16 bits, round to nearest even (NaN kept NaN). */
-export function f32ToBf16(values: Float32Array): Uint16Array {
-  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) {
-    const x = bits[i];
-    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) out[i] = (x >>> 16) | 0x40;
-    else out[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-  }
-  return out;
 }
 
 const PICKLE_WEIGHTS = /\.(bin|ckpt|pt|pth|pkl|msgpack|h5)$/i;

@@ -125,6 +125,18 @@ export function f32ToF16(src: Float32Array, dst = new Uint16Array(src.length)): 
   return dst;
 }
 
+/** float32 -> bfloat16 bits, round to nearest even (NaN kept NaN). */
+export function f32ToBf16(values: Float32Array): Uint16Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const x = bits[i];
+    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) out[i] = (x >>> 16) | 0x40;
+    else out[i] = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+  }
+  return out;
+}
+
 /** Number of finite float32 values that become +-Infinity in float16. */
 export function countF16Overflow(src: Float32Array): number {
   const bits = new Int32Array(src.buffer, src.byteOffset, src.length);

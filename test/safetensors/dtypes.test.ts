@@ -5,6 +5,7 @@ import {
   bytesToF32,
   countF16Overflow,
   f16ToF32,
+  f32ToBf16,
   f32ToF16,
   f32ToF16Bits,
   f8ToF32,
@@ -182,5 +183,10 @@ describe('safetensors/dtypes', () => {
     assert.deepEqual([...bytesToF32('BOOL', Uint8Array.of(0, 1))], [0, 1]);
     assert.deepEqual([...bytesToF32('I16', bytesOf(Int16Array.of(-300, 7)))], [-300, 7]);
     assert.deepEqual([...bytesToF32('F32', bytesOf(Float32Array.of(0.5, -3)))], [0.5, -3]);
+  });
+
+  it('f32ToBf16: round to nearest even', () => {
+    const values = Float32Array.of(1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, 1 + 2 ** -8 + 2 ** -20);
+    assert.deepEqual([...f32ToBf16(values)], [0x3f80, 0x3f80, 0x3f82, 0xc020, 0x3f81]);
   });
 });
