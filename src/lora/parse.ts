@@ -13,6 +13,7 @@ import { matmul } from './matmul.js';
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
 import { SafetensorsFile } from '../safetensors/reader.js';
 import { canonicalUnetToLdm } from '../checkpoint/keymap-sd.js';
+import { transpose2d } from '../checkpoint/sources.js';
 
 /** What LoRA parsing needs from a tensor file; SafetensorsFile has it, tests may pass their own. */
 export interface LoraTensorStore {
@@ -125,7 +126,9 @@ export class LoraModule {
         let up = await read('up');
         const down = await read('down');
         if (k.has('mid')) {
-          d = tuckerRebuild(await read('mid'), shape('mid'), up, this.outFeatures, down, shape('down')[0], this.inFlat / spatial(shape('mid')));
+          // LoCon CP: mid [r, r, kh, kw] between up [out, r] and down [r, in]; the Tucker form takes up transposed.
+          const mid = shape('mid');
+          d = tuckerRebuild(await read('mid'), mid, transpose2d(up, this.outFeatures, mid[0]), this.outFeatures, down, this.inFlat / spatial(mid));
         } else {
           // The factor goes into `up` (out x rank values) rather than into the product (out x in).
           const factor = this.factor;
@@ -167,7 +170,7 @@ export class LoraModule {
     if (t !== undefined) {
       // Tucker: t [r, r, kh, kw], a [r, out], b [r, in]
       const tShape = this.store.tensors.get(t)!.shape;
-      return tuckerRebuildTransposed(await this.read(t), tShape, a, this.outFeatures, b, this.inFlat / spatial(tShape));
+      return tuckerRebuild(await this.read(t), tShape, a, this.outFeatures, b, this.inFlat / spatial(tShape));
     }
     return await matmul(a, b, this.outFeatures, this.rank, this.inFlat);
   }
@@ -191,7 +194,7 @@ export class LoraModule {
       const tShape = shapeOf(t);
       const rows = shapeOf(aKey)[1];
       const cols = shapeOf(bKey)[1];
-      return [tuckerRebuildTransposed(await this.read(t), tShape, a, rows, b, cols), rows, cols * spatial(tShape)];
+      return [tuckerRebuild(await this.read(t), tShape, a, rows, b, cols), rows, cols * spatial(tShape)];
     }
     const rows = shapeOf(aKey)[0];
     const r = shapeOf(aKey)[1];
@@ -597,38 +600,10 @@ export function kron(a: Float32Array, ra: number, ca: number, b: Float32Array, r
 }
 
 /**
- * LoCon CP: result[o, j, s] = sum_{n,m} mid[n, m, s] * up[o, n] * down[m, j]
- * (mid [r, r, kh, kw], up [out, r], down [r, in]) -> [out, in * kh * kw].
- */
-function tuckerRebuild(mid: Float32Array, midShape: number[], up: Float32Array, out: number, down: Float32Array, r2: number, inF: number): Float32Array {
-  const [r1] = midShape;
-  const S = spatial(midShape);
-  // tmp[n, j, s] = sum_m mid[n, m, s] * down[m, j]
-  const tmp = new Float64Array(r1 * inF * S);
-  for (let n = 0; n < r1; n++)
-    for (let m = 0; m < r2; m++)
-      for (let j = 0; j < inF; j++) {
-        const dv = down[m * inF + j];
-        for (let s = 0; s < S; s++) tmp[(n * inF + j) * S + s] += mid[(n * r2 + m) * S + s] * dv;
-      }
-  const result = new Float32Array(out * inF * S);
-  const cols = inF * S;
-  for (let o = 0; o < out; o++) {
-    const row = new Float64Array(cols);
-    for (let n = 0; n < r1; n++) {
-      const uv = up[o * r1 + n];
-      for (let c = 0; c < cols; c++) row[c] += uv * tmp[n * cols + c];
-    }
-    result.set(row, o * cols);
-  }
-  return result;
-}
-
-/**
  * LyCORIS Tucker: result[p, q, s] = sum_{i,j} t[i, j, s] * a[i, p] * b[j, q]
  * (t [r1, r2, kh, kw], a [r1, rows], b [r2, cols]) -> [rows, cols * kh * kw].
  */
-function tuckerRebuildTransposed(t: Float32Array, tShape: number[], a: Float32Array, rows: number, b: Float32Array, cols: number): Float32Array {
+function tuckerRebuild(t: Float32Array, tShape: number[], a: Float32Array, rows: number, b: Float32Array, cols: number): Float32Array {
   const [r1, r2] = tShape;
   const S = spatial(tShape);
   // tmp[i, q, s] = sum_j t[i, j, s] * b[j, q]
