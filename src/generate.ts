@@ -141,13 +141,18 @@ function isAlive(pid: number): boolean {
   }
 }
 
-export async function generateImages(source: string | NodeJS.ReadableStream, opts: GenerateOptions): Promise<GenerateSummary> {
-  const started = performance.now();
-  for (const [flag, side] of [['width', opts.width], ['height', opts.height]] as const) {
+/** --width / --height: positive multiples of 8 (checked before any model is loaded or converted). */
+export function checkImageSize(width: number | undefined, height: number | undefined): void {
+  for (const [flag, side] of [['width', width], ['height', height]] as const) {
     if (side !== undefined && !(Number.isInteger(side) && side >= 8 && side % 8 === 0)) {
       throw new OnestepError(`--${flag} ${side} must be a positive multiple of 8`);
     }
   }
+}
+
+export async function generateImages(source: string | NodeJS.ReadableStream, opts: GenerateOptions): Promise<GenerateSummary> {
+  const started = performance.now();
+  checkImageSize(opts.width, opts.height);
   const latents = opts.latentsFile ? await loadLatents(opts.latentsFile) : undefined;
   const initLatentMean = opts.initLatentMeanFile ? await loadLatentMean(opts.initLatentMeanFile) : undefined;
   const engine = await OneStepEngine.load(opts.modelDir, {

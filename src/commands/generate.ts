@@ -3,7 +3,8 @@ import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../cli/base-command.js';
 import { Progress } from '../cli/progress.js';
 import { OnestepError } from '../errors.js';
-import { generateImages } from '../generate.js';
+import { checkImageSize, generateImages } from '../generate.js';
+import { parseDevice } from '../runtime/device.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../io/images.js';
 import { DEFAULT_NAME_TEMPLATE } from '../io/names.js';
 import { countPrompts } from '../io/prompts.js';
@@ -72,6 +73,9 @@ base + i unless its line gives one, so the same prompt and seed give the same im
     const loras = (flags.lora ?? []).map(parseLoraArg);
     const shard = resolveShard(flags.shard, process.env, flags['shard-count']);
     const seed = flags.seed === undefined ? seededRandomSeed() : parseSeed(flags.seed);
+    // Flag mistakes are reported before a model is loaded or converted (which can take a minute).
+    checkImageSize(flags.width, flags.height);
+    parseDevice(flags.device);
 
     const resolved = await resolveModel({
       model: flags.model,
