@@ -13,6 +13,7 @@ import type { ModelManifest } from '../src/runtime/model-dir.js';
 import { ClipTokenizer } from '../src/runtime/tokenizer.js';
 import type { SafetensorsDType } from '../src/safetensors/dtypes.js';
 import { writeSafetensors, type TensorToWrite } from '../src/safetensors/writer.js';
+import { caseBound, ulpSensitivity } from './support/bounds.js';
 import { FIXTURES, goldens, relErr, type Tensor } from './support/fixtures.js';
 
 type Model = 'tiny-sd15' | 'tiny-sd21';
@@ -45,7 +46,7 @@ function f32(t: Tensor): ort.Tensor {
 async function float16Floor(fp32Dir: string, model: Model): Promise<Record<string, number>> {
   roundToF16 = true;
   try {
-    return await goldenErrors(fp32Dir, model);
+    return (await goldenErrors(fp32Dir, model)).errors;
   } finally {
     roundToF16 = false;
   }
@@ -63,7 +64,7 @@ async function runGraph(dir: string, graph: string, feeds: Record<string, ort.Te
 }
 
 /** relErr of every golden output the converted graphs reproduce, by golden name. */
-async function goldenErrors(dir: string, model: Model): Promise<Record<string, number>> {
+async function goldenErrors(dir: string, model: Model): Promise<{ errors: Record<string, number>; sensitivities: Record<string, number> }> {
   const g = goldens(model);
   const get = (name: string): Tensor => {
     const t = g.get(name);
@@ -71,6 +72,7 @@ async function goldenErrors(dir: string, model: Model): Promise<Record<string, n
     return t;
   };
   const errors: Record<string, number> = {};
+  const sensitivities: Record<string, number> = {};
 
   const ids = get('te.input_ids');
   const te = await runGraph(dir, 'text_encoder', {
@@ -89,8 +91,12 @@ async function goldenErrors(dir: string, model: Model): Promise<Record<string, n
   const unet = await ort.InferenceSession.create(join(dir, 'unet.onnx'));
   try {
     for (const [golden, sample, timesteps] of unetCases) {
-      const out = await unet.run({ sample: f32(sample), timestep: new ort.Tensor('float32', Float32Array.from(timesteps), [timesteps.length]), encoder_hidden_states: context });
-      errors[golden] = relErr(out.out_sample.data as Float32Array, get(golden).data);
+      const runAt = async (x: Float32Array) =>
+        (await unet.run({ sample: new ort.Tensor('float32', x, sample.shape), timestep: new ort.Tensor('float32', Float32Array.from(timesteps), [timesteps.length]), encoder_hidden_states: context }))
+          .out_sample.data as Float32Array;
+      const input = f32(sample).data as Float32Array;
+      errors[golden] = relErr(await runAt(input), get(golden).data);
+      sensitivities[golden] = await ulpSensitivity(runAt, input);
     }
   } finally {
     await unet.release();
@@ -98,13 +104,20 @@ async function goldenErrors(dir: string, model: Model): Promise<Record<string, n
 
   const vae = await runGraph(dir, 'vae_decoder', { latent_sample: f32(get('vae.decoder_input')) });
   errors['vae.decoded'] = relErr(vae.sample, get('vae.decoded').data);
-  return errors;
+  return { errors, sensitivities };
 }
 
-/** Each error within `tolerance`, or (fp16) within twice the measured float16 floor where that is higher. */
-function assertGoldens(errors: Record<string, number>, tolerance: number, floors?: Record<string, number>): void {
+/**
+ * Each error within `tolerance`, or within the case's own bound where that is higher: AMPLIFICATION x the graph's
+ * 1-ulp input sensitivity (test/support/bounds.ts), and (fp16) twice the measured float16 floor.
+ */
+function assertGoldens(
+  { errors, sensitivities }: { errors: Record<string, number>; sensitivities: Record<string, number> },
+  tolerance: number,
+  floors?: Record<string, number>,
+): void {
   assert.equal(Object.keys(errors).length, 7);
-  const bound = (k: string) => Math.max(tolerance, 2 * (floors?.[k] ?? 0));
+  const bound = (k: string) => Math.max(caseBound(tolerance, sensitivities[k] ?? 0), 2 * (floors?.[k] ?? 0));
   const bad = Object.entries(errors).filter(([k, e]) => !(e <= bound(k)));
   assert.deepEqual(bad, [], `relErr above ${tolerance} (floors ${JSON.stringify(floors)}): ${JSON.stringify(errors)}`);
 }
