@@ -129,7 +129,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     const unetCfg = ckpt.unet;
     const textCfg = ckpt.textEncoder;
     const graphs: [string, () => Graph][] = [
-      ['text_encoder', () => buildClipTextGraph(weights, textCfg, dtype)],
+      ['text_encoder', () => buildClipTextGraph(weights, textCfg, dtype, ckpt.textEncoderOutput)],
       ['unet', () => buildUNetGraph(weights, unetCfg, dtype)],
       [
         'vae_decoder',

@@ -1,12 +1,39 @@
-/** CLIP text transformer (transformers' CLIPTextModel), as Stable Diffusion 1.x (ViT-L) and 2.x (OpenCLIP ViT-H) use it. */
+/**
+ * CLIP text transformer (transformers' CLIPTextModel / CLIPTextModelWithProjection), as Stable Diffusion 1.x (ViT-L),
+ * 2.x (OpenCLIP ViT-H) and SDXL (ViT-L and OpenCLIP bigG) use it.
+ */
 import type { ClipTextConfig } from '../checkpoint/configs.js';
 import type { WeightSource } from '../checkpoint/weight-source.js';
+import { OnestepError } from '../errors.js';
 import { Graph, type Value } from '../onnx/graph.js';
 
 export interface ClipTextOutputs {
-  lastHiddenState: Value;
-  pooledOutput: Value;
+  hiddenState: Value;
+  pooled?: Value;
 }
+
+/** What a text-encoder graph outputs (CONTRACTS.md: text encoder graphs). */
+export interface ClipTextOutput {
+  /** The hidden state, as transformers indexes hidden_states: -1 after every layer, -2 the penultimate layer's. */
+  layer: number;
+  /** Whether final_layer_norm is applied to it (SD 1.x / 2.x: yes; SDXL: no). */
+  finalNorm: boolean;
+  /** Its output name. */
+  name: 'last_hidden_state' | 'hidden_states';
+  /**
+   * `pooler_output`: the hidden-state output's row at the EOS token (SD graphs carry it, nothing reads it);
+   * `text_embeds`: the EOS row of the last layer after final_layer_norm times text_projection
+   * (CLIPTextModelWithProjection, SDXL's pooled embedding), whatever `layer` is.
+   */
+  pooled: 'pooler_output' | 'text_embeds' | null;
+}
+
+/** SD 1.x: last_hidden_state (every layer + final norm). SD 2.x single files holding the whole OpenCLIP tower use layer -2. */
+export const SD_TEXT_OUTPUT: ClipTextOutput = { layer: -1, finalNorm: true, name: 'last_hidden_state', pooled: 'pooler_output' };
+/** SDXL's CLIP-L: hidden_states[-2], no final norm. */
+export const SDXL_TEXT_OUTPUT: ClipTextOutput = { layer: -2, finalNorm: false, name: 'hidden_states', pooled: null };
+/** SDXL's OpenCLIP bigG: hidden_states[-2] without final norm, and the projected pooled text_embeds. */
+export const SDXL_TEXT2_OUTPUT: ClipTextOutput = { layer: -2, finalNorm: false, name: 'hidden_states', pooled: 'text_embeds' };
 
 export function normalizeClipTextConfig(json: Record<string, any>): ClipTextConfig {
   return {
@@ -60,39 +87,82 @@ function causalMask(g: Graph, cfg: ClipTextConfig, seqLen: Value): Value {
 }
 
 /**
- * input ids [batch, sequence] (int64) -> last_hidden_state [batch, sequence, hidden] and pooled output [batch, hidden]
- * (the hidden state at the EOS token; with the legacy eos_token_id 2, at the highest id, as transformers does).
+ * input ids [batch, sequence] (int64) -> the hidden state `output` asks for, and the pooled output it asks for.
+ * Encoder layers after the ones any output needs are not built. Pooling takes the row at the EOS token (with the
+ * legacy eos_token_id 2, at the highest id, as transformers does).
  */
-export function clipTextEncoder(g: Graph, cfg: ClipTextConfig, inputIds: Value, prefix = 'text_encoder.text_model'): ClipTextOutputs {
-  return g.scope('text_encoder', () => {
+export function clipTextEncoder(
+  g: Graph,
+  cfg: ClipTextConfig,
+  inputIds: Value,
+  output: ClipTextOutput = SD_TEXT_OUTPUT,
+  component = 'text_encoder',
+): ClipTextOutputs {
+  const prefix = `${component}.text_model`;
+  const hiddenLayers = layersFor(cfg, output.layer);
+  return g.scope(component, () => {
     const seqLen = g.shape(inputIds, 1, 2);
     const tokens = g.gather(g.weight(`${prefix}.embeddings.token_embedding.weight`), inputIds);
     const positions = g.node('Slice', [g.weight(`${prefix}.embeddings.position_embedding.weight`), g.ints([0]), seqLen, g.ints([0])])[0];
     let x = g.add(tokens, positions);
     const bias = causalMask(g, cfg, seqLen);
-    for (let i = 0; i < cfg.num_hidden_layers; i++) {
+    const layer = (i: number): void => {
       x = g.scope(`layers.${i}`, () => encoderLayer(g, cfg, x, bias, `${prefix}.encoder.layers.${i}`));
+    };
+    for (let i = 0; i < hiddenLayers; i++) layer(i);
+    const finalNorm = (t: Value): Value => g.layerNorm(t, `${prefix}.final_layer_norm`, cfg.layer_norm_eps);
+    const hiddenState = output.finalNorm ? finalNorm(x) : x;
+    let pooled: Value | undefined;
+    if (output.pooled === 'pooler_output') {
+      pooled = g.scope('pooler', () => eosRow(g, cfg, inputIds, seqLen, hiddenState));
+    } else if (output.pooled === 'text_embeds') {
+      for (let i = hiddenLayers; i < cfg.num_hidden_layers; i++) layer(i);
+      const last = finalNorm(x);
+      pooled = g.linear(g.scope('pooler', () => eosRow(g, cfg, inputIds, seqLen, last)), `${component}.text_projection`, { bias: false });
     }
-    const lastHiddenState = g.layerNorm(x, `${prefix}.final_layer_norm`, cfg.layer_norm_eps);
-    const pooledOutput = g.scope('pooler', () => {
-      const eosPosition =
-        cfg.eos_token_id === 2
-          ? g.node('ArgMax', [inputIds], { axis: -1, keepdims: 0 }, { outTypes: ['int64'] })[0]
-          : g.node('ArgMax', [g.cast(g.node('Equal', [inputIds, g.constant([cfg.eos_token_id], [], 'int64')], {}, { outTypes: ['bool'] })[0], 'int32')], { axis: -1, keepdims: 0 }, { outTypes: ['int64'] })[0];
-      const oneHot = g.node('OneHot', [eosPosition, g.node('Squeeze', [seqLen])[0], g.constant([0, 1], [2], g.dtype)], { axis: -1 }, { outTypes: [g.dtype] })[0];
-      const picked = g.matmul(g.unsqueeze(oneHot, [1]), lastHiddenState);
-      return g.node('Squeeze', [picked, g.ints([1])])[0];
-    });
-    return { lastHiddenState, pooledOutput };
+    return { hiddenState, pooled };
   });
 }
 
-/** Standalone text-encoder graph: `input_ids` int64 -> `last_hidden_state`, `pooler_output` (float32). */
-export function buildClipTextGraph(weights: WeightSource, cfg: ClipTextConfig, dtype: 'float32' | 'float16' = 'float32'): Graph {
-  const g = new Graph('text_encoder', weights, dtype);
+/** The row of `states` [batch, sequence, hidden] at each sequence's EOS token -> [batch, hidden]. */
+function eosRow(g: Graph, cfg: ClipTextConfig, inputIds: Value, seqLen: Value, states: Value): Value {
+  const eosPosition =
+    cfg.eos_token_id === 2
+      ? g.node('ArgMax', [inputIds], { axis: -1, keepdims: 0 }, { outTypes: ['int64'] })[0]
+      : g.node('ArgMax', [g.cast(g.node('Equal', [inputIds, g.constant([cfg.eos_token_id], [], 'int64')], {}, { outTypes: ['bool'] })[0], 'int32')], { axis: -1, keepdims: 0 }, { outTypes: ['int64'] })[0];
+  const oneHot = g.node('OneHot', [eosPosition, g.node('Squeeze', [seqLen])[0], g.constant([0, 1], [2], g.dtype)], { axis: -1 }, { outTypes: [g.dtype] })[0];
+  const picked = g.matmul(g.unsqueeze(oneHot, [1]), states);
+  return g.node('Squeeze', [picked, g.ints([1])])[0];
+}
+
+/** Encoder layers run before hidden_states[layer] (transformers' index: -1 after all layers, -2 after all but one). */
+function layersFor(cfg: ClipTextConfig, layer: number): number {
+  const n = cfg.num_hidden_layers + 1 + layer;
+  if (!Number.isInteger(layer) || layer >= 0 || n < 1) {
+    throw new OnestepError(`text encoder output layer ${layer} does not exist in a ${cfg.num_hidden_layers}-layer encoder`);
+  }
+  return n;
+}
+
+/**
+ * Standalone text-encoder graph: `input_ids` int64 -> the hidden state named by `output.name` and, when asked for,
+ * `pooler_output` or `text_embeds` (all float32).
+ */
+export function buildClipTextGraph(
+  weights: WeightSource,
+  cfg: ClipTextConfig,
+  dtype: 'float32' | 'float16' = 'float32',
+  output: ClipTextOutput = SD_TEXT_OUTPUT,
+  component = 'text_encoder',
+): Graph {
+  const g = new Graph(component, weights, dtype);
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
-  const { lastHiddenState, pooledOutput } = clipTextEncoder(g, cfg, ids);
-  g.output(g.cast(lastHiddenState, 'float32'), 'last_hidden_state', ['batch', 'sequence', cfg.hidden_size]);
-  g.output(g.cast(pooledOutput, 'float32'), 'pooler_output', ['batch', cfg.hidden_size]);
+  const { hiddenState, pooled } = clipTextEncoder(g, cfg, ids, output, component);
+  g.output(g.cast(hiddenState, 'float32'), output.name, ['batch', 'sequence', cfg.hidden_size]);
+  if (pooled && output.pooled === 'pooler_output') g.output(g.cast(pooled, 'float32'), 'pooler_output', ['batch', cfg.hidden_size]);
+  if (pooled && output.pooled === 'text_embeds') {
+    if (cfg.projection_dim === null) throw new OnestepError(`${component}: text_embeds need a text_projection (CLIPTextModelWithProjection)`);
+    g.output(g.cast(pooled, 'float32'), 'text_embeds', ['batch', cfg.projection_dim]);
+  }
   return g;
 }

@@ -21,6 +21,9 @@ export const UNET_PREFIX = 'model.diffusion_model.';
 export const VAE_PREFIX = 'first_stage_model.';
 export const CLIP_PREFIX = 'cond_stage_model.transformer.';
 export const OPENCLIP_PREFIX = 'cond_stage_model.model.';
+/** SDXL (SGM / A1111): CLIP ViT-L in transformers names and OpenCLIP bigG in OpenCLIP names. */
+export const SGM_CLIP_PREFIX = 'conditioner.embedders.0.transformer.';
+export const SGM_OPENCLIP_PREFIX = 'conditioner.embedders.1.model.';
 
 function join(prefix: string, rest: string): string {
   return rest ? `${prefix}.${rest}` : prefix;
@@ -49,6 +52,8 @@ const LDM_UNET_TOP: ReadonlyArray<readonly [string, string]> = [
   ['time_embed.0', 'time_embedding.linear_1'],
   ['time_embed.2', 'time_embedding.linear_2'],
   ['input_blocks.0.0', 'conv_in'],
+  ['label_emb.0.0', 'add_embedding.linear_1'],
+  ['label_emb.0.2', 'add_embedding.linear_2'],
   ['out.0', 'conv_norm_out'],
   ['out.2', 'conv_out'],
 ];
@@ -280,10 +285,10 @@ export interface OpenClipTarget {
 
 /**
  * OpenCLIP text tower key (relative to `cond_stage_model.model.`) -> CLIPTextModel keys (several for the packed
- * `in_proj_*`, split into q/k/v by rows of `width` each). Returns [] for keys that exist but are not used
- * (the blocks at or after `usedBlocks`: SD 2.x conditions on the penultimate layer) and undefined for unknown keys.
+ * `in_proj_*`, split into q/k/v by rows of `width` each); undefined for unknown keys. Every block maps: which
+ * layer a model conditions on is the text encoder's output choice (architectures/clip-text.ts), not the map's.
  */
-export function openClipKeyToCanonical(key: string, width: number, usedBlocks: number): OpenClipTarget[] | undefined {
+export function openClipKeyToCanonical(key: string, width: number): OpenClipTarget[] | undefined {
   if (key.startsWith(OPENCLIP_PREFIX)) key = key.slice(OPENCLIP_PREFIX.length);
   if (key === 'token_embedding.weight') return [{ name: 'text_model.embeddings.token_embedding.weight' }];
   if (key === 'positional_embedding') return [{ name: 'text_model.embeddings.position_embedding.weight' }];
@@ -292,8 +297,7 @@ export function openClipKeyToCanonical(key: string, width: number, usedBlocks: n
   if (m) return [{ name: `text_model.final_layer_norm.${m[1]}` }];
   m = /^transformer\.resblocks\.(\d+)\.(.*)$/.exec(key);
   if (!m) return undefined;
-  const n = Number(m[1]);
-  const layer = `text_model.encoder.layers.${n}`;
+  const layer = `text_model.encoder.layers.${m[1]}`;
   const packed = /^attn\.in_proj_(weight|bias)$/.exec(m[2]);
   let targets: OpenClipTarget[] | undefined;
   if (packed) {
@@ -305,8 +309,7 @@ export function openClipKeyToCanonical(key: string, width: number, usedBlocks: n
     const rest = renameLeading(m[2], OPENCLIP_BLOCK);
     targets = rest === undefined ? undefined : [{ name: `${layer}.${rest}` }];
   }
-  if (targets === undefined) return undefined;
-  return n < usedBlocks ? targets : [];
+  return targets;
 }
 
 /**
@@ -331,8 +334,8 @@ export function ldmTextModuleToCanonical(modulePath: string): string | undefined
   return undefined;
 }
 
-/** Which text encoder layout a single file uses. */
-export type TextLayout = 'clip' | 'openclip';
+/** Which text encoder layout a single file uses: SD 1.x CLIP, SD 2.x OpenCLIP, SDXL's two (SGM conditioner). */
+export type TextLayout = 'clip' | 'openclip' | 'sgm';
 
 export interface LdmLayout {
   unet: UnetLdmLayout;
@@ -355,13 +358,18 @@ export function canonicalToLdm(name: string, layout: LdmLayout = SD1_LDM_LAYOUT)
     const k = canonicalVaeToLdm(name.slice(4), layout.vaeLevels);
     return k === undefined ? undefined : VAE_PREFIX + k;
   }
+  if (layout.text === 'sgm') {
+    if (name.startsWith('text_encoder.text_model.')) return SGM_CLIP_PREFIX + name.slice('text_encoder.'.length);
+    if (name.startsWith('text_encoder_2.')) return canonicalToOpenClip(name.slice('text_encoder_2.'.length), SGM_OPENCLIP_PREFIX);
+    return undefined;
+  }
   if (!name.startsWith('text_encoder.')) return undefined;
   const key = name.slice('text_encoder.'.length);
   if (layout.text === 'clip') return key.startsWith('text_model.') ? CLIP_PREFIX + key : undefined;
-  return canonicalToOpenClip(key);
+  return canonicalToOpenClip(key, OPENCLIP_PREFIX);
 }
 
-function canonicalToOpenClip(key: string): string | undefined {
+function canonicalToOpenClip(key: string, prefix: string): string | undefined {
   const fixed: Record<string, string> = {
     'text_model.embeddings.token_embedding.weight': 'token_embedding.weight',
     'text_model.embeddings.position_embedding.weight': 'positional_embedding',
@@ -369,10 +377,10 @@ function canonicalToOpenClip(key: string): string | undefined {
     'text_model.final_layer_norm.bias': 'ln_final.bias',
     'text_projection.weight': 'text_projection',
   };
-  if (fixed[key]) return OPENCLIP_PREFIX + fixed[key];
+  if (fixed[key]) return prefix + fixed[key];
   const m = /^text_model\.encoder\.layers\.(\d+)\.(.*)$/.exec(key);
   if (!m) return undefined;
-  const block = `${OPENCLIP_PREFIX}transformer.resblocks.${m[1]}`;
+  const block = `${prefix}transformer.resblocks.${m[1]}`;
   const qkv = /^self_attn\.[qkv]_proj\.(weight|bias)$/.exec(m[2]);
   if (qkv) return `${block}.attn.in_proj_${qkv[1]}`;
   const rest = renameLeading(
@@ -412,6 +420,9 @@ export function isKnownIgnorableKey(key: string): boolean {
     key.endsWith('.position_ids') ||
     key === OPENCLIP_PREFIX + 'logit_scale' ||
     key === OPENCLIP_PREFIX + 'attn_mask' ||
+    key === SGM_OPENCLIP_PREFIX + 'logit_scale' ||
+    key === SGM_OPENCLIP_PREFIX + 'attn_mask' ||
+    key === 'denoiser.sigmas' ||
     key.startsWith(VAE_PREFIX + 'loss.')
   );
 }
@@ -428,6 +439,11 @@ export interface LdmKeyMap {
   unmapped: string[];
   notes: string[];
   layout: LdmLayout;
+  /**
+   * SD 2.x (OpenCLIP) files: the hidden state SD 2.x conditions on, as transformers indexes hidden_states (-2: the
+   * penultimate layer of the whole tower the file holds; -1: the file holds only the used blocks).
+   */
+  textLayer?: number;
 }
 
 function distinctIndices(keys: string[], re: RegExp): number[] {
@@ -449,8 +465,8 @@ export function openClipUsedBlocks(blocks: number, width: number): number {
 }
 
 /**
- * Maps every key of an SD 1.x / 2.x single file to canonical names. `shapeOf` gives a key's stored shape.
- * `textBlocksUsed` overrides openClipUsedBlocks() (OpenCLIP files only).
+ * Maps every key of an SD 1.x / 2.x / SDXL single file to canonical names. `shapeOf` gives a key's stored shape.
+ * `textBlocksUsed` overrides openClipUsedBlocks() (SD 2.x OpenCLIP files only).
  */
 export function buildLdmKeyMap(
   keys: string[],
@@ -470,11 +486,15 @@ export function buildLdmKeyMap(
     distinctIndices(keys, /^first_stage_model\.decoder\.up\.(\d+)\./).length,
     distinctIndices(keys, /^first_stage_model\.encoder\.down\.(\d+)\./).length,
   );
-  const textBlocks = distinctIndices(keys, /^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\./).length;
-  const textWidth = keySet.has(OPENCLIP_PREFIX + 'token_embedding.weight')
-    ? shapeOf(OPENCLIP_PREFIX + 'token_embedding.weight')[1]
-    : 0;
-  const usedBlocks = textBlocksUsed ?? openClipUsedBlocks(textBlocks, textWidth);
+  const openClipPrefix = text === 'sgm' ? SGM_OPENCLIP_PREFIX : OPENCLIP_PREFIX;
+  const clipPrefix = text === 'sgm' ? SGM_CLIP_PREFIX : CLIP_PREFIX;
+  const textBlocks = distinctIndices(
+    keys.filter((k) => k.startsWith(openClipPrefix)).map((k) => k.slice(openClipPrefix.length)),
+    /^transformer\.resblocks\.(\d+)\./,
+  ).length;
+  const textWidth = keySet.has(openClipPrefix + 'token_embedding.weight') ? shapeOf(openClipPrefix + 'token_embedding.weight')[1] : 0;
+  const usedBlocks = Math.min(textBlocks, textBlocksUsed ?? openClipUsedBlocks(textBlocks, textWidth));
+  const openClipComponent = text === 'sgm' ? 'text_encoder_2' : 'text_encoder';
 
   const unetKeys = keys.filter((k) => k.startsWith(UNET_PREFIX));
   const emaKeys = keys.filter((k) => k.startsWith('model_ema.') && !DDPM_BUFFERS.has(k));
@@ -495,14 +515,14 @@ export function buildLdmKeyMap(
       const t = ldmVaeKeyToCanonical(key.slice(VAE_PREFIX.length), vaeLevels);
       if (t === undefined) unmapped.push(key);
       else entries.set(`vae.${t.name}`, t.squeeze && shapeOf(key).length === 4 ? { key, squeeze: true } : { key });
-    } else if (text === 'clip' && key.startsWith(CLIP_PREFIX)) {
-      const name = ldmClipKeyToCanonical(key.slice(CLIP_PREFIX.length));
+    } else if (text !== 'openclip' && key.startsWith(clipPrefix)) {
+      const name = ldmClipKeyToCanonical(key.slice(clipPrefix.length));
       if (name === undefined) unmapped.push(key);
       else entries.set(`text_encoder.${name}`, { key });
-    } else if (text === 'openclip' && key.startsWith(OPENCLIP_PREFIX)) {
-      const targets = openClipKeyToCanonical(key.slice(OPENCLIP_PREFIX.length), textWidth, usedBlocks);
+    } else if (text !== 'clip' && key.startsWith(openClipPrefix)) {
+      const targets = openClipKeyToCanonical(key.slice(openClipPrefix.length), textWidth);
       if (targets === undefined) unmapped.push(key);
-      for (const t of targets ?? []) entries.set(`text_encoder.${t.name}`, { key, rows: t.rows, transpose: t.transpose });
+      for (const t of targets ?? []) entries.set(`${openClipComponent}.${t.name}`, { key, rows: t.rows, transpose: t.transpose });
     } else {
       unmapped.push(key);
     }
@@ -525,5 +545,6 @@ export function buildLdmKeyMap(
     vaeLevels,
     text,
   };
-  return { entries, unmapped, notes, layout };
+  const textLayer = text === 'openclip' && textBlocks > 0 ? usedBlocks - textBlocks - 1 : undefined;
+  return { entries, unmapped, notes, layout, textLayer };
 }

@@ -1,6 +1,7 @@
 /** Opens a checkpoint (diffusers folder or single .safetensors file) as canonical weights plus configs. */
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { SD_TEXT_OUTPUT, type ClipTextOutput } from '../architectures/clip-text.js';
 import { BadInputError } from '../errors.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
 import type { ClipTextConfig, PredictionType, SchedulerConfig, UNetConfig, VaeConfig } from './configs.js';
@@ -39,6 +40,8 @@ export interface Checkpoint {
   unet?: UNetConfig;
   vae: VaeConfig;
   textEncoder?: ClipTextConfig;
+  /** Which hidden state the text encoder graph outputs (absent: SD_TEXT_OUTPUT, last_hidden_state). */
+  textEncoderOutput?: ClipTextOutput;
   scheduler: SchedulerConfig;
   /** Each component's config.json as read (folders) or inferred (single files, in config.json form). */
   rawConfigs: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
@@ -153,10 +156,13 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
     let vae = inferVaeConfig(names, metaOf, path);
     let textEncoder = inferClipTextConfig(names, metaOf, family, path);
     const notes = ['configs inferred from tensor shapes', ...map.notes];
+    const towerLayers = textEncoder.num_hidden_layers;
     if (overrides) {
       if (overrides.unet) unet = unetConfigFromJson(overrides.unet, unet);
       if (overrides.vae) vae = vaeConfigFromJson(overrides.vae, vae);
-      if (overrides.text_encoder) textEncoder = clipTextConfigFromJson(overrides.text_encoder, textEncoder);
+      // A config's num_hidden_layers says which OpenCLIP layer SD 2.x conditions on (map.textLayer); the encoder
+      // itself is the whole tower the file holds.
+      if (overrides.text_encoder) textEncoder = { ...clipTextConfigFromJson(overrides.text_encoder, textEncoder), num_hidden_layers: towerLayers };
       notes.push(
         configDir
           ? `configs from ${configDir} (${Object.keys(overrides).join(', ')}) override the ones inferred from shapes`
@@ -186,6 +192,7 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
       unet,
       vae,
       textEncoder,
+      textEncoderOutput: map.textLayer === undefined ? undefined : { ...SD_TEXT_OUTPUT, layer: map.textLayer },
       scheduler: sdScheduler(prediction ?? 'epsilon'),
       rawConfigs: { unet: { ...unet }, vae: { ...vae }, text_encoder: { ...textEncoder } },
       ldmLayout: map.layout,

@@ -48,9 +48,11 @@ describe('checkpoint/infer-config', () => {
 
         const te = inferClipTextConfig(names, metaOf, family, 'x');
         const tref = await json(join(FIX, model, 'text_encoder', 'config.json'));
-        for (const key of ['vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'max_position_embeddings', 'hidden_act', 'layer_norm_eps'] as const) {
+        for (const key of ['vocab_size', 'hidden_size', 'intermediate_size', 'max_position_embeddings', 'hidden_act', 'layer_norm_eps'] as const) {
           assert.deepEqual(te[key], tref[key], key);
         }
+        // The SD 2.x file holds OpenCLIP's whole tower (3 blocks); diffusers' folder only the 2 layers SD 2.x uses.
+        assert.equal(te.num_hidden_layers, tref.num_hidden_layers + (family === 'sd2' ? 1 : 0));
         assert.equal(te.num_attention_heads, 1);
         assert.equal(te.eos_token_id, CLIP_EOS_TOKEN_ID);
       } finally {

@@ -50,13 +50,15 @@ describe('checkpoint/keymap-sd', () => {
       ['time_embed.2.bias', 'time_embedding.linear_2.bias'],
       ['out.0.weight', 'conv_norm_out.weight'],
       ['out.2.bias', 'conv_out.bias'],
+      ['label_emb.0.0.weight', 'add_embedding.linear_1.weight'],
+      ['label_emb.0.2.bias', 'add_embedding.linear_2.bias'],
     ];
     for (const [ldm, canonical] of cases) {
       assert.equal(ldmUnetKeyToCanonical(ldm), canonical, ldm);
       assert.equal(ldmUnetKeyToCanonical('model.diffusion_model.' + ldm), canonical, ldm);
       assert.equal(canonicalUnetToLdm(canonical), ldm, canonical);
     }
-    for (const bad of ['input_blocks.0.1.weight', 'input_blocks.1.0.in_layers.1.weight', 'output_blocks.1.2.conv.weight', 'label_emb.0.0.weight']) {
+    for (const bad of ['input_blocks.0.1.weight', 'input_blocks.1.0.in_layers.1.weight', 'output_blocks.1.2.conv.weight', 'label_emb.0.1.weight']) {
       assert.equal(ldmUnetKeyToCanonical(bad), undefined, bad);
     }
   });
@@ -97,20 +99,20 @@ describe('checkpoint/keymap-sd', () => {
     }
   });
 
-  it('maps CLIP and OpenCLIP text keys (q/k/v split by rows, projection transposed, last block unused)', () => {
+  it('maps CLIP and OpenCLIP text keys (q/k/v split by rows, projection transposed, every block kept)', () => {
     assert.equal(ldmClipKeyToCanonical('text_model.final_layer_norm.weight'), 'text_model.final_layer_norm.weight');
     assert.equal(ldmClipKeyToCanonical('embeddings.token_embedding.weight'), 'text_model.embeddings.token_embedding.weight');
     assert.equal(ldmClipKeyToCanonical('logit_scale'), undefined);
-    assert.deepEqual(openClipKeyToCanonical('transformer.resblocks.1.attn.in_proj_weight', 1024, 23), [
+    assert.deepEqual(openClipKeyToCanonical('transformer.resblocks.1.attn.in_proj_weight', 1024), [
       { name: 'text_model.encoder.layers.1.self_attn.q_proj.weight', rows: [0, 1024] },
       { name: 'text_model.encoder.layers.1.self_attn.k_proj.weight', rows: [1024, 2048] },
       { name: 'text_model.encoder.layers.1.self_attn.v_proj.weight', rows: [2048, 3072] },
     ]);
-    assert.deepEqual(openClipKeyToCanonical('transformer.resblocks.23.mlp.c_fc.weight', 1024, 23), []);
-    assert.deepEqual(openClipKeyToCanonical('transformer.resblocks.22.mlp.c_proj.bias', 1024, 23), [{ name: 'text_model.encoder.layers.22.mlp.fc2.bias' }]);
-    assert.deepEqual(openClipKeyToCanonical('text_projection', 1024, 23), [{ name: 'text_projection.weight', transpose: true }]);
-    assert.deepEqual(openClipKeyToCanonical('positional_embedding', 1024, 23), [{ name: 'text_model.embeddings.position_embedding.weight' }]);
-    assert.equal(openClipKeyToCanonical('visual.conv1.weight', 1024, 23), undefined);
+    assert.deepEqual(openClipKeyToCanonical('transformer.resblocks.23.mlp.c_fc.weight', 1024), [{ name: 'text_model.encoder.layers.23.mlp.fc1.weight' }]);
+    assert.deepEqual(openClipKeyToCanonical('transformer.resblocks.22.mlp.c_proj.bias', 1024), [{ name: 'text_model.encoder.layers.22.mlp.fc2.bias' }]);
+    assert.deepEqual(openClipKeyToCanonical('text_projection', 1024), [{ name: 'text_projection.weight', transpose: true }]);
+    assert.deepEqual(openClipKeyToCanonical('positional_embedding', 1024), [{ name: 'text_model.embeddings.position_embedding.weight' }]);
+    assert.equal(openClipKeyToCanonical('visual.conv1.weight', 1024), undefined);
     assert.equal(canonicalToLdm('text_encoder.text_model.encoder.layers.4.self_attn.v_proj.bias', { ...SD1_LDM_LAYOUT, text: 'openclip' }), 'cond_stage_model.model.transformer.resblocks.4.attn.in_proj_bias');
     assert.equal(canonicalToLdm('text_encoder.text_model.encoder.layers.4.layer_norm2.weight', { ...SD1_LDM_LAYOUT, text: 'openclip' }), 'cond_stage_model.model.transformer.resblocks.4.ln_2.weight');
   });
@@ -149,9 +151,9 @@ describe('checkpoint/keymap-sd', () => {
         }
       }
       const used = new Set([...map.entries.values()].map((r) => r.key));
-      const unused = [...shapes.keys()].filter((k) => !used.has(k) && !isKnownIgnorableKey(k));
-      // Only SD 2.x's last OpenCLIP block is present but unused (the penultimate layer conditions the UNet).
-      assert.deepEqual(unused, text === 'openclip' ? [...shapes.keys()].filter((k) => k.includes('.resblocks.2.')) : []);
+      assert.deepEqual([...shapes.keys()].filter((k) => !used.has(k) && !isKnownIgnorableKey(k)), []);
+      // SD 2.x conditions on the penultimate layer: the map keeps all 3 blocks and says which hidden state is used.
+      assert.equal(map.textLayer, text === 'openclip' ? -2 : undefined);
     });
   }
 

@@ -47,8 +47,10 @@ describe('checkpoint/open', () => {
         const names = folder.weights.names();
         assert.ok(names.length > 900);
         const extra = file.weights.names().filter((n) => !folder.weights.has(n));
-        // SD 2.x: OpenCLIP's text_projection is mapped (transposed) but CLIPTextModel has no such weight.
-        assert.deepEqual(extra, model === 'tiny-sd21' ? ['text_encoder.text_projection.weight'] : []);
+        // SD 2.x: OpenCLIP's text_projection is mapped (transposed) but CLIPTextModel has no such weight, and the
+        // file's last block (unused: SD 2.x conditions on the penultimate layer) is not in diffusers' folder.
+        const sd2Extra = ['text_encoder.text_projection.weight', ...file.weights.names().filter((n) => n.startsWith('text_encoder.text_model.encoder.layers.2.'))];
+        assert.deepEqual(extra.sort(), model === 'tiny-sd21' ? sd2Extra.sort() : []);
         let values = 0;
         for (const name of names) {
           assert.ok(file.weights.has(name), `single file lacks ${name}`);
@@ -117,7 +119,8 @@ describe('checkpoint/open', () => {
         assert.equal(c.family, 'sd2');
         assert.deepEqual(c.unmappedKeys, []);
         assert.equal(c.scheduler.prediction_type, 'v_prediction');
-        assert.equal(c.textEncoder?.num_hidden_layers, 2);
+        assert.equal(c.textEncoder?.num_hidden_layers, 3);
+        assert.equal(c.textEncoderOutput?.layer, -2);
         assert.ok(c.notes.some((n) => /penultimate/.test(n)));
         const q = (c.weights as MappedSource).sourceOf('text_encoder.text_model.encoder.layers.1.self_attn.k_proj.bias');
         assert.equal(q.key, 'cond_stage_model.model.transformer.resblocks.1.attn.in_proj_bias');
@@ -141,7 +144,8 @@ describe('checkpoint/open', () => {
       const check = async (c: Checkpoint) => {
         assert.deepEqual(c.unet?.attention_head_dim, [1, 2, 4, 4]);
         assert.equal(c.textEncoder?.num_attention_heads, 2);
-        assert.equal(c.textEncoder?.num_hidden_layers, 2);
+        assert.equal(c.textEncoder?.num_hidden_layers, 3); // the file's whole tower; the config's 2 layers = layer -2
+        assert.equal(c.textEncoderOutput?.layer, -2);
         assert.equal(c.scheduler.prediction_type, 'v_prediction');
         assert.match(c.tokenizerDir ?? '', /tokenizer$/);
         assert.ok(c.notes.some((n) => /override the ones inferred from shapes/.test(n)));
@@ -256,7 +260,9 @@ describe('checkpoint/open', () => {
     try {
       await withCheckpoint(path, async (c) => {
         assert.deepEqual(c.unet, folder.unet);
-        assert.deepEqual(c.textEncoder, folder.textEncoder);
+        // The file holds the 3-block tower; diffusers' folder keeps the 2 layers SD 2.x uses (hidden_states[-2] of 3).
+        assert.deepEqual({ ...c.textEncoder, num_hidden_layers: 2 }, folder.textEncoder);
+        assert.equal(c.textEncoderOutput?.layer, -2);
         assert.deepEqual({ ...c.vae, sample_size: 0 }, { ...folder.vae, sample_size: 0 });
         assert.deepEqual(c.scheduler, folder.scheduler);
         assert.ok(c.notes.some((n) => /onestep\.config/.test(n)));
@@ -298,6 +304,7 @@ describe('checkpoint/open', () => {
     });
     await withCheckpoint(path, async (c) => {
       assert.equal(c.textEncoder?.num_hidden_layers, 3);
+      assert.equal(c.textEncoderOutput?.layer, -1);
       assert.ok(c.weights.has('text_encoder.text_model.encoder.layers.2.mlp.fc1.weight'));
       assert.ok(c.notes.some((n) => /all 3 OpenCLIP blocks used/.test(n)));
     });
