@@ -5,11 +5,11 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { mkdir, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { mkdir, readFile, realpath, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { sha256Path } from './checkpoint/hash.js';
+import { listFiles, sha256Path } from './checkpoint/hash.js';
 import { BadInputError, OnestepError } from './errors.js';
 import { writeFileAtomic } from './io/atomic.js';
 import { convertCheckpoint, ONESTEP_VERSION, type ConvertOptions, type LoraSpec } from './convert.js';
@@ -42,16 +42,15 @@ export function isModelDir(p: string): boolean {
 export async function rememberedSha256(p: string, root: string): Promise<string> {
   const real = await realpath(p);
   const id = createHash('sha256').update(real);
-  const walk = async (rel: string): Promise<void> => {
-    const full = path.join(real, rel);
-    const st = await stat(full);
-    if (st.isDirectory()) {
-      for (const name of (await readdir(full)).sort()) await walk(path.join(rel, name));
-    } else {
+  if ((await stat(real)).isDirectory()) {
+    for (const rel of await listFiles(real)) {
+      const st = await stat(path.join(real, rel));
       id.update(`\n${rel}\0${st.size}\0${st.mtimeMs}\0${st.ino}`);
     }
-  };
-  await walk('');
+  } else {
+    const st = await stat(real);
+    id.update(`\n\0${st.size}\0${st.mtimeMs}\0${st.ino}`);
+  }
   const memo = path.join(root, 'hashes', id.digest('hex').slice(0, 32));
   const known = await readFile(memo, 'utf8').catch(() => '');
   if (/^[0-9a-f]{64}$/.test(known)) return known;

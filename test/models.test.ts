@@ -102,6 +102,26 @@ describe('models', function () {
     assert.equal(await rememberedSha256(folder, root), h.digest('hex'));
   });
 
+  it('rememberedSha256: folders that differ only in a symlinked unet/ get different hashes (so different cache keys)', async () => {
+    const root = path.join(work, 'cache');
+    const unets = ['u1', 'u2'].map((n) => {
+      fs.mkdirSync(path.join(work, n));
+      fs.writeFileSync(path.join(work, n, 'diffusion_pytorch_model.safetensors'), n);
+      return path.join(work, n);
+    });
+    const [a, b] = ['a', 'b'].map((n, i) => {
+      fs.mkdirSync(path.join(work, n));
+      fs.writeFileSync(path.join(work, n, 'model_index.json'), '{}');
+      fs.symlinkSync(unets[i], path.join(work, n, 'unet'));
+      return path.join(work, n);
+    });
+    assert.notEqual(await rememberedSha256(a, root), await rememberedSha256(b, root));
+    // Re-pointing a's link to u2 is a new state, not the remembered u1 hash.
+    fs.rmSync(path.join(a, 'unet'));
+    fs.symlinkSync(unets[1], path.join(a, 'unet'));
+    assert.equal(await rememberedSha256(a, root), await rememberedSha256(b, root));
+  });
+
   it('a model path that does not exist: one clear BadInputError naming it', async () => {
     await assert.rejects(resolveModel({ model: path.join(work, 'nope.safetensors'), env: { ONESTEP_CACHE: work } }), (e: unknown) => {
       assert.ok(e instanceof BadInputError);

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { OnestepError } from '../errors.js';
 
 // Hashing a multi-GB checkpoint costs seconds of CPU: it runs in a worker thread so that conversion, which reads the
 // same file at the same time, is not held up by it on the main thread.
@@ -31,22 +32,37 @@ export function sha256File(file: string): Promise<string> {
 }
 
 /**
+ * The files of a folder as sorted relative paths (`/`-separated), following symlinked files and folders: what a
+ * conversion reads through them is part of the folder. A folder that links back to one of its ancestors is an error.
+ */
+export async function listFiles(root: string): Promise<string[]> {
+  const files: string[] = [];
+  const walk = async (rel: string, ancestors: Set<string>): Promise<void> => {
+    const dir = path.join(root, rel);
+    const real = await realpath(dir);
+    if (ancestors.has(real)) {
+      throw new OnestepError(`${dir}: symlink loop (it leads back to ${real}).`, 'Remove the link that points to a folder above it.');
+    }
+    const inside = new Set(ancestors).add(real);
+    for (const name of (await readdir(dir)).sort()) {
+      const relName = rel === '' ? name : `${rel}/${name}`;
+      const st = await stat(path.join(root, relName));
+      if (st.isDirectory()) await walk(relName, inside);
+      else if (st.isFile()) files.push(relName);
+    }
+  };
+  await walk('', new Set());
+  return files.sort();
+}
+
+/**
  * sha256 of a file, or of a folder as the hash of its files' relative paths and hashes in sorted order
- * (weights, configs and tokenizer files alike), so a folder's identity does not depend on where it lives.
+ * (weights, configs and tokenizer files alike, symlinks followed), so a folder's identity does not depend on where it
+ * lives.
  */
 export async function sha256Path(p: string): Promise<string> {
   if (!(await stat(p)).isDirectory()) return sha256File(p);
-  const files: string[] = [];
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const full = path.join(dir, e.name);
-      if (e.isDirectory()) await walk(full);
-      else if (e.isFile()) files.push(path.relative(p, full).split(path.sep).join('/'));
-    }
-  };
-  await walk(p);
-  files.sort();
   const h = createHash('sha256');
-  for (const f of files) h.update(`${f}\0${await sha256File(path.join(p, f))}\n`);
+  for (const f of await listFiles(p)) h.update(`${f}\0${await sha256File(path.join(p, f))}\n`);
   return h.digest('hex');
 }

@@ -30,4 +30,36 @@ describe('checkpoint/hash', () => {
       fs.rmSync(b, { recursive: true, force: true });
     }
   });
+
+  it('follows symlinked files and folders: two folders differing only in a symlinked unet/ hash differently', async () => {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-hash-'));
+    try {
+      for (const name of ['unet-1', 'unet-2']) {
+        fs.mkdirSync(path.join(work, name));
+        fs.writeFileSync(path.join(work, name, 'weights.bin'), name);
+      }
+      const a = path.join(work, 'a');
+      const b = path.join(work, 'b');
+      for (const [d, unet] of [[a, 'unet-1'], [b, 'unet-2']]) {
+        fs.mkdirSync(d);
+        fs.writeFileSync(path.join(d, 'model_index.json'), '{}');
+        fs.symlinkSync(path.join(work, unet), path.join(d, 'unet'));
+      }
+      assert.notEqual(await sha256Path(a), await sha256Path(b));
+      // The same content through a symlink or as real files is the same folder.
+      const real = path.join(work, 'real');
+      fs.mkdirSync(path.join(real, 'unet'), { recursive: true });
+      fs.writeFileSync(path.join(real, 'model_index.json'), '{}');
+      fs.writeFileSync(path.join(real, 'unet', 'weights.bin'), 'unet-1');
+      assert.equal(await sha256Path(a), await sha256Path(real));
+      // A symlinked file counts as well.
+      fs.symlinkSync(path.join(work, 'unet-2', 'weights.bin'), path.join(real, 'extra.bin'));
+      assert.notEqual(await sha256Path(a), await sha256Path(real));
+      // A loop is one clear error, not a hang.
+      fs.symlinkSync(real, path.join(real, 'unet', 'loop'));
+      await assert.rejects(sha256Path(real), /symlink loop/);
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  });
 });
