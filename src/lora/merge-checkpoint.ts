@@ -133,7 +133,7 @@ async function rewriteWeightFile(
           let bytes: Uint8Array;
           if (parts) {
             const values = await file.readF32(info.name);
-            for (const part of parts) await mergeInPlace(values, info.shape, part.ref, part.apps);
+            for (const part of parts) await mergeInPlace(values, info.shape, part.ref, part.apps, info.name);
             bytes = encodeF32(values, dtype, input, info.name);
           } else if (dtype === info.dtype) {
             bytes = await file.readRaw(info.name);
@@ -154,10 +154,10 @@ async function rewriteWeightFile(
 }
 
 /** Applies LoRAs to the part of a stored tensor that one canonical weight occupies (rows / transpose / squeeze). */
-async function mergeInPlace(stored: Float32Array, storedShape: number[], ref: SourceRef, apps: Application[]): Promise<void> {
+async function mergeInPlace(stored: Float32Array, storedShape: number[], ref: SourceRef, apps: Application[], name: string): Promise<void> {
   if (!ref.rows && !ref.transpose) {
     // The canonical weight is the whole stored tensor: merge in place, no copies.
-    await applyLoras(stored, ref.squeeze ? storedShape.slice(0, 2) : storedShape, apps);
+    await applyLoras(stored, ref.squeeze ? storedShape.slice(0, 2) : storedShape, apps, name);
     return;
   }
   const rowSize = storedShape.slice(1).reduce((a, b) => a * b, 1);
@@ -169,7 +169,7 @@ async function mergeInPlace(stored: Float32Array, storedShape: number[], ref: So
     part = transpose2d(part, shape[0], shape[1]);
     shape = [shape[1], shape[0]];
   }
-  await applyLoras(part, shape, apps);
+  await applyLoras(part, shape, apps, name);
   if (ref.transpose) part = transpose2d(part, shape[0], shape[1]);
   stored.set(part, start * rowSize);
 }

@@ -182,51 +182,74 @@ function product(s: readonly number[]): number {
 }
 
 /**
- * Adds the LoRA deltas to a weight in place. `values` is the weight as float32 in its (canonical) shape.
- * Plain modules: W += scale * delta. DoRA modules: W_d = m * (W + delta) / ||W + delta|| (norm per output row, or
- * per input column for kohya/LyCORIS `dora_scale` shaped [1, in, ...]), then W += scale * (W_d - W), so scale 0
- * leaves the weight alone and scale 1 is the trained result.
+ * Adds the LoRA deltas to a weight in place (`values`: float32, canonical shape). A non-finite delta, or a merge
+ * that leaves non-finite values (a huge scale overflows float32), is an error naming the LoRA and the weight.
  */
-export async function applyLoras(values: Float32Array, shape: readonly number[], apps: readonly Application[]): Promise<void> {
+export async function applyLoras(values: Float32Array, shape: readonly number[], apps: readonly Application[], weight = 'the weight'): Promise<void> {
   for (const { module, scale } of apps) {
     const delta = await module.delta();
     if (delta.length !== values.length) {
       throw new OnestepError(`internal: delta of ${module.prefix} has ${delta.length} values, weight ${values.length}`);
     }
-    const dora = module.doraKey;
-    if (dora === undefined) {
-      for (let i = 0; i < values.length; i++) values[i] += scale * delta[i];
-      continue;
+    if (!allFinite(delta)) {
+      throw new BadInputError(module.store.path, `module ${module.prefix}: its values are not finite (NaN or Inf).`, 'The LoRA file is damaged or was trained into NaN: use another file.');
     }
-    const magnitudeShape = module.store.tensors.get(dora)!.shape;
-    const magnitude = await module.store.readF32(dora);
-    for (let i = 0; i < delta.length; i++) delta[i] += values[i];
-    const perColumn = magnitudeShape.length >= 2 && magnitudeShape[0] === 1 && magnitude.length === shape[1];
-    const out = shape[0];
-    const inner = values.length / out;
-    if (perColumn) {
-      const spatialSize = inner / shape[1];
-      const norms = new Float64Array(shape[1]);
-      for (let o = 0; o < out; o++)
-        for (let j = 0; j < inner; j++) {
-          const v = delta[o * inner + j];
-          norms[Math.floor(j / spatialSize)] += v * v;
-        }
-      for (let o = 0; o < out; o++)
-        for (let j = 0; j < inner; j++) {
-          const c = Math.floor(j / spatialSize);
-          delta[o * inner + j] *= normFactor(magnitude[c], norms[c]);
-        }
-    } else {
-      for (let o = 0; o < out; o++) {
-        let sum = 0;
-        for (let j = 0; j < inner; j++) sum += delta[o * inner + j] ** 2;
-        const f = normFactor(magnitude[o], sum);
-        for (let j = 0; j < inner; j++) delta[o * inner + j] *= f;
-      }
+    await applyOne(values, shape, module, scale, delta);
+    if (!allFinite(values)) {
+      throw new BadInputError(
+        `${module.store.path} at scale ${scale}`,
+        `merging module ${module.prefix} into ${weight} gives values that are not finite (NaN or Inf, float32 overflow).`,
+        'Use a smaller scale.',
+      );
     }
-    for (let i = 0; i < values.length; i++) values[i] += scale * (delta[i] - values[i]);
   }
+}
+
+function allFinite(values: Float32Array): boolean {
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return false;
+  return true;
+}
+
+/**
+ * One module's delta added in place.
+ * Plain modules: W += scale * delta. DoRA modules: W_d = m * (W + delta) / ||W + delta|| (norm per output row, or
+ * per input column for kohya/LyCORIS `dora_scale` shaped [1, in, ...]), then W += scale * (W_d - W), so scale 0
+ * leaves the weight alone and scale 1 is the trained result.
+ */
+async function applyOne(values: Float32Array, shape: readonly number[], module: LoraModule, scale: number, delta: Float32Array): Promise<void> {
+  const dora = module.doraKey;
+  if (dora === undefined) {
+    for (let i = 0; i < values.length; i++) values[i] += scale * delta[i];
+    return;
+  }
+  const magnitudeShape = module.store.tensors.get(dora)!.shape;
+  const magnitude = await module.store.readF32(dora);
+  for (let i = 0; i < delta.length; i++) delta[i] += values[i];
+  const perColumn = magnitudeShape.length >= 2 && magnitudeShape[0] === 1 && magnitude.length === shape[1];
+  const out = shape[0];
+  const inner = values.length / out;
+  if (perColumn) {
+    const spatialSize = inner / shape[1];
+    const norms = new Float64Array(shape[1]);
+    for (let o = 0; o < out; o++)
+      for (let j = 0; j < inner; j++) {
+        const v = delta[o * inner + j];
+        norms[Math.floor(j / spatialSize)] += v * v;
+      }
+    for (let o = 0; o < out; o++)
+      for (let j = 0; j < inner; j++) {
+        const c = Math.floor(j / spatialSize);
+        delta[o * inner + j] *= normFactor(magnitude[c], norms[c]);
+      }
+  } else {
+    for (let o = 0; o < out; o++) {
+      let sum = 0;
+      for (let j = 0; j < inner; j++) sum += delta[o * inner + j] ** 2;
+      const f = normFactor(magnitude[o], sum);
+      for (let j = 0; j < inner; j++) delta[o * inner + j] *= f;
+    }
+  }
+  for (let i = 0; i < values.length; i++) values[i] += scale * (delta[i] - values[i]);
 }
 
 function normFactor(magnitude: number, sumSquares: number): number {
@@ -292,7 +315,7 @@ export class LoraMergedSource implements WeightSource {
     if (!apps) return this.base.readF32(name);
     // A private copy: the base may hand out a buffer it keeps.
     const values = Float32Array.from(await this.base.readF32(name));
-    await applyLoras(values, this.base.meta(name).shape, apps);
+    await applyLoras(values, this.base.meta(name).shape, apps, name);
     return values;
   }
 

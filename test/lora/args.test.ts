@@ -23,4 +23,9 @@ describe('lora/args parseLoraArg', () => {
     assert.throws(() => parseLoraArg(''), OnestepError);
     assert.throws(() => parseLoraArg(':0.5'), OnestepError);
   });
+  it('refuses a scale that is not a finite number (it would merge NaN/Inf weights)', () => {
+    for (const arg of ['x.safetensors:1e999', 'x.safetensors:-1e400', 'x.safetensors:NaN', 'x.safetensors:nan', 'x.safetensors:Infinity', 'x.safetensors:-inf']) {
+      assert.throws(() => parseLoraArg(arg), (e: unknown) => e instanceof OnestepError && /finite/.test(e.message), arg);
+    }
+  });
 });

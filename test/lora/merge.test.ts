@@ -110,6 +110,31 @@ describe('lora/merge', () => {
       }
     });
 
+    it('NaN/Inf: a non-finite LoRA value, or a scale that overflows the merged weight, is an error naming the file and weight', async () => {
+      const up = tensor(r, 32, 2, 1, 1);
+      const good = { 'lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight': tensor(r, 2, 32, 1, 1), 'lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight': up };
+      const weight = 'unet.down_blocks.0.attentions.0.proj_in.weight';
+      const finitePath = await writeF32File(join(tmp.dir, 'finite.safetensors'), good);
+      up.data[5] = Number.NaN;
+      const nanPath = await writeF32File(join(tmp.dir, 'nan.safetensors'), good);
+      for (const [path, scale, pattern] of [
+        [nanPath, 1, /nan\.safetensors: .*proj_in.*not finite/],
+        // float32 overflows to Inf: 3e38 * (W + delta) where the deltas are O(1).
+        [finitePath, 3e38, /finite\.safetensors at scale 3e\+38: .*proj_in\.weight.*not finite/],
+      ] as const) {
+        const merged = await LoraMergedSource.create(baseWeights(), [{ path, scale }]);
+        try {
+          await assert.rejects(merged.readF32(weight), (e: unknown) => {
+            assert.ok(e instanceof BadInputError, String(e));
+            assert.match(e.message, pattern);
+            return true;
+          });
+        } finally {
+          await merged.close();
+        }
+      }
+    });
+
     it('fails on an SDXL LoRA (te2, add_embedding) for an SD 1.5 base, even with allowUnmatched', async () => {
       const path = await writeF32File(join(tmp.dir, 'sdxl.safetensors'), {
         'lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight': tensor(r, 4, 32),
