@@ -7,6 +7,7 @@ import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError, BadInputError } from './errors.js';
 import { writeImage, formatParameters, type ImageFormat } from './io/images.js';
+import { lockFolder } from './io/lock.js';
 import { openManifest } from './io/manifest.js';
 import { NameAllocator } from './io/names.js';
 import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
@@ -153,6 +154,17 @@ export function checkImageSize(width: number | undefined, height: number | undef
 export async function generateImages(source: string | NodeJS.ReadableStream, opts: GenerateOptions): Promise<GenerateSummary> {
   const started = performance.now();
   checkImageSize(opts.width, opts.height);
+  // Two runs into one folder would both do every prompt and interleave their manifest lines: one run per folder.
+  const lock = await lockFolder(opts.out, `onestep generate ${typeof source === 'string' ? source : '-'}`);
+  if (lock.tookOverFrom) opts.onWarning?.(`took over the lock of ${opts.out} left by ${lock.tookOverFrom} (no longer running)`);
+  try {
+    return await generateLocked(source, opts, started);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function generateLocked(source: string | NodeJS.ReadableStream, opts: GenerateOptions, started: number): Promise<GenerateSummary> {
   const latents = opts.latentsFile ? await loadLatents(opts.latentsFile) : undefined;
   const initLatentMean = opts.initLatentMeanFile ? await loadLatentMean(opts.initLatentMeanFile) : undefined;
   const engine = await OneStepEngine.load(opts.modelDir, {

@@ -132,6 +132,19 @@ describe('generate (library)', function () {
     for (const [i, bytes] of before) assert.ok(after.get(i)!.equals(bytes), `image ${i}`);
   });
 
+  it('two runs into one output folder: the second is refused naming the first; each prompt is done once', async () => {
+    const out = path.join(work, 'concurrent');
+    const results = await Promise.allSettled([generateImages(promptFile, options(out)), generateImages(promptFile, options(out))]);
+    const done = results.filter((r) => r.status === 'fulfilled');
+    const refused = results.filter((r) => r.status === 'rejected');
+    assert.equal(done.length, 1);
+    assert.equal(refused.length, 1);
+    assert.ok(refused[0].reason instanceof OnestepError);
+    assert.match(refused[0].reason.message, new RegExp(`is in use by another run \\(process ${process.pid}: onestep generate `));
+    assert.equal(readManifest(out).length, 8);
+    assert.ok(!fs.existsSync(path.join(out, '.onestep.lock')), 'lock released');
+  });
+
   it('an aborted signal stops reading: the batches in flight finish and are recorded', async () => {
     const out = path.join(work, 'abort');
     const source = new PassThrough();
