@@ -3,17 +3,19 @@
  * and images are encoded and written as soon as they exist, while the next batches run. Bounded in-flight work
  * keeps memory flat for any prompt file length.
  */
+import { createHash } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError, BadInputError } from './errors.js';
 import { writeImage, formatParameters, type ImageFormat } from './io/images.js';
 import { lockFolder } from './io/lock.js';
-import { openManifest } from './io/manifest.js';
+import { MANIFEST_FILE, openManifest, resumeDifferences, toManifestEntry, type ManifestEntry, type ManifestInput } from './io/manifest.js';
 import { NameAllocator } from './io/names.js';
 import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
 import type { Shard } from './io/shard.js';
 import type { PredictionType } from './checkpoint/configs.js';
 import { SafetensorsFile } from './safetensors/reader.js';
+import type { ModelManifest } from './runtime/model-dir.js';
 import { OneStepEngine, type GeneratedImage, type ImageRequest } from './runtime/engine.js';
 import { ONESTEP_VERSION } from './convert.js';
 
@@ -142,6 +144,30 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * What decides the images beside the checkpoint's hash (`model` in the manifest): the LoRAs and their scales, the
+ * dtype, the decoder. Not the file's name: a renamed checkpoint makes the same images.
+ */
+function modelIdentity(m: ModelManifest): string {
+  const what = { sha256: m.source.sha256, loras: m.source.loras.map((l) => [l.sha256, l.scale]), dtype: m.dtype, decoder: m.vae_decoder ?? 'autoencoder-kl' };
+  return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
+}
+
+/**
+ * --resume found a prompt whose manifest line was made differently (another seed, model, size, prompt text, ...).
+ * The run stops rather than regenerating it: an output folder is one consistent set of images, and a changed
+ * setting is far more often a mistake (a forgotten --seed, another --model) than a wish to redo everything; silently
+ * regenerating would mix two settings in one folder, or redo thousands of images. The message says what changed.
+ */
+function resumeMismatch(out: string, r: PromptRecord, old: ManifestEntry, now: ManifestEntry): OnestepError {
+  const changes = resumeDifferences(old, now);
+  return new OnestepError(
+    `--resume: prompt ${r.index} (line ${r.line}) in ${path.join(out, MANIFEST_FILE)} was made with other settings than this run: ${changes.join('; ')}.`,
+    'Rerun with the settings of the first run (without --seed the seed is random: pass the one the first run printed), ' +
+      'or write to another folder with -o. To redo some images on purpose, delete their lines from manifest.jsonl.',
+  );
+}
+
 /** --width / --height: positive multiples of 8 (checked before any model is loaded or converted). */
 export function checkImageSize(width: number | undefined, height: number | undefined): void {
   for (const [flag, side] of [['width', width], ['height', height]] as const) {
@@ -184,6 +210,8 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   if (stale) opts.onWarning?.(`removed ${stale} partial image file(s) left by an interrupted run`);
   const names = new NameAllocator(opts.nameTemplate, opts.format === 'jpeg' ? 'jpg' : opts.format, manifest.existing());
   const modelHash = m.source.sha256;
+  const modelId = modelIdentity(m);
+  const { prediction_type: prediction, timestep } = engine.recipe;
   const modelName = m.source.name.replace(/\.safetensors$/, '');
   const stageMs: Record<string, number> = { tokenize: 0, textEncoder: 0, denoiser: 0, decoder: 0, encode: 0, write: 0 };
   let images = 0;
@@ -268,6 +296,9 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       name: r.name,
       file,
       model: modelHash,
+      modelId,
+      prediction,
+      timestep,
       ms: Object.fromEntries(Object.entries({ ...img.ms, encode: encodeMs }).map(([k, v]) => [k, Math.round(v * 10) / 10])),
     });
     stageMs.write += performance.now() - writeStarted - encodeMs;
@@ -340,11 +371,31 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       }
       if (opts.signal?.aborted) break;
       const r = next.value;
+      const req = toRequest(r);
       if (opts.resume && manifest.completed.has(r.index)) {
+        const now: ManifestInput = {
+          index: r.index,
+          prompt: r.prompt,
+          negativePrompt: r.negativePrompt ?? opts.negativePrompt,
+          seed: req.seed,
+          width: req.width,
+          height: req.height,
+          guidance: req.guidance,
+          name: r.name,
+          file: '',
+          model: modelHash,
+          modelId,
+          prediction,
+          timestep,
+        };
+        const same = await manifest.matches(now);
+        if (same !== true) {
+          failure ??= resumeMismatch(opts.out, r, same, toManifestEntry(now));
+          break;
+        }
         skippedExisting++;
         continue;
       }
-      const req = toRequest(r);
       records.set(r.index, r);
       const key = `${req.width}x${req.height}`;
       const batch = batches.get(key) ?? [];

@@ -145,6 +145,42 @@ describe('generate (library)', function () {
     assert.ok(!fs.existsSync(path.join(out, '.onestep.lock')), 'lock released');
   });
 
+  it('resume stops, saying what changed, when a done prompt was made with other settings; same settings skip all', async () => {
+    const out = path.join(work, 'resume-changed');
+    await generateImages(promptFile, options(out, { batchSize: 4 }));
+    const lines = fs.readFileSync(path.join(out, 'manifest.jsonl'), 'utf8');
+    const first = readManifest(out)[0] as Entry & Record<string, unknown>;
+    assert.equal(first.prediction, 'epsilon');
+    assert.equal(typeof first.timestep, 'number');
+    assert.match(String(first.model_id), /^[0-9a-f]{16}$/);
+    const edited = path.join(work, 'edited.txt');
+    fs.writeFileSync(edited, PROMPTS.map((p, i) => (i === 2 ? 'a different third prompt' : p)).join('\n') + '\n');
+    for (const [what, file, extra, pattern] of [
+      ['seed', promptFile, { seed: 99n }, /prompt 0 \(line 1\).*seed: "1234" -> "99"/],
+      ['timestep', promptFile, { timestep: 500 }, /prompt 0 .*timestep: "\d+" -> "500"/],
+      ['prompt text', edited, {}, /prompt 2 \(line 3\).*prompt text: "an astronaut riding a horse, highly detailed, 4k" -> "a different third prompt"/],
+      ['negative prompt', promptFile, { negativePrompt: 'blurry' }, /negative_prompt: "" -> "blurry"/],
+    ] as const) {
+      await assert.rejects(generateImages(file, options(out, { batchSize: 4, resume: true, ...extra })), (e: unknown) => {
+        assert.ok(e instanceof OnestepError, `${what}: ${e}`);
+        assert.match(e.message, pattern, what);
+        assert.match(e.hint ?? '', /another folder with -o/);
+        return true;
+      });
+      assert.equal(fs.readFileSync(path.join(out, 'manifest.jsonl'), 'utf8'), lines, `${what}: nothing written`);
+    }
+    const same = await generateImages(promptFile, options(out, { batchSize: 4, resume: true }));
+    assert.equal(same.images, 0);
+    assert.equal(same.skipped_existing, 8);
+    // A manifest written before these fields existed (no model_id, prediction, timestep, prompt_sha256) still resumes.
+    const old = lines.split('\n').filter(Boolean).map((l) => {
+      const { model_id, prediction, timestep, prompt_sha256, ...rest } = JSON.parse(l);
+      return JSON.stringify(rest);
+    });
+    fs.writeFileSync(path.join(out, 'manifest.jsonl'), old.join('\n') + '\n');
+    assert.equal((await generateImages(promptFile, options(out, { batchSize: 4, resume: true }))).skipped_existing, 8);
+  });
+
   it('an aborted signal stops reading: the batches in flight finish and are recorded', async () => {
     const out = path.join(work, 'abort');
     const source = new PassThrough();

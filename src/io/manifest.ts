@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, stat, truncate, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,6 +21,10 @@ export interface ManifestInput {
   file: string;
   /** The model's hash. */
   model: string;
+  /** What else decides the image beside the checkpoint: LoRAs, dtype, decoder (see generate.ts modelId). */
+  modelId?: string;
+  prediction?: string;
+  timestep?: number;
   /** Timings in milliseconds, e.g. { encode: 14.2, total: 830 }. */
   ms?: Record<string, number>;
 }
@@ -36,6 +41,11 @@ export interface ManifestEntry {
   name?: string;
   file: string;
   model: string;
+  model_id?: string;
+  prediction?: string;
+  timestep?: number;
+  /** sha256 of the prompt text (UTF-8). */
+  prompt_sha256?: string;
   ms?: Record<string, number>;
 }
 
@@ -59,9 +69,74 @@ export function toManifestEntry(input: ManifestInput): ManifestEntry {
     ...(input.name !== undefined ? { name: input.name } : {}),
     file: input.file,
     model: input.model,
+    ...(input.modelId !== undefined ? { model_id: input.modelId } : {}),
+    ...(input.prediction !== undefined ? { prediction: input.prediction } : {}),
+    ...(input.timestep !== undefined ? { timestep: input.timestep } : {}),
+    prompt_sha256: promptSha256(input.prompt),
     ...(input.ms !== undefined ? { ms: input.ms } : {}),
   };
   return entry;
+}
+
+export function promptSha256(prompt: string): string {
+  return createHash('sha256').update(prompt, 'utf8').digest('hex');
+}
+
+/**
+ * What decides an image, as `--resume` compares it: a line made with other settings than this run's is not "done".
+ * Fields a line does not record (older manifests) are not compared.
+ */
+export const RESUME_FIELDS = ['model', 'model_id', 'prediction', 'timestep', 'seed', 'width', 'height', 'guidance', 'prompt', 'negative_prompt', 'name'] as const;
+type ResumeField = (typeof RESUME_FIELDS)[number];
+
+function resumeValues(e: Partial<ManifestEntry>): Partial<Record<ResumeField, string>> {
+  const v: Partial<Record<ResumeField, string>> = {};
+  const put = (k: ResumeField, x: unknown) => {
+    if (x !== undefined && x !== null) v[k] = String(x);
+  };
+  put('model', e.model);
+  put('model_id', e.model_id);
+  put('prediction', e.prediction);
+  put('timestep', e.timestep);
+  put('seed', e.seed === undefined ? undefined : BigInt(e.seed));
+  put('width', e.width);
+  put('height', e.height);
+  put('guidance', e.guidance);
+  put('prompt', e.prompt_sha256 ?? (typeof e.prompt === 'string' ? promptSha256(e.prompt) : undefined));
+  // A line leaves out negative_prompt and name when there are none.
+  put('negative_prompt', e.negative_prompt ?? '');
+  put('name', e.name ?? '');
+  return v;
+}
+
+/** A compact fingerprint of a line's resume fields: `<mask>:<hash>`, the mask saying which fields it records. */
+function fingerprint(values: Partial<Record<ResumeField, string>>, mask?: number): string {
+  let m = 0;
+  const h = createHash('sha256');
+  RESUME_FIELDS.forEach((k, i) => {
+    const present = mask === undefined ? values[k] !== undefined : (mask & (1 << i)) !== 0;
+    if (!present) return;
+    m |= 1 << i;
+    h.update(`${k}=${values[k] ?? '\u0000missing'}\n`);
+  });
+  return `${m}:${h.digest('hex').slice(0, 16)}`;
+}
+
+/** `field: old -> new` for each resume field that differs (hashes shown for the prompt texts). */
+export function resumeDifferences(old: Partial<ManifestEntry>, now: ManifestEntry): string[] {
+  const a = resumeValues(old);
+  const b = resumeValues(now);
+  const out: string[] = [];
+  for (const k of RESUME_FIELDS) {
+    if (a[k] === undefined || a[k] === b[k]) continue;
+    if (k === 'prompt') out.push(`prompt text: ${JSON.stringify(clip(old.prompt ?? ''))} -> ${JSON.stringify(clip(now.prompt))}`);
+    else out.push(`${k}: ${JSON.stringify(a[k])} -> ${JSON.stringify(b[k])}`);
+  }
+  return out;
+}
+
+function clip(text: string): string {
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
 function isEntry(value: unknown): value is ManifestEntry {
@@ -93,7 +168,35 @@ export class Manifest {
     readonly completed: Set<number>,
     /** Bytes of torn last line cut off on open (0 when the manifest was whole). */
     readonly repairedBytes: number,
+    /** index -> fingerprint of its (last) line's resume fields. */
+    private readonly fingerprints: Map<number, string> = new Map(),
   ) {}
+
+  /**
+   * Whether index's line was made with the settings `now` describes (see RESUME_FIELDS). Returns true when it was
+   * (or the index has no line), else the line as recorded, for resumeDifferences.
+   */
+  async matches(now: ManifestInput): Promise<true | ManifestEntry> {
+    const recorded = this.fingerprints.get(now.index);
+    if (recorded === undefined) return true;
+    const entry = toManifestEntry(now);
+    if (fingerprint(resumeValues(entry), Number(recorded.split(':')[0])) === recorded) return true;
+    return (await this.lastLine(now.index)) ?? true;
+  }
+
+  /** The last line recorded for an index (read back from the file: only the fingerprints are kept in memory). */
+  private async lastLine(index: number): Promise<ManifestEntry | undefined> {
+    let found: ManifestEntry | undefined;
+    for await (const raw of splitLines(createReadStream(this.path), Number.MAX_SAFE_INTEGER)) {
+      try {
+        const v = JSON.parse(raw.bytes.toString('utf8'));
+        if (isEntry(v) && v.index === index) found = v;
+      } catch {
+        // A line being appended right now: not the one looked for.
+      }
+    }
+    return found;
+  }
 
   /** Entries as { index, file } for NameAllocator. */
   *existing(): Iterable<{ index: number; file: string }> {
@@ -113,6 +216,7 @@ export class Manifest {
       }
       this.files.set(entry.index, entry.file);
       this.completed.add(entry.index);
+      this.fingerprints.set(entry.index, fingerprint(resumeValues(entry)));
     };
     const result = this.queue.then(write);
     this.queue = result.catch(() => undefined);
@@ -141,6 +245,7 @@ export async function openManifest(outDir: string): Promise<Manifest> {
   await mkdir(outDir, { recursive: true });
   const path = join(outDir, MANIFEST_FILE);
   const files = new Map<number, string>();
+  const fingerprints = new Map<number, string>();
   const totalBytes = await sizeOrZero(path);
   // Everything after the last `\n` is a torn line (one append writes a whole line, `\n` last).
   const goodBytes = totalBytes === 0 ? 0 : await endOfLastNewline(path, totalBytes);
@@ -164,6 +269,7 @@ export async function openManifest(outDir: string): Promise<Manifest> {
         );
       }
       files.set(value.index, value.file);
+      fingerprints.set(value.index, fingerprint(resumeValues(value)));
     }
   }
 
@@ -178,7 +284,7 @@ export async function openManifest(outDir: string): Promise<Manifest> {
   }
 
   const handle = await open(path, 'a');
-  return new Manifest(path, handle, files, completed, repairedBytes);
+  return new Manifest(path, handle, files, completed, repairedBytes, fingerprints);
 }
 
 async function fileExists(path: string): Promise<boolean> {

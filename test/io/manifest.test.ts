@@ -28,7 +28,7 @@ describe('io/manifest', () => {
   it('writes one JSON line per image; seeds are numbers up to 2^53-1 and strings above', async () => {
     const m = await openManifest(dir);
     assert.equal(m.completed.size, 0);
-    await m.append({ ...input(0, 42n), negativePrompt: 'blurry', guidance: 1, name: 'n' });
+    await m.append({ ...input(0, 42n), negativePrompt: 'blurry', guidance: 1, name: 'n', modelId: '0123456789abcdef', prediction: 'epsilon', timestep: 999 });
     await m.append(input(1, 9007199254740991n));
     await m.append(input(2, 9007199254740993n));
     await m.close();
@@ -44,6 +44,11 @@ describe('io/manifest', () => {
       name: 'n',
       file: '0.png',
       model: 'abc123',
+      model_id: '0123456789abcdef',
+      prediction: 'epsilon',
+      timestep: 999,
+      // sha256('prompt 0'), computed independently with sha256sum.
+      prompt_sha256: '481d04be4cdbb88b5984fbcbfbe428ec5ab1043cc25e5b3a3d562d2e8e5623ba',
       ms: { encode: 1.5, total: 10 },
     });
     assert.equal(entries[1].seed, 9007199254740991);
