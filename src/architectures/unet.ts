@@ -1,5 +1,6 @@
 /**
- * UNet2DConditionModel as Stable Diffusion 1.x and 2.x use it, built as an ONNX graph. Each function mirrors the
+ * UNet2DConditionModel as Stable Diffusion 1.x / 2.x, SDXL (added text_time conditioning) and SDXS (no mid block)
+ * use it, built as an ONNX graph. Each function mirrors the
  * diffusers module of the same name and reads its weights under the prefix it receives, so the function tree is the
  * module tree (`unet.down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_q.weight`).
  */
@@ -15,6 +16,9 @@ export interface UNetInputs {
   timestep: Value;
   /** [batch, sequence, cross_attention_dim] */
   encoderHiddenStates: Value;
+  /** addition_embed_type text_time (SDXL): pooled text embedding [batch, P] and the six time ids [batch, 6]. */
+  textEmbeds?: Value;
+  timeIds?: Value;
 }
 
 const DOWN_BLOCKS = ['CrossAttnDownBlock2D', 'DownBlock2D'];
@@ -22,7 +26,7 @@ const UP_BLOCKS = ['CrossAttnUpBlock2D', 'UpBlock2D'];
 
 /** Config fields of diffusers' UNet2DConditionModel that change the network in ways this file does not build. */
 const UNSUPPORTED: [field: string, isDefault: (v: unknown) => boolean][] = [
-  ['addition_embed_type', (v) => v == null],
+  ['addition_embed_type', (v) => v == null || v === 'text_time'],
   ['class_embed_type', (v) => v == null],
   ['num_class_embeds', (v) => v == null],
   ['encoder_hid_dim', (v) => v == null],
@@ -36,7 +40,7 @@ const UNSUPPORTED: [field: string, isDefault: (v: unknown) => boolean][] = [
   ['resnet_skip_time_act', (v) => v == null || v === false],
   ['resnet_out_scale_factor', (v) => v == null || v === 1],
   ['mid_block_type', (v) => v == null || v === 'UNetMidBlock2DCrossAttn'],
-  ['only_cross_attention', (v) => v == null || v === false || (Array.isArray(v) && v.every((x) => x === false))],
+  ['only_cross_attention', (v) => v == null || typeof v === 'boolean' || (Array.isArray(v) && v.every((x) => typeof x === 'boolean'))],
   ['dual_cross_attention', (v) => v == null || v === false],
   ['attention_type', (v) => v == null || v === 'default'],
   ['cross_attention_norm', (v) => v == null],
@@ -79,6 +83,10 @@ export function normalizeUNetConfig(json: Record<string, any>, source = 'unet co
   }
   const headDim = perBlock<number>(json.attention_head_dim ?? 8, n, 'attention_head_dim', source);
   const heads = json.num_attention_heads == null ? null : perBlock<number>(json.num_attention_heads, n, 'num_attention_heads', source);
+  const textTime = json.addition_embed_type === 'text_time';
+  if (textTime && (typeof json.addition_time_embed_dim !== 'number' || typeof json.projection_class_embeddings_input_dim !== 'number')) {
+    throw new OnestepError(`${source}: addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim`);
+  }
   return {
     in_channels: json.in_channels ?? 4,
     out_channels: json.out_channels ?? 4,
@@ -101,6 +109,12 @@ export function normalizeUNetConfig(json: Record<string, any>, source = 'unet co
     act_fn: json.act_fn ?? 'silu',
     time_cond_proj_dim: json.time_cond_proj_dim ?? null,
     sample_size: json.sample_size ?? 64,
+    // diffusers: an explicit null means no mid block (SDXS); absent means the default cross-attention mid block.
+    mid_block_type: 'mid_block_type' in json && json.mid_block_type === null ? null : 'UNetMidBlock2DCrossAttn',
+    only_cross_attention: perBlock<boolean>(json.only_cross_attention ?? false, n, 'only_cross_attention', source),
+    addition_embed_type: textTime ? 'text_time' : null,
+    addition_time_embed_dim: textTime ? json.addition_time_embed_dim : null,
+    projection_class_embeddings_input_dim: textTime ? json.projection_class_embeddings_input_dim : null,
   };
 }
 
@@ -174,24 +188,25 @@ function feedForward(g: Graph, x: Value, prefix: string): Value {
   });
 }
 
-function basicTransformerBlock(g: Graph, cfg: UNetConfig, x: Value, context: Value, heads: number, prefix: string): Value {
+/** `onlyCross`: attn1 attends to the context too (diffusers' only_cross_attention). */
+function basicTransformerBlock(g: Graph, cfg: UNetConfig, x: Value, context: Value, heads: number, prefix: string, onlyCross: boolean): Value {
   return g.scope(lastPart(prefix), () => {
     const eps = 1e-5;
-    let h = g.add(attention(g, cfg, g.layerNorm(x, `${prefix}.norm1`, eps), undefined, heads, `${prefix}.attn1`), x);
+    let h = g.add(attention(g, cfg, g.layerNorm(x, `${prefix}.norm1`, eps), onlyCross ? context : undefined, heads, `${prefix}.attn1`), x);
     h = g.add(attention(g, cfg, g.layerNorm(h, `${prefix}.norm2`, eps), context, heads, `${prefix}.attn2`), h);
     return g.add(feedForward(g, g.layerNorm(h, `${prefix}.norm3`, eps), `${prefix}.ff`), h);
   });
 }
 
 /** Transformer2DModel (continuous input): GroupNorm -> proj_in -> transformer blocks -> proj_out -> + residual. */
-function transformer2DModel(g: Graph, cfg: UNetConfig, x: Value, context: Value, heads: number, layers: number, prefix: string): Value {
+function transformer2DModel(g: Graph, cfg: UNetConfig, x: Value, context: Value, heads: number, layers: number, prefix: string, onlyCross = false): Value {
   return g.scope(lastPart(prefix), () => {
     const inner = g.weightShape(`${prefix}.proj_in.weight`)[0];
     const toTokens = (t: Value) => g.transpose(g.reshape(t, [0, inner, -1]), [0, 2, 1]); // NCHW -> [B, HW, C]
     const toImage = (t: Value) => g.node('Reshape', [g.transpose(t, [0, 2, 1]), g.shape(x)])[0];
     let h = g.groupNorm(x, `${prefix}.norm`, cfg.norm_num_groups, 1e-6);
     h = cfg.use_linear_projection ? linearOrConv1x1(g, toTokens(h), `${prefix}.proj_in`) : toTokens(g.conv2d(h, `${prefix}.proj_in`));
-    for (let i = 0; i < layers; i++) h = basicTransformerBlock(g, cfg, h, context, heads, `${prefix}.transformer_blocks.${i}`);
+    for (let i = 0; i < layers; i++) h = basicTransformerBlock(g, cfg, h, context, heads, `${prefix}.transformer_blocks.${i}`, onlyCross);
     h = cfg.use_linear_projection ? toImage(linearOrConv1x1(g, h, `${prefix}.proj_out`)) : g.conv2d(toImage(h), `${prefix}.proj_out`);
     return g.add(h, x);
   });
@@ -239,7 +254,9 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
     const context = g.cast(x.encoderHiddenStates, g.dtype);
 
     const tEmb = timestepEmbedding(g, g.cast(x.timestep, 'float32'), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift);
-    const tembAct = g.silu(timeEmbedding(g, g.cast(tEmb, g.dtype), `${prefix}.time_embedding`));
+    let temb = timeEmbedding(g, g.cast(tEmb, g.dtype), `${prefix}.time_embedding`);
+    if (cfg.addition_embed_type === 'text_time') temb = g.add(temb, addTextTimeEmbedding(g, cfg, x, prefix));
+    const tembAct = g.silu(temb);
 
     let h = g.conv2d(g.cast(x.sample, g.dtype), `${prefix}.conv_in`);
     const skips: Value[] = [h];
@@ -251,7 +268,7 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
         for (let j = 0; j < cfg.layers_per_block; j++) {
           y = resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.${j}`);
           if (cfg.down_block_types[i] === 'CrossAttnDownBlock2D') {
-            y = transformer2DModel(g, cfg, y, context, heads[i], cfg.transformer_layers_per_block[i], `${p}.attentions.${j}`);
+            y = transformer2DModel(g, cfg, y, context, heads[i], cfg.transformer_layers_per_block[i], `${p}.attentions.${j}`, cfg.only_cross_attention[i]);
           }
           skips.push(y);
         }
@@ -263,15 +280,19 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
       });
     }
 
-    h = g.scope('mid_block', () => {
-      const p = `${prefix}.mid_block`;
-      let y = resnetBlock2D(g, cfg, h, tembAct, `${p}.resnets.0`, cfg.mid_block_scale_factor);
-      y = transformer2DModel(g, cfg, y, context, heads[n - 1], cfg.transformer_layers_per_block[n - 1], `${p}.attentions.0`);
-      return resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.1`, cfg.mid_block_scale_factor);
-    });
+    // SDXS (mid_block_type null) has none: the deepest down output goes straight to the up path.
+    if (cfg.mid_block_type !== null) {
+      h = g.scope('mid_block', () => {
+        const p = `${prefix}.mid_block`;
+        let y = resnetBlock2D(g, cfg, h, tembAct, `${p}.resnets.0`, cfg.mid_block_scale_factor);
+        y = transformer2DModel(g, cfg, y, context, heads[n - 1], cfg.transformer_layers_per_block[n - 1], `${p}.attentions.0`);
+        return resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.1`, cfg.mid_block_scale_factor);
+      });
+    }
 
     const upHeads = [...heads].reverse();
     const upLayers = [...cfg.transformer_layers_per_block].reverse();
+    const upOnlyCross = [...cfg.only_cross_attention].reverse();
     for (let i = 0; i < n; i++) {
       const p = `${prefix}.up_blocks.${i}`;
       h = g.scope(`up_blocks.${i}`, () => {
@@ -280,7 +301,7 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
           y = g.concat([y, skips.pop()!], 1);
           y = resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.${j}`);
           if (cfg.up_block_types[i] === 'CrossAttnUpBlock2D') {
-            y = transformer2DModel(g, cfg, y, context, upHeads[i], upLayers[i], `${p}.attentions.${j}`);
+            y = transformer2DModel(g, cfg, y, context, upHeads[i], upLayers[i], `${p}.attentions.${j}`, upOnlyCross[i]);
           }
         }
         if (i < n - 1) y = upsample2D(g, y, skips[skips.length - 1], `${p}.upsamplers.0`);
@@ -293,13 +314,40 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
   });
 }
 
-/** The standalone UNet graph: float32 inputs `sample`, `timestep`, `encoder_hidden_states`; float32 `out_sample`. */
+/**
+ * SDXL's added conditioning (addition_embed_type text_time): add_time_proj, the sinusoidal embedding of each of the
+ * six time ids, flattened and concatenated after the pooled text embedding, then add_embedding (linear, silu, linear).
+ */
+function addTextTimeEmbedding(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix: string): Value {
+  if (!x.textEmbeds || !x.timeIds) throw new OnestepError('a text_time UNet needs text_embeds and time_ids inputs');
+  const dim = cfg.addition_time_embed_dim!;
+  return g.scope('add_embedding', () => {
+    const ids = g.reshape(g.cast(x.timeIds!, 'float32'), [-1]);
+    const timeEmbeds = g.reshape(timestepEmbedding(g, ids, dim, cfg.flip_sin_to_cos, cfg.freq_shift), [-1, 6 * dim]);
+    const addEmbeds = g.concat([g.cast(x.textEmbeds!, g.dtype), g.cast(timeEmbeds, g.dtype)], 1);
+    return g.linear(g.silu(g.linear(addEmbeds, `${prefix}.add_embedding.linear_1`)), `${prefix}.add_embedding.linear_2`);
+  });
+}
+
+/** Width of SDXL's pooled text embedding input: projection_class_embeddings_input_dim less the six time embeddings. */
+export function textEmbedsDim(cfg: UNetConfig): number | null {
+  if (cfg.addition_embed_type !== 'text_time') return null;
+  return cfg.projection_class_embeddings_input_dim! - 6 * cfg.addition_time_embed_dim!;
+}
+
+/**
+ * The standalone UNet graph: float32 inputs `sample`, `timestep`, `encoder_hidden_states` (and for SDXL
+ * `text_embeds`, `time_ids`); float32 `out_sample`.
+ */
 export function buildUNetGraph(weights: WeightSource, cfg: UNetConfig, dtype: 'float32' | 'float16'): Graph {
   const g = new Graph('unet', weights, dtype);
   const sample = g.input('sample', 'float32', ['batch', cfg.in_channels, 'height', 'width']);
   const timestep = g.input('timestep', 'float32', ['batch']);
   const encoderHiddenStates = g.input('encoder_hidden_states', 'float32', ['batch', 'sequence', cfg.cross_attention_dim]);
-  const out = unet(g, cfg, { sample, timestep, encoderHiddenStates });
+  const pooledDim = textEmbedsDim(cfg);
+  const textEmbeds = pooledDim === null ? undefined : g.input('text_embeds', 'float32', ['batch', pooledDim]);
+  const timeIds = pooledDim === null ? undefined : g.input('time_ids', 'float32', ['batch', 6]);
+  const out = unet(g, cfg, { sample, timestep, encoderHiddenStates, textEmbeds, timeIds });
   g.output(g.cast(out, 'float32'), 'out_sample', ['batch', cfg.out_channels, 'height', 'width']);
   return g;
 }

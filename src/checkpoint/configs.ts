@@ -28,6 +28,14 @@ export interface UNetConfig {
   /** Guidance-embedding input (LCM-style w embedding); 0 / null when absent. */
   time_cond_proj_dim: number | null;
   sample_size: number;
+  /** null: no mid block (SDXS); diffusers' default is the cross-attention mid block. */
+  mid_block_type: 'UNetMidBlock2DCrossAttn' | null;
+  /** Per down block (up blocks reversed): attn1 attends to the text too. */
+  only_cross_attention: boolean[];
+  /** SDXL's added conditioning: pooled text embedding and six time ids. */
+  addition_embed_type: 'text_time' | null;
+  addition_time_embed_dim: number | null;
+  projection_class_embeddings_input_dim: number | null;
 }
 
 export interface VaeConfig {

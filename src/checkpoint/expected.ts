@@ -31,14 +31,14 @@ function resnet(out: ShapeMap, name: string, cin: number, cout: number, temb: nu
   if (cin !== cout) conv(out, `${name}.conv_shortcut`, cout, cin, 1);
 }
 
-function transformer2d(out: ShapeMap, name: string, c: number, ctx: number, depth: number, linearProj: boolean): void {
+function transformer2d(out: ShapeMap, name: string, c: number, ctx: number, depth: number, linearProj: boolean, onlyCross = false): void {
   norm(out, `${name}.norm`, c);
   const proj = (p: string): void => (linearProj ? linear(out, p, c, c) : conv(out, p, c, c, 1));
   proj(`${name}.proj_in`);
   for (let d = 0; d < depth; d++) {
     const b = `${name}.transformer_blocks.${d}`;
     for (const n of ['norm1', 'norm2', 'norm3']) norm(out, `${b}.${n}`, c);
-    for (const [attn, kv] of [['attn1', c], ['attn2', ctx]] as const) {
+    for (const [attn, kv] of [['attn1', onlyCross ? ctx : c], ['attn2', ctx]] as const) {
       linear(out, `${b}.${attn}.to_q`, c, c, false);
       linear(out, `${b}.${attn}.to_k`, c, kv, false);
       linear(out, `${b}.${attn}.to_v`, c, kv, false);
@@ -63,21 +63,28 @@ export function expectedUnetTensors(cfg: UNetConfig, prefix = 'unet.'): ShapeMap
   linear(out, 'time_embedding.linear_1', temb, ch[0]);
   linear(out, 'time_embedding.linear_2', temb, temb);
   if (cfg.time_cond_proj_dim) linear(out, 'time_embedding.cond_proj', ch[0], cfg.time_cond_proj_dim, false);
+  if (cfg.addition_embed_type === 'text_time') {
+    linear(out, 'add_embedding.linear_1', temb, cfg.projection_class_embeddings_input_dim!);
+    linear(out, 'add_embedding.linear_2', temb, temb);
+  }
   for (let i = 0; i < n; i++) {
     const cin = i === 0 ? ch[0] : ch[i - 1];
     const cross = cfg.down_block_types[i] === 'CrossAttnDownBlock2D';
     for (let j = 0; j < L; j++) {
       resnet(out, `down_blocks.${i}.resnets.${j}`, j === 0 ? cin : ch[i], ch[i], temb);
-      if (cross) transformer2d(out, `down_blocks.${i}.attentions.${j}`, ch[i], ctx, depth[i], lin);
+      if (cross) transformer2d(out, `down_blocks.${i}.attentions.${j}`, ch[i], ctx, depth[i], lin, cfg.only_cross_attention[i]);
     }
     if (i < n - 1) conv(out, `down_blocks.${i}.downsamplers.0.conv`, ch[i], ch[i], 3);
   }
   const last = ch[n - 1];
-  resnet(out, 'mid_block.resnets.0', last, last, temb);
-  transformer2d(out, 'mid_block.attentions.0', last, ctx, depth[n - 1], lin);
-  resnet(out, 'mid_block.resnets.1', last, last, temb);
+  if (cfg.mid_block_type !== null) {
+    resnet(out, 'mid_block.resnets.0', last, last, temb);
+    transformer2d(out, 'mid_block.attentions.0', last, ctx, depth[n - 1], lin);
+    resnet(out, 'mid_block.resnets.1', last, last, temb);
+  }
   const rev = [...ch].reverse();
   const revDepth = [...depth].reverse();
+  const revOnlyCross = [...cfg.only_cross_attention].reverse();
   for (let i = 0; i < n; i++) {
     const cout = rev[i];
     const prev = i === 0 ? rev[0] : rev[i - 1];
@@ -87,7 +94,7 @@ export function expectedUnetTensors(cfg: UNetConfig, prefix = 'unet.'): ShapeMap
       const skip = j === L ? skipIn : cout;
       const resIn = j === 0 ? prev : cout;
       resnet(out, `up_blocks.${i}.resnets.${j}`, resIn + skip, cout, temb);
-      if (cross) transformer2d(out, `up_blocks.${i}.attentions.${j}`, cout, ctx, revDepth[i], lin);
+      if (cross) transformer2d(out, `up_blocks.${i}.attentions.${j}`, cout, ctx, revDepth[i], lin, revOnlyCross[i]);
     }
     if (i < n - 1) conv(out, `up_blocks.${i}.upsamplers.0.conv`, cout, cout, 3);
   }

@@ -94,25 +94,52 @@ export function unetConfigFromJson(raw: Json, base?: UNetConfig): UNetConfig {
     act_fn: str(raw, 'act_fn', base?.act_fn ?? 'silu'),
     time_cond_proj_dim: numOrNull(raw, 'time_cond_proj_dim', base?.time_cond_proj_dim ?? null),
     sample_size: num(raw, 'sample_size', base?.sample_size ?? 64),
+    // An explicit null means no mid block (SDXS); absent means diffusers' default cross-attention mid block.
+    mid_block_type: 'mid_block_type' in raw ? (raw.mid_block_type === null ? null : 'UNetMidBlock2DCrossAttn') : (base?.mid_block_type ?? 'UNetMidBlock2DCrossAttn'),
+    only_cross_attention: boolPerBlock(raw, 'only_cross_attention', n, base?.only_cross_attention ?? Array(n).fill(false)),
+    ...additionEmbedding(raw, base),
+  };
+}
+
+function boolPerBlock(raw: Json, key: string, blocks: number, fallback: boolean[]): boolean[] {
+  const v = raw[key];
+  if (typeof v === 'boolean') return Array(blocks).fill(v);
+  if (Array.isArray(v) && v.length === blocks && v.every((x) => typeof x === 'boolean')) return [...v];
+  return fallback;
+}
+
+function additionEmbedding(raw: Json, base?: UNetConfig): Pick<UNetConfig, 'addition_embed_type' | 'addition_time_embed_dim' | 'projection_class_embeddings_input_dim'> {
+  const type = 'addition_embed_type' in raw ? (raw.addition_embed_type === 'text_time' ? 'text_time' : null) : (base?.addition_embed_type ?? null);
+  return {
+    addition_embed_type: type,
+    addition_time_embed_dim: type ? numOrNull(raw, 'addition_time_embed_dim', base?.addition_time_embed_dim ?? null) : null,
+    projection_class_embeddings_input_dim: type ? numOrNull(raw, 'projection_class_embeddings_input_dim', base?.projection_class_embeddings_input_dim ?? null) : null,
   };
 }
 
 /** Features of a UNet config.json this tool does not build; each gives one clear error. */
 export function unsupportedUnetFeatures(raw: Json): string[] {
   const out: string[] = [];
-  for (const key of ['class_embed_type', 'addition_embed_type', 'encoder_hid_dim', 'num_class_embeds']) {
+  for (const key of ['class_embed_type', 'encoder_hid_dim', 'num_class_embeds']) {
     if (raw[key] !== undefined && raw[key] !== null) out.push(`${key}=${JSON.stringify(raw[key])}`);
+  }
+  if (raw.addition_embed_type != null && raw.addition_embed_type !== 'text_time') out.push(`addition_embed_type=${JSON.stringify(raw.addition_embed_type)}`);
+  if (raw.addition_embed_type === 'text_time' && (typeof raw.addition_time_embed_dim !== 'number' || typeof raw.projection_class_embeddings_input_dim !== 'number')) {
+    out.push('addition_embed_type="text_time" without addition_time_embed_dim / projection_class_embeddings_input_dim');
+  }
+  const onlyCross = raw.only_cross_attention;
+  if (onlyCross != null && typeof onlyCross !== 'boolean' && !(Array.isArray(onlyCross) && onlyCross.every((x) => typeof x === 'boolean'))) {
+    out.push(`only_cross_attention=${JSON.stringify(onlyCross)}`);
   }
   const expect: Record<string, unknown> = {
     time_embedding_type: 'positional',
     resnet_time_scale_shift: 'default',
     conv_in_kernel: 3,
     conv_out_kernel: 3,
-    mid_block_type: 'UNetMidBlock2DCrossAttn',
-    only_cross_attention: false,
     dual_cross_attention: false,
     center_input_sample: false,
   };
+  if (raw.mid_block_type != null && raw.mid_block_type !== 'UNetMidBlock2DCrossAttn') out.push(`mid_block_type=${JSON.stringify(raw.mid_block_type)}`);
   for (const [key, ok] of Object.entries(expect)) {
     if (raw[key] !== undefined && raw[key] !== null && JSON.stringify(raw[key]) !== JSON.stringify(ok)) {
       out.push(`${key}=${JSON.stringify(raw[key])}`);
@@ -218,7 +245,7 @@ export function sd2HeadsFor(channels: number): number {
  * UNetConfig from the shapes of `unet.*` canonical tensors. Heads: SD 1.x 8 per attention (diffusers'
  * `attention_head_dim: 8`), SD 2.x channels/64 per block (diffusers' single-file rule: head dim 64).
  */
-export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' | 'sd2', file: string): UNetConfig {
+export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' | 'sd2' | 'sdxl', file: string, pooledDim?: number): UNetConfig {
   const blocks = count(names, /^unet\.down_blocks\.(\d+)\./);
   if (blocks === 0) throw new BadInputError(file, `no UNet down blocks found`);
   const block_out_channels = Array.from({ length: blocks }, (_, i) => need(metaOf, `unet.down_blocks.${i}.resnets.0.conv2.weight`, file)[0]);
@@ -232,6 +259,9 @@ export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' |
   );
   const condProj = metaOf('unet.time_embedding.cond_proj.weight');
   const heads = family === 'sd1' ? block_out_channels.map(() => 8) : block_out_channels.map(sd2HeadsFor);
+  const addIn = metaOf('unet.add_embedding.linear_1.weight')?.shape[1];
+  // SDXL: add_embedding's input is the pooled text embedding plus six time-id embeddings (SDXL base: 1280 + 6 x 256).
+  const timeDim = addIn === undefined ? null : pooledDim !== undefined ? (addIn - pooledDim) / 6 : 256;
   return {
     in_channels: need(metaOf, 'unet.conv_in.weight', file)[1],
     out_channels: need(metaOf, 'unet.conv_out.weight', file)[0],
@@ -241,9 +271,9 @@ export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' |
     layers_per_block,
     attention_head_dim: heads,
     num_attention_heads: null,
-    cross_attention_dim: crossKey ? need(metaOf, crossKey, file)[1] : family === 'sd1' ? 768 : 1024,
+    cross_attention_dim: crossKey ? need(metaOf, crossKey, file)[1] : { sd1: 768, sd2: 1024, sdxl: 2048 }[family],
     transformer_layers_per_block,
-    use_linear_projection: projIn ? need(metaOf, projIn, file).length === 2 : family === 'sd2',
+    use_linear_projection: projIn ? need(metaOf, projIn, file).length === 2 : family !== 'sd1',
     upcast_attention: false,
     norm_num_groups: 32,
     norm_eps: 1e-5,
@@ -253,7 +283,12 @@ export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' |
     mid_block_scale_factor: 1,
     act_fn: 'silu',
     time_cond_proj_dim: condProj ? condProj.shape[1] : null,
-    sample_size: 64,
+    sample_size: family === 'sdxl' ? 128 : 64,
+    mid_block_type: names.some((n) => n.startsWith('unet.mid_block.')) ? 'UNetMidBlock2DCrossAttn' : null,
+    only_cross_attention: Array(blocks).fill(false),
+    addition_embed_type: addIn === undefined ? null : 'text_time',
+    addition_time_embed_dim: timeDim,
+    projection_class_embeddings_input_dim: addIn ?? null,
   };
 }
 

@@ -4,14 +4,16 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { UNetConfig } from '../../src/checkpoint/configs.js';
-import { buildUNetGraph, normalizeUNetConfig, timestepFrequencies } from '../../src/architectures/unet.js';
+import { buildUNetGraph, normalizeUNetConfig, textEmbedsDim, timestepFrequencies } from '../../src/architectures/unet.js';
 import { OnestepError } from '../../src/errors.js';
 import { writeModel } from '../../src/onnx/write-model.js';
 import { f16ToF32, f32ToF16 } from '../../src/safetensors/dtypes.js';
 import { AMPLIFICATION, caseBound, ulpSensitivity } from '../support/bounds.js';
 import { folderConfig, folderWeights, goldens, relErr, type Tensor } from '../support/fixtures.js';
 
-type Model = 'tiny-sd15' | 'tiny-sd21';
+type Model = 'tiny-sd15' | 'tiny-sd21' | 'tiny-sdxl' | 'tiny-sdxs';
+/** The UNet's inputs besides sample and timestep: encoder_hidden_states, and SDXL's text_embeds and time_ids. */
+type Conditioning = Record<string, Tensor>;
 type DType = 'float32' | 'float16';
 const TOLERANCE = { float32: 1e-4, float16: 2e-2 } as const;
 
@@ -33,23 +35,26 @@ async function session(model: Model, cfg: UNetConfig, dtype: DType): Promise<ort
   return s;
 }
 
-async function run(s: ort.InferenceSession, sample: Float32Array, shape: number[], timesteps: number[], context: Tensor): Promise<{ out: ort.Tensor; ms: number }> {
+async function run(s: ort.InferenceSession, sample: Float32Array, shape: number[], timesteps: number[], cond: Conditioning): Promise<{ out: ort.Tensor; ms: number }> {
   const t0 = performance.now();
   const result = await s.run({
     sample: new ort.Tensor('float32', sample, shape),
     timestep: new ort.Tensor('float32', Float32Array.from(timesteps), [timesteps.length]),
-    encoder_hidden_states: new ort.Tensor('float32', context.data, context.shape),
+    ...Object.fromEntries(Object.entries(cond).map(([k, t]) => [k, new ort.Tensor('float32', t.data, t.shape)])),
   });
   return { out: result.out_sample, ms: performance.now() - t0 };
 }
 
 const roundToF16 = (a: Float32Array) => f16ToF32(f32ToF16(a));
 
-for (const model of ['tiny-sd15', 'tiny-sd21'] as const) {
+for (const model of ['tiny-sd15', 'tiny-sd21', 'tiny-sdxl', 'tiny-sdxs'] as const) {
   describe(`architectures/unet ${model}`, () => {
     const gold = goldens(model);
     const get = (name: string) => gold.get(name)!;
     const cfg = normalizeUNetConfig(folderConfig(model, 'unet'));
+    const cond: Conditioning = Object.fromEntries(
+      ['encoder_hidden_states', 'text_embeds', 'time_ids'].filter((k) => gold.has(`unet.${k}`)).map((k) => [k, get(`unet.${k}`)]),
+    );
     const sessions = {} as Record<DType, ort.InferenceSession>;
 
     before(async () => {
@@ -65,15 +70,15 @@ for (const model of ['tiny-sd15', 'tiny-sd21'] as const) {
       { label: 'unet.out_t500', sample: 'unet.sample', timesteps: () => [500, 500] },
       { label: 'unet.out_mixed', sample: 'unet.sample', timesteps: () => Array.from(get('unet.timesteps_mixed').data) },
       { label: 'unet16.out_t999', sample: 'unet16.sample', timesteps: () => [999, 999] },
-    ];
+    ].filter((c) => gold.has(c.label));
 
     for (const c of cases) {
       it(`float32 reproduces ${c.label} within ${TOLERANCE.float32} (or ${AMPLIFICATION}x its 1-ulp sensitivity)`, async () => {
         const sample = get(c.sample);
-        const { out, ms } = await run(sessions.float32, sample.data, sample.shape, c.timesteps(), get('unet.encoder_hidden_states'));
+        const { out, ms } = await run(sessions.float32, sample.data, sample.shape, c.timesteps(), cond);
         assert.deepEqual(out.dims, get(c.label).shape);
         const err = relErr(out.data as Float32Array, get(c.label).data);
-        const runAt = async (x: Float32Array) => (await run(sessions.float32, x, sample.shape, c.timesteps(), get('unet.encoder_hidden_states'))).out.data as Float32Array;
+        const runAt = async (x: Float32Array) => (await run(sessions.float32, x, sample.shape, c.timesteps(), cond)).out.data as Float32Array;
         const sensitivity = await ulpSensitivity(runAt, sample.data);
         const bound = caseBound(TOLERANCE.float32, sensitivity);
         console.log(`      relErr ${err.toExponential(2)} (1-ulp sensitivity ${sensitivity.toExponential(2)}, bound ${bound.toExponential(2)}), ${ms.toFixed(1)} ms`);
@@ -86,11 +91,10 @@ for (const model of ['tiny-sd15', 'tiny-sd21'] as const) {
       // higher, stay within twice the floor.
       it(`float16 reproduces ${c.label} within ${TOLERANCE.float16} (or 2x the fp16-input floor)`, async () => {
         const sample = get(c.sample);
-        const context = get('unet.encoder_hidden_states');
-        const { out, ms } = await run(sessions.float16, sample.data, sample.shape, c.timesteps(), context);
+        const { out, ms } = await run(sessions.float16, sample.data, sample.shape, c.timesteps(), cond);
         assert.deepEqual(out.dims, get(c.label).shape);
         const err = relErr(out.data as Float32Array, get(c.label).data);
-        const floorRun = await run(sessions.float32, roundToF16(sample.data), sample.shape, c.timesteps(), context);
+        const floorRun = await run(sessions.float32, roundToF16(sample.data), sample.shape, c.timesteps(), cond);
         const floor = relErr(floorRun.out.data as Float32Array, get(c.label).data);
         const bound = Math.max(TOLERANCE.float16, 2 * floor);
         console.log(`      relErr ${err.toExponential(2)} (floor ${floor.toExponential(2)}, bound ${bound.toExponential(2)}), ${ms.toFixed(1)} ms`);
@@ -102,7 +106,7 @@ for (const model of ['tiny-sd15', 'tiny-sd21'] as const) {
       const s = await session(model, { ...cfg, upcast_attention: true }, 'float16');
       try {
         const sample = get('unet.sample');
-        const { out } = await run(s, sample.data, sample.shape, [500, 500], get('unet.encoder_hidden_states'));
+        const { out } = await run(s, sample.data, sample.shape, [500, 500], cond);
         const err = relErr(out.data as Float32Array, get('unet.out_t500').data);
         console.log(`      relErr ${err.toExponential(2)}`);
         assert.ok(err <= TOLERANCE.float16, `relErr ${err}`);
@@ -125,6 +129,21 @@ describe('architectures/unet config and timestep frequencies', () => {
     assert.equal(sd21.use_linear_projection, true);
   });
 
+  it('reads SDXL added conditioning and SDXS\'s missing mid block', () => {
+    const sdxl = normalizeUNetConfig(folderConfig('tiny-sdxl', 'unet'));
+    assert.equal(sdxl.addition_embed_type, 'text_time');
+    assert.equal(sdxl.addition_time_embed_dim, 8);
+    assert.equal(textEmbedsDim(sdxl), 12);
+    assert.deepEqual(sdxl.transformer_layers_per_block, [1, 1, 2]);
+    assert.equal(sdxl.mid_block_type, 'UNetMidBlock2DCrossAttn');
+    const sdxs = normalizeUNetConfig(folderConfig('tiny-sdxs', 'unet'));
+    assert.equal(sdxs.mid_block_type, null);
+    assert.equal(sdxs.layers_per_block, 1);
+    assert.equal(textEmbedsDim(sdxs), null);
+    assert.deepEqual(normalizeUNetConfig({ ...folderConfig('tiny-sdxs', 'unet'), only_cross_attention: true }).only_cross_attention, [true, true, true]);
+    assert.equal(normalizeUNetConfig({}).mid_block_type, 'UNetMidBlock2DCrossAttn');
+  });
+
   it('fills diffusers defaults for absent fields', () => {
     const cfg = normalizeUNetConfig({});
     assert.deepEqual(cfg.block_out_channels, [320, 640, 1280, 1280]);
@@ -138,7 +157,9 @@ describe('architectures/unet config and timestep frequencies', () => {
     const base = folderConfig('tiny-sd15', 'unet');
     const bad = (json: object, pattern: RegExp) =>
       assert.throws(() => normalizeUNetConfig({ ...base, ...json }, 'x/unet/config.json'), (e: unknown) => e instanceof OnestepError && pattern.test(e.message));
-    bad({ addition_embed_type: 'text_time' }, /^x\/unet\/config.json: addition_embed_type/);
+    bad({ addition_embed_type: 'image' }, /^x\/unet\/config.json: addition_embed_type/);
+    bad({ addition_embed_type: 'text_time' }, /text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim/);
+    bad({ mid_block_type: 'UNetMidBlock2DSimpleCrossAttn' }, /mid_block_type/);
     bad({ time_cond_proj_dim: 256 }, /time_cond_proj_dim/);
     bad({ down_block_types: ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'SimpleCrossAttnDownBlock2D', 'DownBlock2D'] }, /SimpleCrossAttnDownBlock2D/);
     bad({ attention_head_dim: [1, 2] }, /attention_head_dim has 2 entries for 4/);

@@ -76,7 +76,11 @@ describe('checkpoint/infer-config', () => {
     assert.deepEqual(u2.num_attention_heads, [5, 5]);
     assert.equal(u2.cross_attention_dim, 1280);
     assert.deepEqual(unsupportedUnetFeatures(await json(join(FIX, 'tiny-sd21', 'unet', 'config.json'))), []);
-    assert.deepEqual(unsupportedUnetFeatures({ addition_embed_type: 'text_time', conv_in_kernel: 3 }), ['addition_embed_type="text_time"']);
+    assert.deepEqual(unsupportedUnetFeatures({ addition_embed_type: 'image', conv_in_kernel: 3 }), ['addition_embed_type="image"']);
+    for (const m of ['tiny-sdxl', 'tiny-sdxs']) assert.deepEqual(unsupportedUnetFeatures(await json(join(FIX, m, 'unet', 'config.json'))), [], m);
+    const xl = unetConfigFromJson(await json(join(FIX, 'tiny-sdxl', 'unet', 'config.json')));
+    assert.deepEqual([xl.addition_embed_type, xl.addition_time_embed_dim, xl.projection_class_embeddings_input_dim], ['text_time', 8, 60]);
+    assert.equal(unetConfigFromJson(await json(join(FIX, 'tiny-sdxs', 'unet', 'config.json'))).mid_block_type, null);
 
     const v = vaeConfigFromJson(await json(join(FIX, 'tiny-sd15', 'vae', 'config.json')));
     assert.deepEqual(v.block_out_channels, [32, 32, 32, 32]);
