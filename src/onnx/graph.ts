@@ -44,6 +44,8 @@ function typedBytes(type: ElemType, values: ArrayLike<number | bigint>): Uint8Ar
   switch (type) {
     case 'float32':
       return new Uint8Array(Float32Array.from(values as ArrayLike<number>).buffer);
+    case 'float64':
+      return new Uint8Array(Float64Array.from(values as ArrayLike<number>).buffer);
     case 'int64':
       return new Uint8Array(BigInt64Array.from(Array.from(values, (v) => BigInt(v))).buffer);
     case 'int32':

@@ -1,0 +1,261 @@
+/**
+ * PixArtTransformer2DModel (diffusers), the DiT of PixArt-alpha and PixArt-sigma, built as an ONNX graph: patch
+ * embedding plus a 2D sin-cos position embedding for the actual latent size, adaLN-single (one timestep embedding
+ * and t_block shared by all blocks, each block adding its own scale_shift_table), caption projection, transformer
+ * blocks (self-attention, cross-attention on the caption with the tokenizer's mask, feed-forward), the final
+ * modulated LayerNorm and projection, and unpatchify. Weights are read under `transformer.` as diffusers names them.
+ */
+import type { WeightSource } from '../checkpoint/weight-source.js';
+import { OnestepError } from '../errors.js';
+import { Graph, type Value } from '../onnx/graph.js';
+import { timestepFrequencies } from './unet.js';
+
+export interface PixArtConfig {
+  in_channels: number;
+  out_channels: number;
+  num_layers: number;
+  num_attention_heads: number;
+  attention_head_dim: number;
+  patch_size: number;
+  sample_size: number;
+  caption_channels: number;
+  cross_attention_dim: number;
+  norm_eps: number;
+  norm_elementwise_affine: boolean;
+  /** interpolation_scale for the position embedding: the config's, else max(sample_size // 64, 1). */
+  interpolation_scale: number;
+  /** micro-conditions (resolution, aspect ratio): PixArt-alpha 1024's adaLN-single. */
+  use_additional_conditions: boolean;
+}
+
+/** Config fields whose non-default values change the network in ways this file does not build. */
+const UNSUPPORTED: [field: string, isDefault: (v: unknown) => boolean][] = [
+  ['norm_type', (v) => v == null || v === 'ada_norm_single'],
+  ['attention_type', (v) => v == null || v === 'default'],
+  ['activation_fn', (v) => v == null || v === 'gelu-approximate'],
+  ['upcast_attention', (v) => v == null || v === false],
+  ['attention_bias', (v) => v == null || v === true],
+  ['num_vector_embeds', (v) => v == null],
+  ['use_linear_projection', (v) => v == null || v === false],
+  ['only_cross_attention', (v) => v == null || v === false],
+  ['double_self_attention', (v) => v == null || v === false],
+  ['num_embeds_ada_norm', (v) => v == null || v === 1000],
+];
+
+/** A diffusers PixArtTransformer2DModel config.json -> PixArtConfig with diffusers' defaults; refuses other variants. */
+export function normalizePixArtConfig(json: Record<string, any>, source = 'transformer config'): PixArtConfig {
+  for (const [field, isDefault] of UNSUPPORTED) {
+    if (field in json && !isDefault(json[field])) {
+      throw new OnestepError(`${source}: ${field} = ${JSON.stringify(json[field])} is not supported (onestep builds PixArtTransformer2DModel as PixArt-alpha and -sigma configure it)`, 'Use a PixArt-alpha or PixArt-sigma transformer.');
+    }
+  }
+  const sampleSize = json.sample_size ?? 128;
+  const heads = json.num_attention_heads ?? 16;
+  const headDim = json.attention_head_dim ?? 72;
+  const inChannels = json.in_channels ?? 4;
+  const useAdditional = json.use_additional_conditions ?? sampleSize === 128; // diffusers' rule when unset
+  if (json.pos_embed_max_size != null) throw new OnestepError(`${source}: pos_embed_max_size is not supported`);
+  if (useAdditional && (heads * headDim) % 3) throw new OnestepError(`${source}: micro-conditions need an inner dimension divisible by 3, got ${heads * headDim}`);
+  return {
+    in_channels: inChannels,
+    out_channels: json.out_channels ?? inChannels,
+    num_layers: json.num_layers ?? 28,
+    num_attention_heads: heads,
+    attention_head_dim: headDim,
+    patch_size: json.patch_size ?? 2,
+    sample_size: sampleSize,
+    caption_channels: json.caption_channels ?? 4096,
+    cross_attention_dim: json.cross_attention_dim ?? heads * headDim,
+    norm_eps: json.norm_eps ?? 1e-6,
+    norm_elementwise_affine: json.norm_elementwise_affine ?? false,
+    interpolation_scale: json.interpolation_scale ?? Math.max(Math.floor(sampleSize / 64), 1),
+    use_additional_conditions: useAdditional,
+  };
+}
+
+export interface PixArtInputs {
+  /** [B, in_channels, H, W] latents */
+  sample: Value;
+  /** [B] float32 */
+  timestep: Value;
+  /** [B, L, caption_channels] T5 hidden states */
+  encoderHiddenStates: Value;
+  /** [B, L] int64, 1 keep / 0 pad */
+  encoderAttentionMask: Value;
+  /** [B, 2] (height, width in pixels) and [B, 1] (height / width): only with use_additional_conditions */
+  resolution?: Value;
+  aspectRatio?: Value;
+}
+
+/** LayerNorm over the last axis with statistics in float32; without weights when the module has no affine part. */
+function layerNorm(g: Graph, x: Value, prefix: string, eps: number, dim: number): Value {
+  if (g.hasWeight(`${prefix}.weight`)) return g.layerNorm(x, prefix, eps);
+  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
+    return g.node('LayerNormalization', [x, g.constant(new Float32Array(dim).fill(1), [dim])], { axis: -1, epsilon: { float: eps }, stash_type: 1 })[0];
+  });
+}
+
+/** diffusers' get_timestep_embedding(flip_sin_to_cos=True, shift 0) of [N] float32 values -> [N, channels] float32. */
+function sinusoidalEmbedding(g: Graph, t: Value, channels: number): Value {
+  const freqs = timestepFrequencies(channels, 0);
+  const args = g.mul(g.unsqueeze(t, [1]), g.constant(freqs, [1, freqs.length], 'float32'));
+  return g.concat([g.cos(args), g.sin(args)], 1);
+}
+
+/** TimestepEmbedding: linear_1 -> silu -> linear_2. */
+function timestepEmbedding(g: Graph, x: Value, prefix: string): Value {
+  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => g.linear(g.silu(g.linear(x, `${prefix}.linear_1`)), `${prefix}.linear_2`));
+}
+
+/**
+ * get_2d_sincos_pos_embed for the latent's patch grid (h, w), computed in the graph so any size works: grid
+ * coordinates in float32 (arange / (n / base_size) / interpolation_scale, as numpy does), the sin/cos in float64, the
+ * result [1, h*w, D] in float32. The first half of D encodes the column, the second the row.
+ */
+export function positionEmbedding(g: Graph, cfg: PixArtConfig, h: Value, w: Value, dim: number): Value {
+  return g.scope('pos_embed', () => {
+    const base = Math.floor(cfg.sample_size / cfg.patch_size);
+    const quarter = dim / 4;
+    const omega = Float64Array.from({ length: quarter }, (_, k) => 1 / 10000 ** (k / quarter));
+    const coords = (n: Value) => {
+      const range = g.cast(g.node('Range', [g.constant([0], [], 'int64'), g.node('Squeeze', [n])[0], g.constant([1], [], 'int64')])[0], 'float32');
+      const step = g.cast(g.div(g.cast(n, 'float64'), g.constant([base], [1], 'float64')), 'float32');
+      const grid = g.div(g.div(range, step), g.constant([cfg.interpolation_scale], [1], 'float32'));
+      const out = g.mul(g.unsqueeze(g.cast(grid, 'float64'), [1]), g.constant(omega, [1, quarter], 'float64'));
+      return g.concat([g.sin(out), g.cos(out)], 1); // [n, D/2]
+    };
+    const cols = coords(w); // [w, D/2]
+    const rows = coords(h); // [h, D/2]
+    const shape = g.concat([h, w, g.ints([dim / 2])], 0);
+    const colPart = g.node('Expand', [g.unsqueeze(cols, [0]), shape])[0];
+    const rowPart = g.node('Expand', [g.unsqueeze(rows, [1]), shape])[0];
+    const emb = g.reshape(g.concat([colPart, rowPart], 2), [1, -1, dim]);
+    return g.cast(emb, 'float32');
+  });
+}
+
+/** Attention with biased to_q/to_k/to_v/to_out.0; `context` is the sequence attended to (self when absent). */
+function attention(g: Graph, x: Value, context: Value | undefined, heads: number, prefix: string, bias?: Value): Value {
+  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
+    const kv = context ?? x;
+    const q = g.linear(x, `${prefix}.to_q`);
+    const k = g.linear(kv, `${prefix}.to_k`);
+    const v = g.linear(kv, `${prefix}.to_v`);
+    return g.linear(g.attention(q, k, v, heads, { attentionBias: bias }), `${prefix}.to_out.0`);
+  });
+}
+
+/** FeedForward with gelu-approximate: net.0.proj -> gelu(tanh) -> net.2. */
+function feedForward(g: Graph, x: Value, prefix: string): Value {
+  return g.scope('ff', () => g.linear(g.gelu(g.linear(x, `${prefix}.net.0.proj`), 'tanh'), `${prefix}.net.2`));
+}
+
+/**
+ * BasicTransformerBlock with norm_type "ada_norm_single": the six modulation vectors are the block's
+ * scale_shift_table plus the shared t_block output; norm2 is applied before the feed-forward only (PixArt's
+ * cross-attention sees the un-normalized hidden states).
+ */
+function adaNormSingleBlock(g: Graph, cfg: PixArtConfig, x: Value, context: Value, tBlock: Value, contextBias: Value, prefix: string): Value {
+  return g.scope(prefix.slice(prefix.lastIndexOf('.', prefix.lastIndexOf('.') - 1) + 1), () => {
+    const dim = cfg.num_attention_heads * cfg.attention_head_dim;
+    const mod = g.add(g.unsqueeze(g.weight(`${prefix}.scale_shift_table`), [0]), g.reshape(tBlock, [0, 6, dim])); // [B, 6, D]
+    const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = g.split(mod, [1, 1, 1, 1, 1, 1], 1);
+    const one = g.scalar(1);
+    const modulate = (t: Value, shift: Value, scale: Value) => g.add(g.mul(t, g.add(one, scale)), shift);
+    const heads = cfg.num_attention_heads;
+    let h = modulate(layerNorm(g, x, `${prefix}.norm1`, cfg.norm_eps, dim), shiftMsa, scaleMsa);
+    h = g.add(g.mul(gateMsa, attention(g, h, undefined, heads, `${prefix}.attn1`)), x);
+    h = g.add(attention(g, h, context, heads, `${prefix}.attn2`, contextBias), h);
+    const n = modulate(layerNorm(g, h, `${prefix}.norm2`, cfg.norm_eps, dim), shiftMlp, scaleMlp);
+    return g.add(g.mul(gateMlp, feedForward(g, n, `${prefix}.ff`)), h);
+  });
+}
+
+/** The transformer on graph values; returns [B, out_channels, H, W] in the graph's dtype. */
+export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, prefix = 'transformer'): Value {
+  return g.scope(prefix, () => {
+    const p = cfg.patch_size;
+    const dim = cfg.num_attention_heads * cfg.attention_head_dim;
+    const sampleShape = g.shape(x.sample);
+    const patch = g.constant([p], [1], 'int64');
+    const h = g.div(g.shape(x.sample, 2, 3), patch);
+    const w = g.div(g.shape(x.sample, 3, 4), patch);
+
+    // PatchEmbed: conv with stride p, flattened to tokens [B, h*w, D], plus the position embedding.
+    let hidden = g.scope('pos_embed', () => {
+      const conv = g.node('Conv', [g.cast(x.sample, g.dtype), g.weight(`${prefix}.pos_embed.proj.weight`), g.weight(`${prefix}.pos_embed.proj.bias`)], {
+        kernel_shape: [p, p],
+        strides: [p, p],
+      })[0];
+      return g.transpose(g.reshape(conv, [0, dim, -1]), [0, 2, 1]);
+    });
+    hidden = g.add(hidden, g.cast(positionEmbedding(g, cfg, h, w, dim), g.dtype));
+
+    // adaLN-single: embedded timestep (plus micro-conditions) -> silu -> linear to the six modulations of every block.
+    const embedded = g.scope('adaln_single', () => {
+      const e = `${prefix}.adaln_single.emb`;
+      let emb = timestepEmbedding(g, g.cast(sinusoidalEmbedding(g, g.cast(x.timestep, 'float32'), 256), g.dtype), `${e}.timestep_embedder`);
+      if (cfg.use_additional_conditions) {
+        if (!x.resolution || !x.aspectRatio) throw new OnestepError('this PixArt transformer needs the resolution and aspect_ratio inputs');
+        const condition = (v: Value, key: string, n: number) => {
+          const flat = g.reshape(g.cast(v, 'float32'), [-1]);
+          const embedded = timestepEmbedding(g, g.cast(sinusoidalEmbedding(g, flat, 256), g.dtype), `${e}.${key}`);
+          return g.reshape(embedded, [-1, n * (dim / 3)]);
+        };
+        emb = g.add(emb, g.concat([condition(x.resolution, 'resolution_embedder', 2), condition(x.aspectRatio, 'aspect_ratio_embedder', 1)], 1));
+      }
+      return emb;
+    });
+    const tBlock = g.scope('adaln_single', () => g.linear(g.silu(embedded), `${prefix}.adaln_single.linear`));
+
+    const context = g.scope('caption_projection', () => {
+      const c = `${prefix}.caption_projection`;
+      return g.linear(g.gelu(g.linear(g.cast(x.encoderHiddenStates, g.dtype), `${c}.linear_1`), 'tanh'), `${c}.linear_2`);
+    });
+    // (1 - mask) * -10000 on the caption tokens, [B, 1, h*w, L] as MultiHeadAttention takes it.
+    const contextBias = g.scope('encoder_attention_mask', () => {
+      const bias = g.mul(g.sub(g.scalar(1), g.cast(x.encoderAttentionMask, g.dtype)), g.scalar(-10000));
+      const shape = g.concat([g.shape(x.encoderAttentionMask, 0, 1), g.ints([1]), g.shape(hidden, 1, 2), g.shape(x.encoderAttentionMask, 1, 2)], 0);
+      return g.node('Expand', [g.unsqueeze(bias, [1, 2]), shape])[0];
+    });
+
+    for (let i = 0; i < cfg.num_layers; i++) {
+      hidden = adaNormSingleBlock(g, cfg, hidden, context, tBlock, contextBias, `${prefix}.transformer_blocks.${i}`);
+    }
+
+    // Final layer: LayerNorm modulated by the table plus the embedded timestep (not t_block), then the projection.
+    const out = g.scope('proj_out', () => {
+      const [shift, scale] = g.split(g.add(g.unsqueeze(g.weight(`${prefix}.scale_shift_table`), [0]), g.unsqueeze(embedded, [1])), [1, 1], 1);
+      const normed = layerNorm(g, hidden, `${prefix}.norm_out`, 1e-6, dim);
+      return g.linear(g.add(g.mul(normed, g.add(g.scalar(1), scale)), shift), `${prefix}.proj_out`);
+    });
+
+    // Unpatchify: [B, h*w, p*p*C] -> [B, h, w, p, p, C] -> [B, C, h, p, w, p] -> [B, C, H, W].
+    return g.scope('unpatchify', () => {
+      const c = cfg.out_channels;
+      const six = g.concat([g.shape(x.sample, 0, 1), h, w, g.ints([p, p, c])], 0);
+      const t = g.transpose(g.node('Reshape', [out, six])[0], [0, 5, 1, 3, 2, 4]);
+      const shape = g.concat([g.node('Slice', [sampleShape, g.ints([0]), g.ints([1]), g.ints([0])])[0], g.ints([c]), g.node('Slice', [sampleShape, g.ints([2]), g.ints([4]), g.ints([0])])[0]], 0);
+      return g.node('Reshape', [t, shape])[0];
+    });
+  });
+}
+
+/**
+ * The standalone denoiser graph (CONTRACTS.md): float32 `sample`, `timestep`, `encoder_hidden_states`, int64
+ * `encoder_attention_mask`, and with micro-conditions float32 `resolution` [B, 2], `aspect_ratio` [B, 1];
+ * float32 `out_sample` [B, out_channels, H, W].
+ */
+export function buildPixArtTransformerGraph(weights: WeightSource, cfg: PixArtConfig, dtype: 'float32' | 'float16'): Graph {
+  const g = new Graph('transformer', weights, dtype);
+  const sample = g.input('sample', 'float32', ['batch', cfg.in_channels, 'height', 'width']);
+  const timestep = g.input('timestep', 'float32', ['batch']);
+  const encoderHiddenStates = g.input('encoder_hidden_states', 'float32', ['batch', 'sequence', cfg.caption_channels]);
+  const encoderAttentionMask = g.input('encoder_attention_mask', 'int64', ['batch', 'sequence']);
+  const extra = cfg.use_additional_conditions
+    ? { resolution: g.input('resolution', 'float32', ['batch', 2]), aspectRatio: g.input('aspect_ratio', 'float32', ['batch', 1]) }
+    : {};
+  const out = pixartTransformer(g, cfg, { sample, timestep, encoderHiddenStates, encoderAttentionMask, ...extra });
+  g.output(g.cast(out, 'float32'), 'out_sample', ['batch', cfg.out_channels, 'height', 'width']);
+  return g;
+}
