@@ -12,7 +12,7 @@ import { BadInputError } from '../errors.js';
 import { matmul } from './matmul.js';
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
 import { SafetensorsFile } from '../safetensors/reader.js';
-import { canonicalUnetToLdm } from '../checkpoint/keymap-sd.js';
+import { canonicalUnetToLdm, type UnetLdmLayout } from '../checkpoint/keymap-sd.js';
 import { transpose2d } from '../checkpoint/sources.js';
 
 /** What LoRA parsing needs from a tensor file; SafetensorsFile has it, tests may pass their own. */
@@ -469,8 +469,26 @@ export interface TargetIndex {
   components: Set<string>;
 }
 
+/**
+ * The base UNet's LDM layout, from its own names: layers per block, and which up blocks have attention (SD: all but
+ * block 0; SDXL: blocks 0 and 1), which decides whether an up block's upsampler is `output_blocks.N.1` or `.2`.
+ */
+function unetLdmLayout(names: string[]): UnetLdmLayout {
+  const resnets = new Set<number>();
+  const upAttention = new Set<number>();
+  for (const n of names) {
+    let m = /^unet\.down_blocks\.0\.resnets\.(\d+)\./.exec(n);
+    if (m) resnets.add(Number(m[1]));
+    m = /^unet\.up_blocks\.(\d+)\.attentions\./.exec(n);
+    if (m) upAttention.add(Number(m[1]));
+  }
+  return { layersPerBlock: resnets.size || 2, upBlockHasAttention: (b) => upAttention.has(b) };
+}
+
 /** Builds the name index once per base from its canonical weight names. */
 export function buildTargetIndex(baseNames: Iterable<string>): TargetIndex {
+  const names = [...baseNames];
+  const layout = unetLdmLayout(names);
   const modules = new Set<string>();
   const underscored = new Map<string, string>();
   const ambiguous = new Set<string>();
@@ -480,7 +498,7 @@ export function buildTargetIndex(baseNames: Iterable<string>): TargetIndex {
     if (prev !== undefined && prev !== module) ambiguous.add(key);
     else underscored.set(key, module);
   };
-  for (const name of baseNames) {
+  for (const name of names) {
     const dot = name.indexOf('.');
     if (dot < 0) continue;
     components.add(name.slice(0, dot));
@@ -492,7 +510,7 @@ export function buildTargetIndex(baseNames: Iterable<string>): TargetIndex {
     add(`${component}:${path.replace(/\./g, '_')}`, module);
     if (component === 'unet') {
       // LDM-style kohya names (`lora_unet_input_blocks_4_1_proj_in`), as SD-trained kohya LoRAs write them.
-      const ldm = canonicalUnetToLdm(`${path}.weight`);
+      const ldm = canonicalUnetToLdm(`${path}.weight`, layout);
       if (ldm !== undefined) add(`unet:${ldm.slice(0, -'.weight'.length).replace(/\./g, '_')}`, module);
     }
   }

@@ -15,7 +15,10 @@ import {
   openClipKeyToCanonical,
   openClipUsedBlocks,
 } from '../../src/checkpoint/keymap-sd.js';
+import { MappedSource } from '../../src/checkpoint/sources.js';
 import { SafetensorsFile } from '../../src/safetensors/reader.js';
+import { TensorSet } from '../../src/safetensors/tensor-set.js';
+import { folderWeights } from '../support/fixtures.js';
 
 async function shapesOf(path: string): Promise<Map<string, number[]>> {
   const f = await SafetensorsFile.open(path);
@@ -162,5 +165,37 @@ describe('checkpoint/keymap-sd', () => {
     const map = buildLdmKeyMap(keys, () => [1], 'clip');
     assert.deepEqual(map.unmapped, keys.slice(1));
     assert.deepEqual([...map.entries.keys()], ['unet.conv_in.weight']);
+  });
+});
+
+describe('checkpoint/keymap-sd SGM (SDXL single files)', () => {
+  it('tiny-sdxl.safetensors: every key maps or is a known extra, onto exactly the folder\'s tensors, value for value', async () => {
+    const file = 'test/fixtures/tiny-sdxl.safetensors';
+    const shapes = await shapesOf(file);
+    const map = buildLdmKeyMap([...shapes.keys()], (k) => shapes.get(k)!, 'sgm');
+    assert.deepEqual(map.unmapped, []);
+    // The extras real SGM files carry and diffusers ignores (fixtures README).
+    const extras = [...shapes.keys()].filter((k) => isKnownIgnorableKey(k));
+    assert.deepEqual(extras.sort(), ['conditioner.embedders.0.transformer.text_model.embeddings.position_ids', 'conditioner.embedders.1.model.logit_scale', 'denoiser.sigmas']);
+    assert.equal(map.layout.unet.layersPerBlock, 2);
+    assert.ok(map.layout.unet.upBlockHasAttention(0) && map.layout.unet.upBlockHasAttention(1) && !map.layout.unet.upBlockHasAttention(2));
+    assert.equal(map.entries.get('unet.add_embedding.linear_1.weight')?.key, 'model.diffusion_model.label_emb.0.0.weight');
+    assert.deepEqual(map.entries.get('text_encoder_2.text_projection.weight'), { key: 'conditioner.embedders.1.model.text_projection', rows: undefined, transpose: true });
+    // SDXL's up block 0 has attention, so its upsampler is output_blocks.2.2 (SD's default layout would say .1).
+    assert.equal(map.entries.get('unet.up_blocks.0.upsamplers.0.conv.weight')?.key, 'model.diffusion_model.output_blocks.2.2.conv.weight');
+    for (const [name, ref] of map.entries) assert.equal(canonicalToLdm(name, map.layout), ref.key, name);
+
+    const folder = folderWeights('tiny-sdxl', ['unet', 'vae', 'text_encoder', 'text_encoder_2']);
+    const set = await TensorSet.open(file);
+    const source = new MappedSource([...map.entries].map(([name, ref]) => [name, { set, ref }]), [set], file);
+    try {
+      assert.deepEqual(source.names(), folder.names().filter((n) => !n.endsWith('position_ids')));
+      for (const name of source.names()) {
+        assert.deepEqual(source.meta(name).shape, folder.meta(name).shape, name);
+        assert.deepEqual(await source.readF32(name), await folder.readF32(name), name);
+      }
+    } finally {
+      await source.close();
+    }
   });
 });

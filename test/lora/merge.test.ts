@@ -47,6 +47,35 @@ describe('lora/merge', () => {
     });
   }
 
+  // SDXL: kohya (lora_unet_ in SGM module names, lora_te1_, lora_te2_) and PEFT (unet., text_encoder., text_encoder_2.).
+  let tinySdxl: ReturnType<typeof folderWeights> | undefined;
+  for (const [style, scale, modules] of [
+    ['kohya', 0.8, 99],
+    ['peft', 0.6, 46],
+  ] as const) {
+    it(`merges the SDXL ${style} fixture at scale ${scale} as diffusers' fuse_lora does (goldens), leaving the rest exact`, async () => {
+      const base = { ...(tinySdxl ??= folderWeights('tiny-sdxl', ['unet', 'vae', 'text_encoder', 'text_encoder_2'])), close: async () => {} };
+      const merged = await LoraMergedSource.create(base, [{ path: join(LORAS, `tiny-sdxl-${style}.safetensors`), scale }], { baseFamily: 'sdxl' });
+      try {
+        const expected = readSafetensors(join(LORAS, `golden-fused-tiny-sdxl-${style}.safetensors`));
+        assert.equal(expected.size, modules);
+        assert.deepEqual(merged.report.changedWeights, [...expected.keys()].sort());
+        for (const [name, t] of expected) {
+          const err = maxRelDiff(await merged.readF32(name), t.data);
+          assert.ok(err <= 1e-5, `${name}: relative error ${err}`);
+          assert.ok(maxRelDiff(await base.readF32(name), t.data) > 1e-4, `${name} unchanged in the golden`);
+        }
+        for (const name of base.names()) {
+          if (!expected.has(name)) assert.deepEqual(await merged.readF32(name), await base.readF32(name), name);
+        }
+        const components = merged.report.loras[0].components.map((c) => c.component).sort();
+        assert.deepEqual(components, ['text_encoder', 'text_encoder_2', 'unet']);
+      } finally {
+        await merged.close();
+      }
+    });
+  }
+
   it('merges several LoRAs in one pass: the deltas add up with their own scales', async () => {
     const base = baseWeights();
     const merged = await LoraMergedSource.create(base, [
