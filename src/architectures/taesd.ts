@@ -222,6 +222,8 @@ export interface TaesdGraphOptions {
   latentShift?: number | null;
   /** End in uint8 RGB NHWC (`image`) instead of `sample`. */
   toImage?: boolean;
+  /** Weight prefix of the DecoderTiny (`vae.decoder` where an AutoencoderTiny is a pipeline's own vae/, as in SDXS). */
+  prefix?: string;
 }
 
 /**
@@ -243,7 +245,7 @@ export function buildTaesdDecoderGraph(
     let raw = z;
     if (opts.latentShift) raw = g.sub(raw, g.scalar(opts.latentShift, 'float32'));
     raw = g.mul(raw, g.scalar(opts.latentScale, 'float32'));
-    return taesdDecoder(g, cfg, g.cast(raw, g.dtype));
+    return taesdDecoder(g, cfg, g.cast(raw, g.dtype), opts.prefix);
   });
   if (opts.toImage) g.output(toUint8Image(g, sample), 'image', ['batch', 'image_height', 'image_width', cfg.out_channels]);
   else g.output(g.cast(sample, 'float32'), 'sample', ['batch', cfg.out_channels, 'image_height', 'image_width']);

@@ -9,13 +9,13 @@ import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
-import { buildTaesdDecoderGraph, openTaesd, type TaesdDecoderConfig } from '../../src/architectures/taesd.js';
+import { buildTaesdDecoderGraph, normalizeTaesdConfig, openTaesd, type TaesdDecoderConfig } from '../../src/architectures/taesd.js';
 import { convertCheckpoint } from '../../src/convert.js';
 import { BadInputError } from '../../src/errors.js';
 import { writeModel } from '../../src/onnx/write-model.js';
 import { OneStepEngine } from '../../src/runtime/engine.js';
 import { readModelManifest } from '../../src/runtime/model-dir.js';
-import { FIXTURES, goldens, relErr } from '../support/fixtures.js';
+import { FIXTURES, folderConfig, folderWeights, goldens, relErr } from '../support/fixtures.js';
 import { signedRandom } from '../support/random.js';
 
 const SD_SCALE = 0.18215;
@@ -238,6 +238,23 @@ describe('architectures/taesd', function () {
         const spread = Math.max(...ref) - Math.min(...ref);
         assert.ok(spread > 0.5, `reference output too flat to test anything (${spread})`);
       }
+    });
+  }
+
+  // SDXS ships an AutoencoderTiny as its own vae/ (scaling factor 1.0): the goldens are diffusers' decode.
+  for (const [dtype, bound] of [
+    ['float32', 1e-4],
+    ['float16', 2e-2],
+  ] as const) {
+    it(`tiny-sdxs vae/ (AutoencoderTiny, scaling 1.0), ${dtype}: reproduces diffusers' vae.decoded (relErr <= ${bound})`, async () => {
+      const cfg = normalizeTaesdConfig(folderConfig('tiny-sdxs', 'vae'));
+      const graph = buildTaesdDecoderGraph(folderWeights('tiny-sdxs', ['vae']), cfg, dtype, { latentScale: 1, prefix: 'vae.decoder' });
+      await writeModel(graph, tmp, `sdxs-${dtype}`);
+      const g = goldens('tiny-sdxs');
+      const input = g.get('vae.decoder_input')!;
+      const out = await runDecoder(path.join(tmp, `sdxs-${dtype}.onnx`), input.data, input.shape);
+      const err = relErr(out.data, g.get('vae.decoded')!.data);
+      assert.ok(err <= bound, `relErr ${err}`);
     });
   }
 
