@@ -8,7 +8,7 @@
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { BadInputError } from '../errors.js';
-import { buildUnigramTokenizerJson, checkSupported, CharsMap, normalize, parseSentencePieceModel, UnigramModel, type AddedTokenSpec, type NormalizerSpec } from './sentencepiece.js';
+import { buildUnigramTokenizerJson, checkSupported, CharsMap, normalize, parseSentencePieceModel, UnigramModel, type AddedTokenSpec, type NormalizerSpec, type SentencePieceModel } from './sentencepiece.js';
 
 export interface T5TokenizerConfig {
   kind: 't5';
@@ -87,6 +87,51 @@ function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
+/**
+ * The SentencePiece model inside a T5TokenizerFast tokenizer.json (Unigram vocab, Precompiled character map,
+ * Metaspace). Piece types are not recorded there: the added tokens (</s>, <pad>, <unk>, <extra_id_N>) stand for the
+ * reserved ones.
+ */
+function modelFromTokenizerJson(json: Record<string, any>, file: string): { model: SentencePieceModel; added: AddedTokenSpec[] } {
+  const m = json.model;
+  if (m?.type !== 'Unigram' || !Array.isArray(m.vocab) || !Number.isInteger(m.unk_id)) {
+    throw new BadInputError(file, 'is not a Unigram (T5) tokenizer', 'Use the tokenizer folder of a T5 text encoder.');
+  }
+  if (m.byte_fallback) throw new BadInputError(file, 'uses byte fallback: onestep does not support it', 'Only T5-style Unigram tokenizers (as PixArt ships) are supported.');
+  const norms: any[] = json.normalizer?.type === 'Sequence' ? json.normalizer.normalizers ?? [] : json.normalizer ? [json.normalizer] : [];
+  const charsmap = norms.find((n) => n?.type === 'Precompiled')?.precompiled_charsmap;
+  const pre: any[] = json.pre_tokenizer?.type === 'Sequence' ? json.pre_tokenizer.pretokenizers ?? [] : json.pre_tokenizer ? [json.pre_tokenizer] : [];
+  const metaspace = pre.find((p) => p?.type === 'Metaspace');
+  if (metaspace?.prepend_scheme === 'first') {
+    throw new BadInputError(file, 'is a non-legacy T5 tokenizer (Metaspace prepend_scheme "first")', 'onestep reproduces the legacy T5Tokenizer (the default, and what PixArt ships).');
+  }
+  const addDummyPrefix = metaspace ? metaspace.add_prefix_space ?? metaspace.prepend_scheme !== 'never' : true;
+  const added: AddedTokenSpec[] = (Array.isArray(json.added_tokens) ? json.added_tokens : []).map((t: any) => ({
+    id: t.id,
+    content: t.content,
+    lstrip: !!t.lstrip,
+    rstrip: !!t.rstrip,
+    special: t.special !== false,
+  }));
+  const addedIds = new Set(added.map((t) => t.id));
+  const model: SentencePieceModel = {
+    pieces: (m.vocab as [string, number][]).map(([piece, score], id) => ({ piece, score, type: id === m.unk_id ? 'unknown' : addedIds.has(id) ? 'control' : 'normal' })),
+    modelType: 'unigram',
+    byteFallback: false,
+    treatWhitespaceAsSuffix: false,
+    unkId: m.unk_id,
+    normalizer: {
+      name: 'tokenizer.json',
+      precompiledCharsmap: typeof charsmap === 'string' ? new Uint8Array(Buffer.from(charsmap, 'base64')) : new Uint8Array(0),
+      addDummyPrefix,
+      removeExtraWhitespaces: true,
+      escapeWhitespaces: true,
+    },
+  };
+  if (model.normalizer.precompiledCharsmap.length) new CharsMap(model.normalizer.precompiledCharsmap, file);
+  return { model, added };
+}
+
 export class T5Tokenizer {
   private readonly model: UnigramModel;
   private readonly charsMap: CharsMap | null;
@@ -111,28 +156,36 @@ export class T5Tokenizer {
   }
 
   /**
-   * A transformers T5Tokenizer folder: spiece.model plus tokenizer_config.json (its added_tokens_decoder) and/or
-   * special_tokens_map.json / added_tokens.json.
+   * A transformers T5 tokenizer folder: spiece.model (T5Tokenizer), or only a tokenizer.json (T5TokenizerFast), plus
+   * tokenizer_config.json (its added_tokens_decoder) and/or special_tokens_map.json / added_tokens.json.
    */
   static async fromFolder(dir: string, maxLength = PIXART_MAX_LENGTH): Promise<T5Tokenizer> {
-    const spiecePath = path.join(dir, 'spiece.model');
-    let bytes: Uint8Array;
-    try {
-      bytes = new Uint8Array(await readFile(spiecePath));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new BadInputError(spiecePath, 'file not found', 'A T5 tokenizer folder must hold spiece.model.');
-      throw e;
-    }
-    const model = parseSentencePieceModel(bytes, spiecePath);
-    checkSupported(model, spiecePath);
-    if (model.normalizer.precompiledCharsmap.length) new CharsMap(model.normalizer.precompiledCharsmap, spiecePath);
-
     const configPath = path.join(dir, 'tokenizer_config.json');
     const config = (await optionalJson(configPath)) ?? {};
     const specialMap = (await optionalJson(path.join(dir, 'special_tokens_map.json'))) ?? {};
     if (config.legacy === false) {
       throw new BadInputError(configPath, 'sets legacy: false', 'onestep reproduces the legacy T5Tokenizer (the default, and what PixArt ships); set "legacy": true.');
     }
+    const spiecePath = path.join(dir, 'spiece.model');
+    let bytes: Uint8Array | undefined;
+    try {
+      bytes = new Uint8Array(await readFile(spiecePath));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    let model: SentencePieceModel;
+    let fastAdded: AddedTokenSpec[] | undefined;
+    if (bytes) {
+      model = parseSentencePieceModel(bytes, spiecePath);
+      checkSupported(model, spiecePath);
+      if (model.normalizer.precompiledCharsmap.length) new CharsMap(model.normalizer.precompiledCharsmap, spiecePath);
+    } else {
+      const jsonPath = path.join(dir, TOKENIZER_JSON);
+      const json = await optionalJson(jsonPath);
+      if (!json) throw new BadInputError(spiecePath, 'file not found', 'A T5 tokenizer folder must hold spiece.model (or a T5TokenizerFast tokenizer.json).');
+      ({ model, added: fastAdded } = modelFromTokenizerJson(json, jsonPath));
+    }
+
     const pieceId = new Map(model.pieces.map((p, i) => [p.piece, i]));
     const added = new Map<number, AddedTokenSpec>();
     const decoder = config.added_tokens_decoder;
@@ -142,6 +195,8 @@ export class T5Tokenizer {
         if (!Number.isInteger(id) || typeof v?.content !== 'string') throw new BadInputError(configPath, `has a malformed added_tokens_decoder entry ${JSON.stringify(k)}`);
         added.set(id, { id, content: v.content, lstrip: !!v.lstrip, rstrip: !!v.rstrip, special: v.special !== false });
       }
+    } else if (fastAdded) {
+      for (const t of fastAdded) added.set(t.id, t);
     } else {
       // Older folders: T5Tokenizer adds <extra_id_0..N-1> at the top of the vocab, then any missing specials.
       const extra = Number.isInteger(config.extra_ids) ? (config.extra_ids as number) : 100;

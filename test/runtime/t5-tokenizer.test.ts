@@ -94,12 +94,29 @@ describe('runtime/t5-tokenizer', () => {
     assert.deepEqual(mismatches(old), []);
   });
 
+  it('reads a T5TokenizerFast folder that has only tokenizer.json (no spiece.model)', async () => {
+    const dir = tmp();
+    await tok.save(dir); // the standard tokenizer.json layout, as transformers' T5 converter writes it
+    rmSync(path.join(dir, 'onestep-tokenizer.json'));
+    for (const f of ['tokenizer_config.json', 'special_tokens_map.json']) cpSync(path.join(FOLDER, f), path.join(dir, f));
+    const cfg = JSON.parse(readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
+    delete cfg.added_tokens_decoder; // the added tokens then come from tokenizer.json itself
+    writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify(cfg));
+    const fast = await T5Tokenizer.fromFolder(dir);
+    assert.deepEqual(mismatches(fast), []);
+    const json = JSON.parse(readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'));
+    json.pre_tokenizer.prepend_scheme = 'first';
+    writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(json));
+    await assert.rejects(T5Tokenizer.fromFolder(dir), /non-legacy/);
+  });
+
   it('refuses legacy=false and a missing spiece.model with the file named', async () => {
     const dir = tmp();
     cpSync(FOLDER, dir, { recursive: true });
     const cfgPath = path.join(dir, 'tokenizer_config.json');
     writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(readFileSync(cfgPath, 'utf8')), legacy: false }));
     await assert.rejects(T5Tokenizer.fromFolder(dir), (e: unknown) => e instanceof BadInputError && e.message.includes(cfgPath) && /legacy/.test(e.message));
+    writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(readFileSync(cfgPath, 'utf8')), legacy: true }));
     rmSync(path.join(dir, 'spiece.model'));
     await assert.rejects(T5Tokenizer.fromFolder(dir), (e: unknown) => e instanceof BadInputError && /spiece.model: file not found/.test(e.message));
   });
