@@ -19,7 +19,7 @@ export const MODEL_FORMAT_VERSION = 1;
 
 /** How one network evaluation becomes an image (DESIGN.md section 4). */
 export interface OneStepRecipe {
-  /** A known recipe name (sd-turbo, swiftbrush, instaflow, yoso, dmd2, hyper-sd, ufogen, pixart-dmd, yoso-pixart) or 'default'. */
+  /** A known recipe name (sd-turbo, swiftbrush, instaflow, yoso, dmd2, hyper-sd, ufogen, pixart-dmd, yoso-pixart-512, yoso-pixart-1024) or 'default'. */
   name: string;
   prediction_type: PredictionType;
   /** May be fractional (InstaFlow: 1000.0). */

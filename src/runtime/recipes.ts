@@ -18,7 +18,8 @@ export const RECIPES: Record<string, RecipeValues> = {
   instaflow: { prediction_type: 'flow', timestep: 1000, guidance: 0, informative_prior: false, families: ['sd1'], about: 'InstaFlow-0.9B (rectified flow: x0 = z + v)' },
   ufogen: { prediction_type: 'sample', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'UFOGen / Diffusion2GAN-style generators (predict x0 directly)' },
   'pixart-dmd': { prediction_type: 'epsilon', timestep: 400, guidance: 1, informative_prior: false, families: ['pixart-alpha'], about: 'PixArt-alpha DMD (epsilon from the first 4 of 8 channels, from pure noise at t=400)' },
-  'yoso-pixart': { prediction_type: 'v_prediction', timestep: 999, guidance: 1, informative_prior: false, families: ['pixart-alpha'], about: 'YOSO-PixArt-alpha' },
+  'yoso-pixart-512': { prediction_type: 'v_prediction', timestep: 999, guidance: 1, informative_prior: false, families: ['pixart-alpha'], about: 'YOSO-PixArt-alpha 512' },
+  'yoso-pixart-1024': { prediction_type: 'v_prediction', timestep: 999, guidance: 1, informative_prior: false, families: ['pixart-alpha'], about: 'YOSO-PixArt-alpha 1024 (micro-conditions)' },
 };
 
 export const RECIPE_NAMES = Object.keys(RECIPES);
@@ -28,7 +29,8 @@ const NAME_PATTERNS: [RegExp, string][] = [
   [/sd[-_]?turbo|sdxl[-_]?turbo/i, 'sd-turbo'],
   [/swift[-_]?brush/i, 'swiftbrush'],
   [/instaflow/i, 'instaflow'],
-  [/yoso.*pixart|pixart.*yoso/i, 'yoso-pixart'],
+  [/^(?=.*1024)(?=.*(yoso.*pixart|pixart.*yoso))/i, 'yoso-pixart-1024'],
+  [/yoso.*pixart|pixart.*yoso/i, 'yoso-pixart-512'],
   [/yoso/i, 'yoso'],
   [/pixart.*dmd|dmd.*pixart/i, 'pixart-dmd'],
   [/dmd2/i, 'dmd2'],

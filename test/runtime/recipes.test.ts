@@ -9,7 +9,8 @@ describe('runtime/recipes', () => {
       swiftbrush: ['epsilon', 999, 0],
       dmd2: ['epsilon', 999, 0],
       yoso: ['epsilon', 999, 1],
-      'yoso-pixart': ['v_prediction', 999, 1],
+      'yoso-pixart-512': ['v_prediction', 999, 1],
+      'yoso-pixart-1024': ['v_prediction', 999, 1],
       'pixart-dmd': ['epsilon', 400, 1],
       instaflow: ['flow', 1000, 0],
       ufogen: ['sample', 999, 0],
@@ -25,7 +26,9 @@ describe('runtime/recipes', () => {
   it('recognises published files by name, most specific first', () => {
     assert.equal(detectRecipe(['sd_turbo.safetensors'])?.name, 'sd-turbo');
     assert.equal(detectRecipe(['Hyper-SD15-1step-lora.safetensors'])?.name, 'hyper-sd');
-    assert.equal(detectRecipe(['yoso-pixart-512'])?.name, 'yoso-pixart');
+    assert.equal(detectRecipe(['yoso-pixart-512'])?.name, 'yoso-pixart-512');
+    assert.equal(detectRecipe(['yoso_pixart1024'])?.name, 'yoso-pixart-1024');
+    assert.equal(detectRecipe(['PixArt-1024-yoso'])?.name, 'yoso-pixart-1024');
     assert.equal(detectRecipe(['yoso_lora.safetensors'])?.name, 'yoso');
     assert.equal(detectRecipe(['instaflow_0_9B_from_sd_1_5'])?.name, 'instaflow');
     assert.equal(detectRecipe(['v1-5-pruned-emaonly.safetensors']), undefined);
