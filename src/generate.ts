@@ -14,7 +14,7 @@ import { NameAllocator } from './io/names.js';
 import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
 import type { Shard } from './io/shard.js';
 import type { PredictionType } from './checkpoint/configs.js';
-import { SafetensorsFile } from './safetensors/reader.js';
+import { openTensorFile } from './safetensors/tensor-file.js';
 import type { ModelManifest } from './runtime/model-dir.js';
 import { OneStepEngine, type GeneratedImage, type ImageRequest } from './runtime/engine.js';
 import { ONESTEP_VERSION } from './convert.js';
@@ -70,7 +70,7 @@ export interface GenerateSummary {
 
 /** One float32 tensor [N, C, h, w] whose row i is the initial noise of prompt i. */
 async function loadLatents(file: string): Promise<{ shape: number[]; data: Float32Array }> {
-  const st = await SafetensorsFile.open(file);
+  const st = await openTensorFile(file);
   try {
     const names = [...st.tensors.keys()];
     if (names.length !== 1) throw new BadInputError(file, `--latents needs exactly one tensor, found ${names.length}`);
@@ -83,7 +83,7 @@ async function loadLatents(file: string): Promise<{ shape: number[]; data: Float
 }
 
 async function loadLatentMean(file: string): Promise<Float32Array> {
-  const st = await SafetensorsFile.open(file);
+  const st = await openTensorFile(file);
   try {
     const names = [...st.tensors.keys()];
     if (names.length !== 1) throw new BadInputError(file, `--init-latent-mean needs exactly one tensor, found ${names.length}`);

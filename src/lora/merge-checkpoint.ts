@@ -14,7 +14,7 @@ import { BadInputError, OnestepError } from '../errors.js';
 import { withAtomicDir } from '../io/atomic.js';
 import { bytesToF32, countF16Overflow, f32ToBf16, f32ToF16, isFloatDType, type SafetensorsDType } from '../safetensors/dtypes.js';
 import { F16OverflowError } from '../safetensors/errors.js';
-import { SafetensorsFile } from '../safetensors/reader.js';
+import { PICKLE_EXTENSION, openTensorFile } from '../safetensors/tensor-file.js';
 import { writeSafetensors, type TensorToWrite } from '../safetensors/writer.js';
 export { parseLoraArg } from './args.js';
 import { applyLoras, openLoras, planLoraMerge, type Application, type LoraSpec, type MergeReport } from './merge.js';
@@ -46,6 +46,9 @@ export interface MergeCheckpointResult {
 
 export async function mergeLorasIntoCheckpoint(opts: MergeCheckpointOptions): Promise<MergeCheckpointResult> {
   const out = resolve(opts.out);
+  if (PICKLE_EXTENSION.test(out)) {
+    throw new OnestepError(`the output ${opts.out} has a PyTorch extension, but merges are written as safetensors`, 'Name the output .safetensors.');
+  }
   await checkOutput(out, opts);
 
   const checkpoint = await openCheckpoint(opts.base);
@@ -117,7 +120,7 @@ async function rewriteWeightFile(
   changes: Map<string, { name: string; ref: SourceRef; apps: Application[] }[]>,
   opts: MergeCheckpointOptions,
 ): Promise<void> {
-  const file = await SafetensorsFile.open(input);
+  const file = await openTensorFile(input);
   try {
     const infos = [...file.tensors.values()];
     const tensors: TensorToWrite[] = infos.map((info) => {
@@ -203,6 +206,14 @@ function encodeF32(values: Float32Array, dtype: SafetensorsDType, file: string, 
 
 const PICKLE_WEIGHTS = /\.(bin|ckpt|pt|pth|pkl|msgpack|h5)$/i;
 
+/** A PyTorch component file's safetensors name, as diffusers / transformers save_pretrained would write it. */
+function safetensorsName(rel: string): string {
+  if (!PICKLE_EXTENSION.test(rel)) return rel;
+  const dir = dirname(rel);
+  const base = rel.slice(dir === '.' ? 0 : dir.length + 1).replace(PICKLE_EXTENSION, '');
+  return join(dir, base === 'pytorch_model' ? 'model.safetensors' : `${base}.safetensors`);
+}
+
 async function writeFolder(
   base: string,
   out: string,
@@ -238,8 +249,10 @@ async function writeFolder(
         },
       });
       for (const file of toRewrite.sort()) {
-        await rewriteWeightFile(file, join(temp, relative(base, file)), writes.get(file) ?? new Map(), opts);
-        filesWritten.push(join(out, relative(base, file)));
+        const target = safetensorsName(relative(base, file));
+        await rewriteWeightFile(file, join(temp, target), writes.get(file) ?? new Map(), opts);
+        filesWritten.push(join(out, target));
+        if (target !== relative(base, file)) notes.push(`${relative(base, file)} (PyTorch) written as ${target}`);
       }
     },
     { force: opts.force ?? false },

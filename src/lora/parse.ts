@@ -11,11 +11,11 @@
 import { BadInputError } from '../errors.js';
 import { matmul } from './matmul.js';
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
-import { SafetensorsFile } from '../safetensors/reader.js';
+import { openTensorFile } from '../safetensors/tensor-file.js';
 import { canonicalUnetToLdm, type UnetLdmLayout } from '../checkpoint/keymap-sd.js';
 import { transpose2d } from '../checkpoint/sources.js';
 
-/** What LoRA parsing needs from a tensor file; SafetensorsFile has it, tests may pass their own. */
+/** What LoRA parsing needs from a tensor file; every TensorFile (safetensors, PyTorch) has it, tests may pass their own. */
 export interface LoraTensorStore {
   readonly path: string;
   readonly metadata: Readonly<Record<string, string>>;
@@ -226,7 +226,7 @@ export class LoraFile {
   }
 
   static async open(path: string): Promise<LoraFile> {
-    const file = await SafetensorsFile.open(path);
+    const file = await openTensorFile(path);
     try {
       return await LoraFile.fromStore(file);
     } catch (e) {

@@ -16,8 +16,8 @@ export interface TensorInfo {
 export const MAX_HEADER_BYTES = 100_000_000;
 const PICKLE_EXTENSIONS = new Set(['.ckpt', '.pt', '.pth', '.bin', '.pkl', '.pickle']);
 const PICKLE_HINT =
-  'onestep never unpickles files (unpickling can run arbitrary code). Convert the checkpoint to .safetensors first, ' +
-  'e.g. with the `safetensors` Python package (safetensors.torch.save_file) in a sandbox you trust.';
+  'onestep never unpickles files with Python (unpickling can run arbitrary code): it reads PyTorch checkpoints as data ' +
+  'wherever it takes a tensor file, and `onestep to-safetensors <file> -o <out.safetensors>` converts one.';
 /** Reads larger than this are split: a single fs read is limited to 2 GiB. */
 const MAX_READ_CHUNK = 1 << 30;
 
@@ -32,7 +32,7 @@ export class SafetensorsFile {
   ) {}
 
   /** Opens and validates the whole header. Reads only the header; tensor data is read on demand. */
-  static async open(path: string): Promise<SafetensorsFile> {
+  static async open(path: string, opts: { anyExtension?: boolean } = {}): Promise<SafetensorsFile> {
     const st = await stat(path).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') throw new SafetensorsError(path, 'not-found', 'no such file', undefined, 'Check the path.');
       throw e;
@@ -46,7 +46,7 @@ export class SafetensorsFile {
         'Pass the .safetensors file itself, or open the folder as a tensor set (index.json or a single .safetensors).',
       );
     }
-    if (PICKLE_EXTENSIONS.has(extname(path).toLowerCase())) throw pickleError(path);
+    if (!opts.anyExtension && PICKLE_EXTENSIONS.has(extname(path).toLowerCase())) throw pickleError(path);
 
     const handle = await openFile(path, 'r').catch((e: NodeJS.ErrnoException) => {
       throw new SafetensorsError(path, 'unreadable', `cannot open the file (${e.code ?? e.message})`, undefined, 'Check the file permissions.');

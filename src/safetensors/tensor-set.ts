@@ -1,20 +1,28 @@
-/** One logical set of tensors: a single .safetensors file, or shards listed by a *.safetensors.index.json. */
+/**
+ * One logical set of tensors: a single tensor file (.safetensors, or a PyTorch .bin/.ckpt/.pt/.pth read without
+ * executing it), or shards listed by a *.safetensors.index.json / *.bin.index.json.
+ */
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, sep } from 'node:path';
 import { SafetensorsError } from './errors.js';
-import { SafetensorsFile, type TensorInfo } from './reader.js';
+import type { TensorInfo } from './reader.js';
+import { PICKLE_EXTENSION, isPyTorchFile, openTensorFile, type TensorFile } from './tensor-file.js';
 
-const INDEX_FILE = /\.safetensors\.index(\.[^./\\]+)?\.json$/i;
+const INDEX_FILE = /\.(safetensors|bin)\.index(\.[^./\\]+)?\.json$/i;
+const SAFETENSORS_INDEX = /\.safetensors\.index(\.[^./\\]+)?\.json$/i;
 /** diffusers/transformers variant names we do not prefer when a plain file is also there (fp16, ema, non_ema). */
 const VARIANT = /(^|[._-])(fp16|ema)([._-]|$)/i;
 
 export class TensorSet {
   private constructor(
-    readonly files: SafetensorsFile[],
-    private readonly fileOf: Map<string, SafetensorsFile>,
+    readonly files: TensorFile[],
+    private readonly fileOf: Map<string, TensorFile>,
   ) {}
 
-  /** A .safetensors file, a *.safetensors.index.json, or a folder holding one of those (the index preferred). */
+  /**
+   * A tensor file, an index, or a folder holding one of those: the safetensors index, else the one .safetensors,
+   * else the .bin index, else the one PyTorch checkpoint (diffusers' and transformers' order of preference).
+   */
   static async open(path: string): Promise<TensorSet> {
     const st = await stat(path).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') throw new SafetensorsError(path, 'not-found', 'no such file or folder', undefined, 'Check the path.');
@@ -38,7 +46,12 @@ export class TensorSet {
     return this.fileOf.has(name);
   }
 
-  info(name: string): TensorInfo & { file: SafetensorsFile } {
+  /** For each PyTorch checkpoint in the set, how it was read (container, where the weights were, inert placeholders). */
+  pickleNotes(): string[] {
+    return this.files.filter(isPyTorchFile).map((f) => f.describe());
+  }
+
+  info(name: string): TensorInfo & { file: TensorFile } {
     const file = this.fileOf.get(name);
     if (!file) {
       const where = this.files.length === 1 ? this.files[0].path : `${this.files.length} shards starting ${this.files[0]?.path}`;
@@ -65,12 +78,12 @@ export class TensorSet {
 }
 
 interface Opened {
-  files: SafetensorsFile[];
-  fileOf: Map<string, SafetensorsFile>;
+  files: TensorFile[];
+  fileOf: Map<string, TensorFile>;
 }
 
 async function openSingle(path: string): Promise<Opened> {
-  const file = await SafetensorsFile.open(path);
+  const file = await openTensorFile(path);
   return { files: [file], fileOf: new Map([...file.tensors.keys()].map((name) => [name, file])) };
 }
 
@@ -95,11 +108,11 @@ async function openIndex(indexPath: string): Promise<Opened> {
   }
   if (shardNames.size === 0) throw new SafetensorsError(indexPath, 'index-weight-map', 'weight_map is empty');
 
-  const files: SafetensorsFile[] = [];
+  const files: TensorFile[] = [];
   try {
-    const byShard = new Map<string, SafetensorsFile>();
+    const byShard = new Map<string, TensorFile>();
     for (const shard of [...shardNames].sort()) {
-      const file = await SafetensorsFile.open(join(dirname(indexPath), shard));
+      const file = await openTensorFile(join(dirname(indexPath), shard));
       files.push(file);
       byShard.set(shard, file);
     }
@@ -109,7 +122,7 @@ async function openIndex(indexPath: string): Promise<Opened> {
         throw new SafetensorsError(indexPath, 'index-missing-tensor', `weight_map puts this tensor in ${basename(file.path)}, which does not hold it`, name);
       }
     }
-    const fileOf = new Map<string, SafetensorsFile>();
+    const fileOf = new Map<string, TensorFile>();
     for (const file of files) for (const name of file.tensors.keys()) if (wanted.get(name) === file) fileOf.set(name, file);
     return { files, fileOf };
   } catch (e) {
@@ -118,25 +131,26 @@ async function openIndex(indexPath: string): Promise<Opened> {
   }
 }
 
-/** The one index (else the one .safetensors) in a folder; variants (fp16, ema) only when nothing plainer is there. */
+/** The one index (else the one tensor file) in a folder; variants (fp16, ema) only when nothing plainer is there. */
 async function pickInFolder(folder: string): Promise<string> {
   const entries = (await readdir(folder, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
-  const indexes = entries.filter((n) => INDEX_FILE.test(n));
-  const singles = entries.filter((n) => /\.safetensors$/i.test(n));
-  const candidates = indexes.length > 0 ? indexes : singles;
-  const kind = indexes.length > 0 ? 'index files' : 'safetensors files';
-  if (candidates.length === 0) {
-    const pickles = entries.filter((n) => /\.(ckpt|pt|pth|bin)$/i.test(n));
+  const groups: [string, string[]][] = [
+    ['safetensors index files', entries.filter((n) => SAFETENSORS_INDEX.test(n))],
+    ['safetensors files', entries.filter((n) => /\.safetensors$/i.test(n))],
+    ['.bin index files', entries.filter((n) => INDEX_FILE.test(n) && !SAFETENSORS_INDEX.test(n))],
+    ['PyTorch checkpoints', entries.filter((n) => PICKLE_EXTENSION.test(n))],
+  ];
+  const found = groups.find(([, names]) => names.length > 0);
+  if (!found) {
     throw new SafetensorsError(
       folder,
-      pickles.length > 0 ? 'pickle' : 'not-found',
-      pickles.length > 0
-        ? `holds only pickle checkpoints (${pickles.join(', ')}), no .safetensors`
-        : 'holds no .safetensors file or *.safetensors.index.json',
+      'not-found',
+      'holds no tensor file (.safetensors, *.safetensors.index.json, or a PyTorch .bin / .ckpt / .pt / .pth)',
       undefined,
-      pickles.length > 0 ? 'onestep never unpickles files; convert the checkpoint to .safetensors first.' : 'Check the path.',
+      'Check the path.',
     );
   }
+  const [kind, candidates] = found;
   if (candidates.length === 1) return join(folder, candidates[0]);
   const plain = candidates.filter((n) => !VARIANT.test(n));
   if (plain.length === 1) return join(folder, plain[0]);

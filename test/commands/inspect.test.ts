@@ -113,7 +113,7 @@ describe('onestep inspect (CLI)', function () {
       assert.ok(!/^\s+at /m.test(run.stderr), run.stderr);
     };
 
-    it('a pickle checkpoint is refused with a hint to convert it to safetensors', async () => {
+    it('a damaged pickle checkpoint is refused with one clear error', async () => {
       const ckpt = join(dir, 'model.ckpt');
       writeFileSync(ckpt, Buffer.from('PK\x03\x04 not really a zip'));
       const disguised = join(dir, 'model.safetensors');
