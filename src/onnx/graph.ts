@@ -69,6 +69,8 @@ export class Graph {
   readonly outputs: ValueInfoData[] = [];
   readonly initializers = new Map<string, InitializerSpec>();
   readonly domains = new Set<string>();
+  /** The element type of every node output, by value name (as the builder declared it). */
+  readonly valueTypes = new Map<string, ElemType>();
   private readonly scopes: string[] = [];
   private readonly nodeNames = new Map<string, number>();
   private readonly constants = new Map<string, Value>();
@@ -171,6 +173,7 @@ export class Graph {
       .filter((e): e is [string, Exclude<Attrs[string], undefined>] => e[1] !== undefined)
       .map(([k, v]) => [k, toAttr(v)]);
     this.nodes.push({ name, opType, domain, inputs: inputs.map((v) => v?.name ?? ''), outputs: outputs.map((o) => o.name), attributes });
+    for (const o of outputs) this.valueTypes.set(o.name, o.type);
     return outputs;
   }
 

@@ -102,7 +102,8 @@ export interface TensorProtoData {
 export interface ValueInfoData {
   name: string;
   type: ElemType;
-  dims: (number | string)[];
+  /** null: shape unknown (no shape in the proto). */
+  dims: (number | string)[] | null;
 }
 
 export interface ModelProtoData {
@@ -176,15 +177,18 @@ function encodeNode(n: NodeProtoData): Uint8Array {
 }
 
 function encodeValueInfo(v: ValueInfoData): Uint8Array {
-  const shape = new ProtoWriter();
-  for (const d of v.dims) {
-    const dim = new ProtoWriter();
-    if (typeof d === 'number') dim.int(1, d);
-    else dim.string(2, d);
-    shape.message(1, dim.finish());
+  const tensorType = new ProtoWriter().int(1, ELEM_TYPES[v.type]);
+  if (v.dims !== null) {
+    const shape = new ProtoWriter();
+    for (const d of v.dims) {
+      const dim = new ProtoWriter();
+      if (typeof d === 'number') dim.int(1, d);
+      else dim.string(2, d);
+      shape.message(1, dim.finish());
+    }
+    tensorType.message(2, shape.finish());
   }
-  const tensorType = new ProtoWriter().int(1, ELEM_TYPES[v.type]).message(2, shape.finish()).finish();
-  const typeProto = new ProtoWriter().message(1, tensorType).finish();
+  const typeProto = new ProtoWriter().message(1, tensorType.finish()).finish();
   return new ProtoWriter().string(1, v.name).message(2, typeProto).finish();
 }
 

@@ -4,7 +4,7 @@ import { OnestepError } from '../errors.js';
 import { transpose2d } from '../checkpoint/sources.js';
 import { countF16Overflow, f32ToF16 } from '../safetensors/dtypes.js';
 import type { Graph, InitializerSpec } from './graph.js';
-import { encodeModel, type TensorProtoData } from './proto.js';
+import { encodeModel, type TensorProtoData, type ValueInfoData } from './proto.js';
 
 export const OPSET = 21;
 export const IR_VERSION = 10;
@@ -60,7 +60,7 @@ export async function writeModel(
   dir: string,
   name: string,
   onProgress?: (p: WriteProgress) => void,
-): Promise<{ onnxPath: string; dataBytes: number }> {
+): Promise<WrittenModel> {
   const dataName = `${name}.onnx.data`;
   const fh = await open(path.join(dir, dataName), 'w');
   const initializers: TensorProtoData[] = [];
@@ -100,6 +100,20 @@ export async function writeModel(
     await next?.catch(() => undefined);
     await fh.close();
   }
+  const onnxPath = path.join(dir, `${name}.onnx`);
+  await writeGraphProto(graph, initializers, graph.outputs, onnxPath);
+  return { onnxPath, dataBytes: offset, initializers };
+}
+
+export interface WrittenModel {
+  onnxPath: string;
+  dataBytes: number;
+  /** The initializers as written (weights referencing `<name>.onnx.data`), for another proto over the same data. */
+  initializers: TensorProtoData[];
+}
+
+/** Writes the graph's proto with the given outputs (the weights stay where `initializers` say). */
+export async function writeGraphProto(graph: Graph, initializers: TensorProtoData[], outputs: ValueInfoData[], onnxPath: string): Promise<void> {
   const opsets = [{ domain: '', version: OPSET }];
   if (graph.domains.has('com.microsoft')) opsets.push({ domain: 'com.microsoft', version: 1 });
   const proto = encodeModel({
@@ -107,15 +121,13 @@ export async function writeModel(
     producerName: 'onestep',
     producerVersion: '1',
     opsets,
-    graph: { name: graph.name, nodes: graph.nodes, initializers, inputs: graph.inputs, outputs: graph.outputs },
+    graph: { name: graph.name, nodes: graph.nodes, initializers, inputs: graph.inputs, outputs },
     metadata: [],
   });
-  const onnxPath = path.join(dir, `${name}.onnx`);
   const out = await open(onnxPath, 'w');
   try {
     await writeAll(out, proto, 0);
   } finally {
     await out.close();
   }
-  return { onnxPath, dataBytes: offset };
 }
