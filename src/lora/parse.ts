@@ -24,7 +24,7 @@ export interface LoraTensorStore {
   close(): Promise<void>;
 }
 
-export type LoraComponent = 'unet' | 'text_encoder' | 'text_encoder_2';
+export type LoraComponent = 'unet' | 'text_encoder' | 'text_encoder_2' | 'transformer';
 export type LoraKind = 'lora' | 'loha' | 'lokr' | 'full';
 export type LoraKeyStyle = 'kohya' | 'peft' | 'diffusers-legacy' | 'unprefixed';
 
@@ -67,6 +67,8 @@ const PROCESSOR_RE = /^(.*)\.processor\.(to_q|to_k|to_v|to_out|add_q_proj|add_k_
 const PROCESSOR_MODULE: Record<string, string> = { to_out: 'to_out.0', to_add_out: 'to_add_out' };
 
 const UNPREFIXED_UNET_RE = /^(down_blocks|mid_block|up_blocks|conv_in|conv_out|time_embedding|add_embedding)\./;
+/** A DiT's own module names (PixArt's PixArtTransformer2DModel), as PEFT saves an adapter of the transformer alone. */
+const UNPREFIXED_TRANSFORMER_RE = /^(transformer_blocks|pos_embed|adaln_single|caption_projection|proj_out)(\.|$)/;
 
 export interface LoraModuleGroup {
   /** Common key prefix in the LoRA file, e.g. `lora_unet_down_blocks_0_attentions_0_proj_in`. */
@@ -246,7 +248,7 @@ export class LoraFile {
       }
       const located = locateModule(split.prefix);
       if (!located) {
-        unrecognized.set(key, 'its module prefix names no known component (unet, text_encoder, text_encoder_2)');
+        unrecognized.set(key, 'its module prefix names no known component (unet, text_encoder, text_encoder_2, transformer)');
         continue;
       }
       let g = groups.get(split.prefix);
@@ -317,6 +319,7 @@ function locateModule(prefix: string): Pick<LoraModuleGroup, 'component' | 'styl
     ['lora_te1_', 'text_encoder'],
     ['lora_te2_', 'text_encoder_2'],
     ['lora_te_', 'text_encoder'],
+    ['lora_transformer_', 'transformer'],
   ];
   for (const [p, component] of kohya) {
     if (prefix.startsWith(p)) return { component, style: 'kohya', path: prefix.slice(p.length) };
@@ -325,6 +328,7 @@ function locateModule(prefix: string): Pick<LoraModuleGroup, 'component' | 'styl
     ['unet.', 'unet'],
     ['text_encoder.', 'text_encoder'],
     ['text_encoder_2.', 'text_encoder_2'],
+    ['transformer.', 'transformer'],
   ];
   for (const [p, component] of dotted) {
     if (prefix.startsWith(p)) {
@@ -334,6 +338,8 @@ function locateModule(prefix: string): Pick<LoraModuleGroup, 'component' | 'styl
     }
   }
   if (UNPREFIXED_UNET_RE.test(prefix)) return { component: 'unet', style: 'unprefixed', path: prefix };
+  const bare = prefix.startsWith('base_model.model.') ? prefix.slice('base_model.model.'.length) : prefix;
+  if (UNPREFIXED_TRANSFORMER_RE.test(bare)) return { component: 'transformer', style: 'unprefixed', path: bare };
   return undefined;
 }
 
@@ -528,7 +534,7 @@ export function resolveTarget(group: LoraModuleGroup, index: TargetIndex): strin
 // ---------------------------------------------------------------------------------------------------------------
 // Family guess (for inspect and for wrong-family errors)
 
-export type LoraFamilyGuess = 'sd1' | 'sd2' | 'sdxl';
+export type LoraFamilyGuess = 'sd1' | 'sd2' | 'sdxl' | 'pixart-alpha';
 
 export interface LoraDescription {
   path: string;
@@ -548,6 +554,8 @@ export interface LoraDescription {
 /** Which model families a LoRA fits, from its component and module names and widths. */
 export function guessLoraFamily(file: LoraFile): { families: LoraFamilyGuess[]; evidence: string } {
   const mods = file.modules;
+  const dit = mods.find((m) => m.component === 'transformer');
+  if (dit) return { families: ['pixart-alpha'], evidence: `targets the transformer (${dit.group.path})` };
   if (mods.some((m) => m.component === 'text_encoder_2')) return { families: ['sdxl'], evidence: 'has a second text encoder (te2)' };
   const sdxlUnet = mods.find((m) => m.component === 'unet' && /(^|[._])(add_embedding|label_emb)([._]|$)/.test(m.group.path));
   if (sdxlUnet) return { families: ['sdxl'], evidence: `targets ${sdxlUnet.group.path} (SDXL's added embedding)` };

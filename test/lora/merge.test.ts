@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { FIXTURES, folderWeights, readSafetensors } from '../support/fixtures.js';
 import { BadInputError } from '../../src/errors.js';
-import { LoraFile } from '../../src/lora/parse.js';
+import { guessLoraFamily, LoraFile } from '../../src/lora/parse.js';
 import { LoraMergedSource, applyLoras, formatMergeReport, planLoraMerge } from '../../src/lora/merge.js';
 import { maxRelDiff, scalar, seeded, tempDir, tensor, writeF32File } from './helpers.js';
 
@@ -254,4 +254,58 @@ describe('lora/merge', () => {
       });
     }
   });
+});
+
+describe('lora/merge PixArt transformer (PEFT)', () => {
+  // A rank-4 PEFT/diffusers LoRA on attention and feed-forward linears of the tiny PixArt transformer, checked
+  // against W + scale * (alpha / rank) * B @ A computed here in float64.
+  const targets = ['transformer_blocks.0.attn1.to_q', 'transformer_blocks.1.attn2.to_k', 'transformer_blocks.0.ff.net.0.proj', 'proj_out'];
+  for (const prefix of ['transformer.', 'base_model.model.'] as const) {
+    it(`merges ${prefix}<module>.lora_A/lora_B at scale 0.8, alpha 8, rank 4; the rest stays exact`, async () => {
+      const base = { ...folderWeights('tiny-pixart', ['transformer']), close: async () => {} };
+      const { dir, cleanup } = await tempDir();
+      try {
+        const rand = seeded(31);
+        const tensors: Record<string, ReturnType<typeof tensor>> = {};
+        for (const t of targets) {
+          const [out, inp] = base.meta(`transformer.${t}.weight`).shape;
+          tensors[`${prefix}${t}.lora_A.weight`] = tensor(rand, 4, inp);
+          tensors[`${prefix}${t}.lora_B.weight`] = tensor(rand, out, 4);
+          tensors[`${prefix}${t}.alpha`] = scalar(8);
+        }
+        const path = await writeF32File(join(dir, 'pixart-lora.safetensors'), tensors);
+        const described = await LoraFile.open(path);
+        assert.deepEqual(guessLoraFamily(described).families, ['pixart-alpha']);
+        await described.close();
+        const merged = await LoraMergedSource.create(base, [{ path, scale: 0.8 }], { baseFamily: 'pixart-alpha' });
+        try {
+          assert.deepEqual(merged.report.changedWeights, targets.map((t) => `transformer.${t}.weight`).sort());
+          for (const t of targets) {
+            const w = await base.readF32(`transformer.${t}.weight`);
+            const [out, inp] = base.meta(`transformer.${t}.weight`).shape;
+            const a = tensors[`${prefix}${t}.lora_A.weight`].data;
+            const b = tensors[`${prefix}${t}.lora_B.weight`].data;
+            const want = Float64Array.from(w, (v, idx) => {
+              const o = Math.floor(idx / inp);
+              const i = idx % inp;
+              let d = 0;
+              for (let r = 0; r < 4; r++) d += b[o * 4 + r] * a[r * inp + i];
+              return v + 0.8 * (8 / 4) * d;
+            });
+            assert.equal(want.length, out * inp);
+            const err = maxRelDiff(await merged.readF32(`transformer.${t}.weight`), want);
+            assert.ok(err <= 1e-6, `${t}: ${err}`);
+          }
+          for (const name of base.names()) {
+            if (targets.some((t) => name === `transformer.${t}.weight`)) continue;
+            assert.deepEqual(await merged.readF32(name), await base.readF32(name), name);
+          }
+        } finally {
+          await merged.close();
+        }
+      } finally {
+        await cleanup();
+      }
+    });
+  }
 });
