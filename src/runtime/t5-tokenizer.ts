@@ -20,6 +20,11 @@ export interface T5TokenizerConfig {
   /** Pieces sentencepiece never produces from text (control, unknown, unused): not matched by the Unigram model. */
   reservedIds: number[];
   normalizer: Omit<NormalizerSpec, 'name' | 'precompiledCharsmap'>;
+  /**
+   * The pipeline's own text preprocessing before the tokenizer: 'lower-strip' is PixArtAlphaPipeline's with
+   * clean_caption=False (prompt.lower().strip()); absent: none (the tokenizer alone, as transformers calls it).
+   */
+  preprocess?: 'lower-strip';
 }
 
 export interface T5Encoding {
@@ -159,7 +164,8 @@ export class T5Tokenizer {
    * A transformers T5 tokenizer folder: spiece.model (T5Tokenizer), or only a tokenizer.json (T5TokenizerFast), plus
    * tokenizer_config.json (its added_tokens_decoder) and/or special_tokens_map.json / added_tokens.json.
    */
-  static async fromFolder(dir: string, maxLength = PIXART_MAX_LENGTH): Promise<T5Tokenizer> {
+  static async fromFolder(dir: string, opts: { maxLength?: number; preprocess?: T5TokenizerConfig['preprocess'] } = {}): Promise<T5Tokenizer> {
+    const maxLength = opts.maxLength ?? PIXART_MAX_LENGTH;
     const configPath = path.join(dir, 'tokenizer_config.json');
     const config = (await optionalJson(configPath)) ?? {};
     const specialMap = (await optionalJson(path.join(dir, 'special_tokens_map.json'))) ?? {};
@@ -235,6 +241,7 @@ export class T5Tokenizer {
       addedTokens,
       reservedIds,
       normalizer: { addDummyPrefix, removeExtraWhitespaces, escapeWhitespaces },
+      ...(opts.preprocess ? { preprocess: opts.preprocess } : {}),
     });
   }
 
@@ -285,9 +292,12 @@ export class T5Tokenizer {
     return ids;
   }
 
-  /** ids and attention mask as the PixArt pipeline gets them (padding="max_length", truncation, add_special_tokens). */
+  /**
+   * ids and attention mask as the PixArt pipeline gets them (its preprocessing when configured, then
+   * padding="max_length", truncation, add_special_tokens).
+   */
   encode(prompt: string): T5Encoding {
-    const body = this.tokenize(prompt);
+    const body = this.tokenize(this.config.preprocess === 'lower-strip' ? pixartPreprocess(prompt) : prompt);
     const { maxLength, eosId, padId } = this.config;
     const nTokens = body.length && body[body.length - 1] === eosId ? body.length : body.length + 1;
     const kept = body.slice(0, maxLength - 1);

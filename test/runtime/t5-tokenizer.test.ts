@@ -62,6 +62,17 @@ describe('runtime/t5-tokenizer', () => {
     assert.equal(pixartPreprocess('  A Photo\u00a0Of A Cat \x1c'), 'a photo\u00a0of a cat');
   });
 
+  it("with preprocess 'lower-strip' (as a PixArt model directory saves it) encode applies the pipeline's preprocessing", async () => {
+    const pipeline = await T5Tokenizer.fromFolder(FOLDER, { preprocess: 'lower-strip' });
+    const dir = tmp();
+    await pipeline.save(dir);
+    const loaded = await T5Tokenizer.load(dir);
+    for (const p of ['  A Photo Of A Cat ', 'DON\'T SHOUT', 'a photo of a cat']) {
+      assert.deepEqual([...loaded.encode(p).ids], [...tok.encode(pixartPreprocess(p)).ids], p);
+    }
+    assert.notDeepEqual([...loaded.encode('A Photo').ids], [...tok.encode('A Photo').ids]);
+  });
+
   it('splits added tokens off the raw prompt; <extra_id_N> eats the whitespace around it; </s> is not doubled', () => {
     const a = tok.tokenize('a cat');
     const b = tok.tokenize('a dog');
