@@ -7,9 +7,12 @@ import { createHash } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError, BadInputError } from './errors.js';
-import { writeImage, formatParameters, type ImageFormat } from './io/images.js';
+import { encodeImage, formatParameters, type ImageFormat } from './io/images.js';
 import { lockFolder } from './io/lock.js';
 import { MANIFEST_FILE, openManifest, resumeDifferences, toManifestEntry, type ManifestEntry, type ManifestInput } from './io/manifest.js';
+import { FilesOutput, type ImageOutput, type OutputFormat } from './io/outputs.js';
+import { WebDatasetOutput } from './io/webdataset.js';
+import { imageOrdinal, imagesOf } from './plan.js';
 import { NameAllocator } from './io/names.js';
 import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
 import type { Shard } from './io/shard.js';
@@ -35,6 +38,11 @@ export interface GenerateOptions {
   timestep?: number;
   format: ImageFormat;
   quality?: number;
+  /** `files` (default: image files + metadata.jsonl) or `webdataset` (tar shards of `shardSize` images). */
+  outputFormat?: OutputFormat;
+  shardSize?: number;
+  /** Images per prompt (default 1): image j of prompt i has index i·n + j, seed base + i·n + j (see plan.ts). */
+  imagesPerPrompt?: number;
   nameTemplate: string;
   resume: boolean;
   strict: boolean;
@@ -208,6 +216,16 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   const manifest = await openManifest(opts.out);
   const stale = await removeStaleTempFiles(opts.out);
   if (stale) opts.onWarning?.(`removed ${stale} partial image file(s) left by an interrupted run`);
+  const perPrompt = opts.imagesPerPrompt ?? 1;
+  const output: ImageOutput =
+    opts.outputFormat === 'webdataset'
+      ? await WebDatasetOutput.open({
+          out: opts.out,
+          shardSize: opts.shardSize ?? 1000,
+          manifest,
+          ordinal: (index) => imageOrdinal(index, perPrompt, opts.shard),
+        })
+      : new FilesOutput(opts.out, manifest);
   const names = new NameAllocator(opts.nameTemplate, opts.format === 'jpeg' ? 'jpg' : opts.format, manifest.existing());
   const modelHash = m.source.sha256;
   const modelId = modelIdentity(m);
@@ -277,15 +295,13 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       modelName,
       version: ONESTEP_VERSION,
     });
+    const encodeStarted = performance.now();
+    const data = await encodeImage(img.rgb, img.width, img.height, { format: opts.format, quality: opts.quality, parameters });
     const writeStarted = performance.now();
-    const { encodeMs } = await writeImage(path.join(opts.out, file), img.rgb, img.width, img.height, {
-      format: opts.format,
-      quality: opts.quality,
-      parameters,
-    });
+    const encodeMs = writeStarted - encodeStarted;
     stageMs.encode += encodeMs;
     for (const w of img.warnings) opts.onWarning?.(`prompt ${img.index} (line ${r.line}): ${w}`);
-    await manifest.append({
+    const entry = {
       index: img.index,
       prompt: r.prompt,
       negativePrompt,
@@ -299,9 +315,11 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       modelId,
       prediction,
       timestep,
+      modelName,
       ms: Object.fromEntries(Object.entries({ ...img.ms, encode: encodeMs }).map(([k, v]) => [k, Math.round(v * 10) / 10])),
-    });
-    stageMs.write += performance.now() - writeStarted - encodeMs;
+    };
+    await output.write({ entry, data });
+    stageMs.write += performance.now() - writeStarted;
     images++;
     opts.onImage?.(images, { ...img, file });
   };
@@ -334,6 +352,52 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     })();
     pending.add(job);
     job.finally(() => pending.delete(job));
+  };
+
+  /** Queues one image (or skips it on --resume); false when the run must stop. */
+  const add = async (r: PromptRecord): Promise<boolean> => {
+    const req = toRequest(r);
+    if (opts.resume && output.isDone(r.index)) {
+      const now: ManifestInput = {
+        index: r.index,
+        prompt: r.prompt,
+        negativePrompt: r.negativePrompt ?? opts.negativePrompt,
+        seed: req.seed,
+        width: req.width,
+        height: req.height,
+        guidance: req.guidance,
+        name: r.name,
+        file: '',
+        model: modelHash,
+        modelId,
+        prediction,
+        timestep,
+      };
+      const same = await manifest.matches(now);
+      if (same !== true) {
+        failure ??= resumeMismatch(opts.out, r, same, toManifestEntry(now));
+        return false;
+      }
+      skippedExisting++;
+      return true;
+    }
+    records.set(r.index, r);
+    if (output.expect(r.index)) {
+      // A new webdataset shard starts: run the partial batches (of other image sizes) so the shards before it finish.
+      for (const [key, batch] of batches) {
+        batches.delete(key);
+        await dispatch(batch);
+      }
+    }
+    const key = `${req.width}x${req.height}`;
+    const batch = batches.get(key) ?? [];
+    batch.push(req);
+    batches.set(key, batch);
+    if (batch.length >= opts.batchSize) {
+      batches.delete(key);
+      await dispatch(batch);
+    }
+    return true;
   };
 
   try {
@@ -370,46 +434,14 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
         break;
       }
       if (opts.signal?.aborted) break;
-      const r = next.value;
-      const req = toRequest(r);
-      if (opts.resume && manifest.completed.has(r.index)) {
-        const now: ManifestInput = {
-          index: r.index,
-          prompt: r.prompt,
-          negativePrompt: r.negativePrompt ?? opts.negativePrompt,
-          seed: req.seed,
-          width: req.width,
-          height: req.height,
-          guidance: req.guidance,
-          name: r.name,
-          file: '',
-          model: modelHash,
-          modelId,
-          prediction,
-          timestep,
-        };
-        const same = await manifest.matches(now);
-        if (same !== true) {
-          failure ??= resumeMismatch(opts.out, r, same, toManifestEntry(now));
-          break;
-        }
-        skippedExisting++;
-        continue;
-      }
-      records.set(r.index, r);
-      const key = `${req.width}x${req.height}`;
-      const batch = batches.get(key) ?? [];
-      batch.push(req);
-      batches.set(key, batch);
-      if (batch.length >= opts.batchSize) {
-        batches.delete(key);
-        await dispatch(batch);
-      }
+      for (const image of imagesOf(next.value, perPrompt)) if (!(await add(image))) break;
     }
     if (!opts.signal?.aborted && !failure) for (const batch of batches.values()) await dispatch(batch);
     while (pending.size) await Promise.all([...pending]);
+    if (summary && !failure) await output.inputEnded();
   } finally {
     while (pending.size) await Promise.allSettled([...pending]);
+    await output.close();
     await manifest.close();
     await engine.close();
   }

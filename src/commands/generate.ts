@@ -1,11 +1,14 @@
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../cli/base-command.js';
 import { Progress } from '../cli/progress.js';
 import { OnestepError } from '../errors.js';
 import { checkImageSize, generateImages } from '../generate.js';
 import { parseDevice } from '../runtime/device.js';
+import { BadInputError } from '../errors.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../io/images.js';
+import { OUTPUT_FORMATS } from '../io/outputs.js';
 import { DEFAULT_NAME_TEMPLATE } from '../io/names.js';
 import { countPrompts } from '../io/prompts.js';
 import { resolveShard } from '../io/shard.js';
@@ -20,19 +23,47 @@ function parseSeed(text: string): bigint {
   return seed;
 }
 
+/** The prompt file (or `-`), or the -p prompts as a JSONL stream (so a prompt starting with # or { is just text). */
+function promptSource(file: string | undefined, prompts: string[] | undefined): string | Readable {
+  if (file !== undefined && prompts?.length) {
+    throw new OnestepError('Prompts come from a file or from -p/--prompt, not both.', 'Put the -p prompts in the file, or leave out the file.');
+  }
+  if (prompts?.length) return Readable.from(prompts.map((prompt) => JSON.stringify({ prompt }) + '\n'));
+  if (file === undefined) {
+    throw new OnestepError('No prompts given.', 'Pass a prompt file (.txt or .jsonl, - for stdin) or one or more -p "a prompt".');
+  }
+  return file;
+}
+
+function readNegativePrompt(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').replace(/[\r\n]+$/, '');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new BadInputError(file, code === 'ENOENT' ? 'no such negative prompt file.' : `cannot be read (${code ?? String(err)}).`);
+  }
+}
+
 export default class Generate extends OnestepCommand {
   static description = `Stream prompts through a one-step model and write images.
 
 Prompts come from a text file (one per line; blank lines and lines starting with # are skipped), a JSONL file (keys \
 prompt, negative_prompt, seed, width, height, guidance, name) or - for stdin. Prompt i (counted from 0) gets seed \
-base + i unless its line gives one, so the same prompt and seed give the same image at any batch size or shard split.`;
+base + i unless its line gives one, so the same prompt and seed give the same image at any batch size or shard split. \
+Prompts can also be given with -p (repeatable) instead of a file. With --images-per-prompt n, image j of prompt i \
+gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
   static examples = [
     '<%= config.bin %> generate examples/prompts.txt',
     '<%= config.bin %> generate prompts.jsonl --model models/sd-turbo -o out --batch-size 4 --seed 42',
     'cat prompts.txt | <%= config.bin %> generate - --model sd-turbo.safetensors --format webp',
+    '<%= config.bin %> generate -p "a photo of a cat" -p "a lighthouse at dusk" --images-per-prompt 4 --grid',
+    '<%= config.bin %> generate prompts.txt --output-format webdataset --shard-size 1000 --format webp --resume',
+    '<%= config.bin %> generate prompts.jsonl --images-per-prompt 2 --shard 0/4 --dry-run',
   ];
-  static args = { prompts: Args.string({ description: 'prompt file (.txt or .jsonl) or - for stdin', required: true }) };
+  static args = { prompts: Args.string({ description: 'prompt file (.txt or .jsonl) or - for stdin (or use -p)', required: false }) };
   static flags = {
+    prompt: Flags.string({ char: 'p', description: 'a prompt (repeatable), instead of a prompt file', multiple: true }),
+    'images-per-prompt': Flags.integer({ char: 'n', description: 'images per prompt: image j of prompt i gets seed base + i*n + j', default: 1, min: 1 }),
     model: Flags.string({ char: 'm', description: 'model directory, or a checkpoint to convert on first use (default: $ONESTEP_MODEL, else the bundled demo model)' }),
     lora: Flags.string({ description: 'LoRA file[:scale] merged when converting a checkpoint (repeatable)', multiple: true }),
     out: Flags.string({ char: 'o', description: 'output folder', default: './outputs' }),
@@ -45,12 +76,19 @@ base + i unless its line gives one, so the same prompt and seed give the same im
     width: Flags.integer({ description: 'image width (multiple of 8; default: the model\'s)' }),
     height: Flags.integer({ description: 'image height (multiple of 8; default: the model\'s)' }),
     guidance: Flags.string({ description: 'classifier-free guidance scale (> 1 runs a negative pass; default: the model recipe\'s)' }),
-    'negative-prompt': Flags.string({ description: 'negative prompt for guidance > 1 (default empty)' }),
+    'negative-prompt': Flags.string({ description: 'negative prompt for guidance > 1 (default empty)', exclusive: ['negative-prompt-file'] }),
+    'negative-prompt-file': Flags.string({ description: 'a text file whose content is the negative prompt (trailing newlines dropped)' }),
     prediction: Flags.string({ description: 'override what the model predicts', options: ['epsilon', 'v_prediction', 'sample', 'flow'] }),
     timestep: Flags.string({ description: 'override the one-step timestep (may be fractional, e.g. 1000.0)' }),
     latents: Flags.string({ description: 'safetensors with one float32 tensor [N, C, H/8, W/8]: row i is the initial noise of prompt i' }),
     'init-latent-mean': Flags.string({ description: 'safetensors with a mean latent: YOSO informative prior z = sqrt(a) mean + sqrt(1-a) noise' }),
-    format: Flags.string({ description: 'image format', options: [...IMAGE_FORMATS], default: 'png' }),
+    format: Flags.option({ description: 'image format', options: IMAGE_FORMATS, default: 'png' as ImageFormat })(),
+    'output-format': Flags.option({
+      description: 'files: image files + metadata.jsonl (a Hugging Face imagefolder); webdataset: tar shards 00000.tar, ...',
+      options: OUTPUT_FORMATS,
+      default: 'files' as const,
+    })(),
+    'shard-size': Flags.integer({ description: 'images per webdataset tar shard (default 1000)', min: 1 }),
     quality: Flags.integer({ description: 'webp/jpeg quality 1-100', min: 1, max: 100 }),
     name: Flags.string({ description: 'file name template: {index:06} {seed} {prompt:40} {name} {width} {height}', default: DEFAULT_NAME_TEMPLATE }),
     resume: Flags.boolean({ description: 'skip prompts the output folder\'s manifest.jsonl already holds (with their file)' }),
@@ -64,6 +102,11 @@ base + i unless its line gives one, so the same prompt and seed give the same im
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Generate);
+    if (flags['shard-size'] !== undefined && flags['output-format'] !== 'webdataset') {
+      throw new OnestepError('--shard-size is for --output-format webdataset.', 'Add --output-format webdataset, or leave out --shard-size.');
+    }
+    const source = promptSource(args.prompts, flags.prompt);
+    const negativePrompt = flags['negative-prompt-file'] !== undefined ? readNegativePrompt(flags['negative-prompt-file']) : flags['negative-prompt'];
     const progress = new Progress(flags.quiet);
     const warn = (m: string) => (flags.quiet ? undefined : progress.note(`warning: ${m}`));
     const guidance = flags.guidance === undefined ? undefined : Number(flags.guidance);
@@ -89,8 +132,10 @@ base + i unless its line gives one, so the same prompt and seed give the same im
     // The total is only for progress: counted alongside the run, and only for a regular file (counting a named pipe or
     // process substitution would consume the prompts, and waiting for a count would delay the first image).
     let total: number | undefined;
-    if (args.prompts !== '-' && statSync(args.prompts, { throwIfNoEntry: false })?.isFile()) {
-      countPrompts(args.prompts, { shard }).then((n) => (total = n), () => undefined);
+    const perPrompt = flags['images-per-prompt'];
+    if (flags.prompt) total = flags.prompt.length * perPrompt;
+    else if (typeof source === 'string' && source !== '-' && statSync(source, { throwIfNoEntry: false })?.isFile()) {
+      countPrompts(source, { shard }).then((n) => (total = n * perPrompt), () => undefined);
     }
     const controller = new AbortController();
     let interrupts = 0;
@@ -104,7 +149,7 @@ base + i unless its line gives one, so the same prompt and seed give the same im
     process.on('SIGTERM', onSigint);
     const started = Date.now();
     try {
-      const summary = await generateImages(args.prompts === '-' ? process.stdin : args.prompts, {
+      const summary = await generateImages(source === '-' ? process.stdin : source, {
         modelDir: resolved.dir,
         out: flags.out,
         batchSize: flags['batch-size'],
@@ -115,10 +160,13 @@ base + i unless its line gives one, so the same prompt and seed give the same im
         width: flags.width,
         height: flags.height,
         guidance,
-        negativePrompt: flags['negative-prompt'],
+        negativePrompt,
         prediction: flags.prediction as never,
         timestep,
-        format: flags.format as ImageFormat,
+        format: flags.format,
+        outputFormat: flags['output-format'],
+        shardSize: flags['shard-size'],
+        imagesPerPrompt: perPrompt,
         quality: flags.quality,
         nameTemplate: flags.name,
         resume: flags.resume,
@@ -134,7 +182,7 @@ base + i unless its line gives one, so the same prompt and seed give the same im
           progress.update(`${done}${total ? `/${total}` : ''} images, ${rate.toFixed(2)} img/s${eta}`);
         },
         onWarning: warn,
-        onIssue: (line, message) => warn(`${args.prompts}:${line}: ${message} (skipped)`),
+        onIssue: (line, message) => warn(`${args.prompts ?? '--prompt'}:${line}: ${message} (skipped)`),
       }).catch((err) => {
         progress.fail();
         throw err;

@@ -25,6 +25,10 @@ export interface ManifestInput {
   modelId?: string;
   prediction?: string;
   timestep?: number;
+  /** The model's name (its checkpoint's file name), for people and galleries. */
+  modelName?: string;
+  /** The webdataset shard (`00003.tar`) holding `file` as a member; absent for a file in the folder. */
+  shard?: string;
   /** Timings in milliseconds, e.g. { encode: 14.2, total: 830 }. */
   ms?: Record<string, number>;
 }
@@ -46,6 +50,8 @@ export interface ManifestEntry {
   timestep?: number;
   /** sha256 of the prompt text (UTF-8). */
   prompt_sha256?: string;
+  model_name?: string;
+  shard?: string;
   ms?: Record<string, number>;
 }
 
@@ -73,6 +79,8 @@ export function toManifestEntry(input: ManifestInput): ManifestEntry {
     ...(input.prediction !== undefined ? { prediction: input.prediction } : {}),
     ...(input.timestep !== undefined ? { timestep: input.timestep } : {}),
     prompt_sha256: promptSha256(input.prompt),
+    ...(input.modelName !== undefined ? { model_name: input.modelName } : {}),
+    ...(input.shard !== undefined ? { shard: input.shard } : {}),
     ...(input.ms !== undefined ? { ms: input.ms } : {}),
   };
   return entry;
@@ -166,6 +174,8 @@ export class Manifest {
     readonly files: Map<number, string>,
     /** Indices whose line is there and whose file exists: what `--resume` skips. */
     readonly completed: Set<number>,
+    /** index -> webdataset shard, for the indices whose last line names one (see io/webdataset.ts). */
+    readonly shards: Map<number, string>,
     /** Bytes of torn last line cut off on open (0 when the manifest was whole). */
     readonly repairedBytes: number,
     /** index -> fingerprint of its (last) line's resume fields. */
@@ -215,6 +225,8 @@ export class Manifest {
         offset += bytesWritten;
       }
       this.files.set(entry.index, entry.file);
+      if (entry.shard !== undefined) this.shards.set(entry.index, entry.shard);
+      else this.shards.delete(entry.index);
       this.completed.add(entry.index);
       this.fingerprints.set(entry.index, fingerprint(resumeValues(entry)));
     };
@@ -246,6 +258,7 @@ export async function openManifest(outDir: string): Promise<Manifest> {
   const path = join(outDir, MANIFEST_FILE);
   const files = new Map<number, string>();
   const fingerprints = new Map<number, string>();
+  const shards = new Map<number, string>();
   const totalBytes = await sizeOrZero(path);
   // Everything after the last `\n` is a torn line (one append writes a whole line, `\n` last).
   const goodBytes = totalBytes === 0 ? 0 : await endOfLastNewline(path, totalBytes);
@@ -270,6 +283,8 @@ export async function openManifest(outDir: string): Promise<Manifest> {
       }
       files.set(value.index, value.file);
       fingerprints.set(value.index, fingerprint(resumeValues(value)));
+      if (typeof value.shard === 'string') shards.set(value.index, value.shard);
+      else shards.delete(value.index);
     }
   }
 
@@ -284,7 +299,7 @@ export async function openManifest(outDir: string): Promise<Manifest> {
   }
 
   const handle = await open(path, 'a');
-  return new Manifest(path, handle, files, completed, repairedBytes, fingerprints);
+  return new Manifest(path, handle, files, completed, shards, repairedBytes, fingerprints);
 }
 
 async function fileExists(path: string): Promise<boolean> {

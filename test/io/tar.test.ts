@@ -10,7 +10,7 @@ import { mulberry32 } from '../support/random.js';
 function randomBytes(n: number, seed: number): Buffer {
   const rnd = mulberry32(seed);
   const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = Math.floor(rnd() * 256);
+  for (let i = 0; i < n; i++) b[i] = rnd() & 0xff;
   return b;
 }
 
