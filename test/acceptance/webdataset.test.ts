@@ -63,7 +63,7 @@ async function waitFor(test: () => boolean, child: ChildProcess, what: string): 
 }
 
 const tars = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => /^\d{5}\.tar$/.test(f)).sort() : []);
-const temps = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.startsWith('.')) : []);
+const temps = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => /^\..*\.tmp-/.test(f)) : []);
 
 describe('acceptance: dataset outputs on the demo model', function () {
   this.timeout(600_000);
