@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -66,7 +67,7 @@ describe('io/webdataset', () => {
         assert.deepEqual(members.slice(m, m + 3).map((x) => x.name), [`${key}.png`, `${key}.txt`, `${key}.json`]);
         assert.ok(members[m].data.equals(image(i)));
         assert.equal(members[m + 1].data.toString(), `prompt ${i}`);
-        assert.deepEqual(json, { key, index: i, prompt: `prompt ${i}`, seed: 100 + i, width: 8, height: 8, file: `${key}.png`, model: 'abc', shard: s });
+        assert.deepEqual(json, { key, index: i, prompt: `prompt ${i}`, seed: 100 + i, width: 8, height: 8, file: `${key}.png`, model: 'abc', shard: s, prompt_sha256: createHash('sha256').update(`prompt ${i}`).digest('hex') });
         assert.equal(Math.floor(i / 10), n);
         seen.push(i);
       }
