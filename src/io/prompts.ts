@@ -21,6 +21,13 @@ export interface PromptRecord {
   height?: number;
   guidance?: number;
   name?: string;
+  /**
+   * SDXL's size conditioning (diffusers' argument names), each [height, width] or [top, left]; a model without it
+   * ignores them. Defaults: the image size, and crop (0, 0).
+   */
+  originalSize?: [number, number];
+  cropsCoordsTopLeft?: [number, number];
+  targetSize?: [number, number];
 }
 
 export interface PromptIssue {
@@ -55,7 +62,7 @@ export interface ReadPromptsOptions {
 }
 
 /** Keys a JSONL line may have. */
-export const JSONL_KEYS = ['prompt', 'negative_prompt', 'seed', 'width', 'height', 'guidance', 'name'] as const;
+export const JSONL_KEYS = ['prompt', 'negative_prompt', 'seed', 'width', 'height', 'guidance', 'name', 'original_size', 'crops_coords_top_left', 'target_size'] as const;
 
 export const MAX_SEED = (1n << 64n) - 1n;
 export const MAX_SIDE = 16384;
@@ -135,6 +142,14 @@ function parseSide(key: 'width' | 'height', value: unknown): number {
   return value;
 }
 
+/** A [a, b] pair of whole numbers >= 0 (SDXL's size and crop conditioning). */
+function parsePair(key: string, value: unknown): [number, number] {
+  if (!Array.isArray(value) || value.length !== 2 || !value.every((v) => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_SIDE)) {
+    throw new LineError(`"${key}" must be two whole numbers between 0 and ${MAX_SIDE}, like [1024, 1024], got ${describe(value)}.`);
+  }
+  return [value[0], value[1]];
+}
+
 function parseJsonLine(text: string, index: number, line: number): PromptRecord {
   let value: unknown;
   try {
@@ -171,6 +186,9 @@ function parseJsonLine(text: string, index: number, line: number): PromptRecord 
     if (typeof obj.name !== 'string' || obj.name.trim() === '') throw new LineError(`"name" must be a non-empty string, got ${describe(obj.name)}.`);
     record.name = obj.name;
   }
+  if (obj.original_size != null) record.originalSize = parsePair('original_size', obj.original_size);
+  if (obj.crops_coords_top_left != null) record.cropsCoordsTopLeft = parsePair('crops_coords_top_left', obj.crops_coords_top_left);
+  if (obj.target_size != null) record.targetSize = parsePair('target_size', obj.target_size);
   return record;
 }
 

@@ -74,6 +74,19 @@ describe('io/prompts', () => {
     assert.equal(resolveSeed({ index: 3 }, (1n << 64n) - 2n), 1n, 'base + index wraps within 64 bits');
   });
 
+  it('reads SDXL size conditioning per line (original_size, crops_coords_top_left, target_size) and refuses bad pairs', async () => {
+    const lines = [
+      JSON.stringify({ prompt: 'sized', original_size: [2048, 1536], crops_coords_top_left: [0, 64], target_size: [1024, 768] }),
+      JSON.stringify({ prompt: 'bad', original_size: [1024] }),
+      JSON.stringify({ prompt: 'bad', crops_coords_top_left: [-1, 0] }),
+    ];
+    const { records, issues } = await readAll(await file('sdxl.jsonl', lines.join('\n') + '\n'));
+    assert.deepEqual(records, [{ index: 0, line: 1, prompt: 'sized', originalSize: [2048, 1536], cropsCoordsTopLeft: [0, 64], targetSize: [1024, 768] }]);
+    assert.deepEqual(issues.map((i) => i.line), [2, 3]);
+    assert.match(issues[0].message, /"original_size" must be two whole numbers between 0 and 16384, like \[1024, 1024\], got an array/);
+    assert.match(issues[1].message, /"crops_coords_top_left" must be two whole numbers/);
+  });
+
   it('detects JSONL from the first non-blank line when the extension does not say', async () => {
     const path = await file('c.txt', '\n\n{"prompt": "x"}\n{"prompt": "y"}\n');
     const { records, summary } = await readAll(path);
