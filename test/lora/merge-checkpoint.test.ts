@@ -210,4 +210,53 @@ describe('lora/merge-checkpoint', () => {
       assert.deepEqual(readdirSync(join(tmp.dir, 'outs')), []);
     });
   });
+
+  describe('PyTorch inputs (read without executing them)', () => {
+    const PT = join(FIXTURES, 'pytorch');
+    const sameTensors = (a: string, b: string) => {
+      const x = rawSafetensors(a);
+      const y = rawSafetensors(b);
+      assert.deepEqual([...x.names].sort(), [...y.names].sort());
+      for (const n of x.names) assert.ok(x.raw.get(n)!.equals(y.raw.get(n)!) && x.dtypes.get(n) === y.dtypes.get(n), n);
+    };
+
+    it('a kohya LoRA saved as .pt merges to the same bytes as the .safetensors LoRA', async () => {
+      const fromPt = join(tmp.dir, 'pt.safetensors');
+      const fromSt = join(tmp.dir, 'st.safetensors');
+      await mergeLorasIntoCheckpoint({ base: SINGLE, loras: [{ path: join(PT, 'tiny-sd15-kohya.pt'), scale: 0.7 }], out: fromPt });
+      await mergeLorasIntoCheckpoint({ base: SINGLE, loras: [{ path: lora('kohya'), scale: 0.7 }], out: fromSt });
+      assert.ok(readFileSync(fromPt).equals(readFileSync(fromSt)));
+    });
+
+    it('a .ckpt base gives the tensors the .safetensors base gives; a PyTorch output name is refused', async () => {
+      const fromCkpt = join(tmp.dir, 'ckpt.safetensors');
+      const fromSt = join(tmp.dir, 'st.safetensors');
+      await mergeLorasIntoCheckpoint({ base: join(PT, 'tiny-sd15.ckpt'), loras: [{ path: lora('kohya'), scale: 0.7 }], out: fromCkpt });
+      await mergeLorasIntoCheckpoint({ base: SINGLE, loras: [{ path: lora('kohya'), scale: 0.7 }], out: fromSt });
+      sameTensors(fromCkpt, fromSt);
+      await assert.rejects(
+        mergeLorasIntoCheckpoint({ base: join(PT, 'tiny-sd15.ckpt'), loras: [{ path: lora('kohya'), scale: 0.7 }], out: join(tmp.dir, 'x.ckpt') }),
+        (e: unknown) => e instanceof OnestepError && /written as safetensors/.test(e.message),
+      );
+    });
+
+    it('a diffusers folder whose unet is a .bin: written as diffusion_pytorch_model.safetensors, same tensors as from the safetensors folder', async () => {
+      const base = join(tmp.dir, 'bin-folder');
+      await cp(FOLDER, base, { recursive: true });
+      const { rm } = await import('node:fs/promises');
+      await rm(join(base, 'unet', 'diffusion_pytorch_model.safetensors'));
+      await copyFile(join(PT, 'tiny-sd15-bin-unet', 'diffusion_pytorch_model.bin'), join(base, 'unet', 'diffusion_pytorch_model.bin'));
+      const outBin = join(tmp.dir, 'merged-bin');
+      const outSt = join(tmp.dir, 'merged-st');
+      const r = await mergeLorasIntoCheckpoint({ base, loras: [{ path: lora('kohya'), scale: 0.7 }], out: outBin, dtype: 'F32' });
+      await mergeLorasIntoCheckpoint({ base: FOLDER, loras: [{ path: lora('kohya'), scale: 0.7 }], out: outSt, dtype: 'F32' });
+      assert.deepEqual(filesUnder(outBin), filesUnder(outSt));
+      assert.ok(r.notes.includes(`${join('unet', 'diffusion_pytorch_model.bin')} (PyTorch) written as ${join('unet', 'diffusion_pytorch_model.safetensors')}`), r.notes.join('\n'));
+      for (const c of ['unet', 'vae', 'text_encoder']) {
+        const [a] = folderLocation(outBin, `${c}.x`);
+        const [b] = folderLocation(outSt, `${c}.x`);
+        sameTensors(a, b);
+      }
+    });
+  });
 });

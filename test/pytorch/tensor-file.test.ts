@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PickleError } from '../../src/pytorch/pickle.js';
 import { PyTorchFile } from '../../src/pytorch/tensor-file.js';
+import { writeSafetensors } from '../../src/safetensors/writer.js';
 import { FIXTURES, ROOT, readSafetensors } from '../support/fixtures.js';
 import { HOSTILE, Ops, PT, goldenRaw, legacyCheckpoint } from './helpers.js';
 
@@ -110,6 +111,30 @@ describe('pytorch/tensor-file', () => {
       });
       assert.equal(existsSync('/tmp/onestep-pwned-os-system'), false);
     });
+  });
+
+  it('round trip: the tensors read, written as safetensors in the golden\'s order and metadata, reproduce it byte for byte', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'onestep-roundtrip-'));
+    try {
+      for (const [file, golden] of [
+        ['dtypes.pt', join(PT, 'dtypes.safetensors')],
+        ['dtypes-legacy.pt', join(PT, 'dtypes.safetensors')],
+        ['tiny-sd15.ckpt', join(FIXTURES, 'tiny-sd15.safetensors')],
+      ]) {
+        const g = goldenRaw(golden);
+        const f = await PyTorchFile.open(join(PT, file));
+        const out = join(dir, `${file}.safetensors`);
+        await writeSafetensors(
+          out,
+          g.order.map((name) => ({ name, dtype: f.info(name).dtype, shape: f.info(name).shape, data: () => f.readRaw(name) })),
+          Object.keys(g.metadata).length ? g.metadata : undefined,
+        );
+        await f.close();
+        assert.ok(readFileSync(out).equals(readFileSync(golden)), `${file} -> ${golden}`);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('memory stays at one tensor: a strided view reads only the storage span it covers', async () => {

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PickleError } from '../../src/pytorch/pickle.js';
 import { SafetensorsError } from '../../src/safetensors/errors.js';
 import { SafetensorsFile } from '../../src/safetensors/reader.js';
 import { TensorSet } from '../../src/safetensors/tensor-set.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/safetensors/writer.js';
+import { PT } from '../pytorch/helpers.js';
 import { bytesOf, makeTempDir } from './helpers.js';
 
 const f32 = (name: string, values: number[]): TensorToWrite => ({
@@ -125,6 +126,29 @@ describe('safetensors/tensor-set', () => {
     await mkdir(join(dir, 'empty'));
     await assert.rejects(TensorSet.open(join(dir, 'empty')), assertRule('not-found'));
     await assert.rejects(TensorSet.open(join(dir, 'absent')), assertRule('not-found'));
+  });
+
+  it('folders of PyTorch files: the .safetensors is preferred, else the .bin index, else the one checkpoint', async () => {
+    const bin = join(dir, 'bin');
+    await mkdir(bin);
+    await copyFile(join(PT, 'dtypes.pt'), join(bin, 'pytorch_model.bin'));
+    let set = await TensorSet.open(bin);
+    assert.equal(set.names().length, 22);
+    assert.match(set.pickleNotes()[0], /pytorch_model\.bin: PyTorch pickle \(torch\.save zip container, protocol 2\)/);
+    await set.close();
+    // Shards of both containers through a pytorch_model.bin.index.json, as transformers writes for large models.
+    await copyFile(join(PT, 'dtypes.pt'), join(bin, 'pytorch_model-00001-of-00002.bin'));
+    await copyFile(join(PT, 'dtypes-legacy.pt'), join(bin, 'pytorch_model-00002-of-00002.bin'));
+    await writeIndex(bin, 'pytorch_model.bin.index.json', { f32: 'pytorch_model-00001-of-00002.bin', transposed: 'pytorch_model-00002-of-00002.bin' });
+    set = await TensorSet.open(bin);
+    assert.deepEqual(set.names(), ['f32', 'transposed']);
+    assert.match(set.info('transposed').file.path, /00002-of-00002\.bin$/);
+    assert.equal(set.pickleNotes().length, 2);
+    await set.close();
+    await writeSafetensors(join(bin, 'model.safetensors'), [f32('only', [1])]);
+    set = await TensorSet.open(bin);
+    assert.deepEqual([set.names(), set.pickleNotes()], [['only'], []]);
+    await set.close();
   });
 
   it('refuses broken indexes', async () => {
