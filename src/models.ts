@@ -96,7 +96,7 @@ export async function resolveModel(opts: {
   key.update(`onestep ${ONESTEP_VERSION}\n${dtype}\n${await rememberedSha256(model, root)}\n`);
   for (const l of loras) key.update(`${await rememberedSha256(l.path, root)} ${l.scale}\n`);
   // A single file takes its configs from a same-named diffusers folder beside it, when there is one: part of the input.
-  const configs = model.replace(/\.safetensors$/i, '');
+  const configs = model.replace(/\.(safetensors|ckpt|pt|pth|bin)$/i, '');
   if (configs !== model && isDirectory(configs)) key.update(`configs ${await rememberedSha256(configs, root)}\n`);
   const dir = path.join(root, 'models', key.digest('hex').slice(0, 24));
   if (isModelDir(dir)) {

@@ -42,7 +42,10 @@ export class TensorRef {
 }
 
 export class DTypeValue {
-  constructor(readonly name: string) {}
+  constructor(
+    readonly name: string,
+    readonly dtype: SafetensorsDType | undefined,
+  ) {}
 }
 
 const STORAGE_DTYPES: [string, SafetensorsDType][] = [
@@ -62,9 +65,12 @@ const STORAGE_DTYPES: [string, SafetensorsDType][] = [
   ['UntypedStorage', 'U8'],
 ];
 
-const DTYPE_NAMES = [
-  'float64', 'double', 'float32', 'float', 'float16', 'half', 'bfloat16', 'int64', 'long', 'int32', 'int', 'int16', 'short',
-  'int8', 'uint8', 'bool', 'float8_e4m3fn', 'float8_e5m2', 'complex64', 'complex128',
+/** torch dtype names -> our dtypes (undefined: a dtype safetensors cannot hold, e.g. complex). */
+const DTYPES: [string, SafetensorsDType | undefined][] = [
+  ['float64', 'F64'], ['double', 'F64'], ['float32', 'F32'], ['float', 'F32'], ['float16', 'F16'], ['half', 'F16'],
+  ['bfloat16', 'BF16'], ['int64', 'I64'], ['long', 'I64'], ['int32', 'I32'], ['int', 'I32'], ['int16', 'I16'],
+  ['short', 'I16'], ['int8', 'I8'], ['uint8', 'U8'], ['bool', 'BOOL'], ['float8_e4m3fn', 'F8_E4M3'], ['float8_e5m2', 'F8_E5M2'],
+  ['complex64', undefined], ['complex128', undefined], ['uint16', undefined], ['uint32', undefined], ['uint64', undefined],
 ];
 
 function fail(detail: string): never {
@@ -137,7 +143,17 @@ export function torchGlobals(): Map<string, PyValue> {
     g.set(`torch.${name}`, new StorageType(name, dtype));
     g.set(`torch.storage.${name}`, new StorageType(name, dtype));
   }
-  for (const name of DTYPE_NAMES) g.set(`torch.${name}`, new DTypeValue(name));
+  for (const [name, dtype] of DTYPES) g.set(`torch.${name}`, new DTypeValue(name, dtype));
+  // torch >= 2.1 for dtypes without a typed storage class: an untyped (byte) storage read as `dtype`.
+  fn('torch._utils._rebuild_tensor_v3', (a) => {
+    const [storage, , , , , , dtype] = a;
+    if (!(storage instanceof StorageRef)) fail(`: the storage argument is ${describe(storage)}, not a storage`);
+    if (!(dtype instanceof DTypeValue) || !dtype.dtype) fail(`: dtype ${describe(dtype)} is not one safetensors can hold`);
+    const type = new StorageType(`${dtype.name} view of ${storage.type.name}`, dtype.dtype);
+    const bytes = storage.numel * storage.type.itemsize;
+    if (bytes % type.itemsize) fail(`: storage '${storage.key}' of ${bytes} bytes is not a whole number of ${dtype.name}`);
+    return rebuildTensor([new StorageRef(storage.key, type, bytes / type.itemsize, (storage.viewOffset * storage.type.itemsize) / type.itemsize), ...a.slice(1)]);
+  });
   fn('torch.device', (a) => {
     if (typeof a[0] !== 'string') fail(`: ${describe(a[0])} is not a device name`);
     return a.length > 1 && a[1] !== null ? `${a[0]}:${int(a[1], 'index')}` : a[0];

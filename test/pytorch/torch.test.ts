@@ -35,6 +35,15 @@ describe('pytorch/torch', () => {
     }
   });
 
+  it('_rebuild_tensor_v3 (torch >= 2.1): an untyped byte storage read as the given dtype', () => {
+    const v3 = (globals.get('torch._utils._rebuild_tensor_v3') as PyFunction).call;
+    const bytes = new StorageRef('3', globals.get('torch.UntypedStorage') as StorageType, 8);
+    const t = v3([bytes, 1, new PyTuple([3]), new PyTuple([1]), false, new PyDict(), globals.get('torch.float16')]) as TensorRef;
+    assert.deepEqual([t.storage.type.dtype, t.storage.numel, t.offset, t.shape], ['F16', 4, 1, [3]]);
+    assert.throws(() => v3([bytes, 0, new PyTuple([2]), new PyTuple([1]), false, new PyDict(), globals.get('torch.complex64')]), /not one safetensors can hold/);
+    assert.throws(() => v3([bytes, 2, new PyTuple([3]), new PyTuple([1]), false, new PyDict(), globals.get('torch.float16')]), /view needs 5 elements/);
+  });
+
   it('a failing allow-listed call is one PickleError naming the function', () => {
     const p = new Ops().proto(2).global('torch._utils', '_rebuild_tensor_v2').mark().str('not a storage').int(0).emptyTuple().emptyTuple().tuple().reduce().stop().done();
     assert.throws(() => unpickle(p, 0, { label: 'x.pt', globals }), (e: unknown) => e instanceof PickleError && /torch\._utils\._rebuild_tensor_v2: the storage argument is "not a storage"/.test(e.message));
