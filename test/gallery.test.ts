@@ -30,6 +30,12 @@ describe('gallery', function () {
   let chromium: string | undefined;
   let profile = 0;
 
+  function needChromium(ctx: Mocha.Context): void {
+    if (chromium) return;
+    if (process.env.ONESTEP_REQUIRE_CHROMIUM === '1') assert.fail('chromium is not installed (apt-get install chromium)');
+    ctx.skip();
+  }
+
   /** Chromium headless with the flags that work on these machines and a fresh profile each time. */
   function browse(args: string[], url: string): string {
     const userDir = path.join(dir, `chrome-profile-${profile++}`);
@@ -91,10 +97,7 @@ describe('gallery', function () {
   });
 
   it('headless Chromium: a card per image with prompt, seed, size, model and a link to the image; filter and pages', function () {
-    if (!chromium) {
-      if (process.env.ONESTEP_REQUIRE_CHROMIUM === '1') assert.fail('chromium is not installed (apt-get install chromium)');
-      this.skip();
-    }
+    needChromium(this);
     const url = pathToFileURL(path.join(out, 'index.html')).href;
     const dom = browse(['--dump-dom'], url);
     const cards = [...dom.matchAll(/<article class="card" data-index="(\d+)">(.*?)<\/article>/gs)];
@@ -121,7 +124,7 @@ describe('gallery', function () {
   });
 
   it('pages: --page-size 5 gives 3 pages; page 3 holds the last 2 cards', async function () {
-    if (!chromium) this.skip();
+    needChromium(this);
     await buildGallery({ dir: out, pageSize: 5 });
     const url = pathToFileURL(path.join(out, 'index.html')).href;
     const page3 = browse(['--dump-dom'], `${url}#page=3`);
@@ -131,7 +134,7 @@ describe('gallery', function () {
   });
 
   it('headless Chromium screenshot: the filtered card shows its thumbnail, pixel for pixel (3x, pixelated)', async function () {
-    if (!chromium) this.skip();
+    needChromium(this);
     const shot = path.join(dir, 'shot.png');
     browse(['--window-size=800,600', `--screenshot=${shot}`], `${pathToFileURL(path.join(out, 'index.html')).href}#q=glacier`);
     const { data, info } = await sharp(shot).removeAlpha().raw().toBuffer({ resolveWithObject: true });
