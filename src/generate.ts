@@ -13,6 +13,7 @@ import { MANIFEST_FILE, openManifest, resumeDifferences, toManifestEntry, type M
 import { FilesOutput, type ImageOutput, type OutputFormat } from './io/outputs.js';
 import { WebDatasetOutput } from './io/webdataset.js';
 import { imageOrdinal, imagesOf } from './plan.js';
+import { writeGrid } from './grid.js';
 import { NameAllocator } from './io/names.js';
 import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
 import type { Shard } from './io/shard.js';
@@ -41,6 +42,8 @@ export interface GenerateOptions {
   /** `files` (default: image files + metadata.jsonl) or `webdataset` (tar shards of `shardSize` images). */
   outputFormat?: OutputFormat;
   shardSize?: number;
+  /** Also write an A1111-style grid PNG per batch (of more than one image) into `<out>/.grids/`. */
+  grid?: boolean;
   /** Images per prompt (default 1): image j of prompt i has index i·n + j, seed base + i·n + j (see plan.ts). */
   imagesPerPrompt?: number;
   nameTemplate: string;
@@ -278,7 +281,8 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     return req;
   };
 
-  const write = async (img: GeneratedImage): Promise<void> => {
+  /** Encodes and writes one image; returns its A1111 parameters text. */
+  const write = async (img: GeneratedImage): Promise<string> => {
     const r = records.get(img.index)!;
     records.delete(img.index);
     const req = { seed: resolveSeed(r, opts.seed), guidance: r.guidance ?? opts.guidance ?? m.recipe.guidance };
@@ -322,6 +326,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     stageMs.write += performance.now() - writeStarted;
     images++;
     opts.onImage?.(images, { ...img, file });
+    return parameters;
   };
 
   const dispatch = async (batch: ImageRequest[]): Promise<void> => {
@@ -341,7 +346,8 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
           stageMs.denoiser += img.ms.denoiser / out.length;
           stageMs.decoder += img.ms.decoder / out.length;
         }
-        await Promise.all(out.map((img) => write(img).then(() => written++)));
+        const parameters = await Promise.all(out.map((img) => write(img).then((p) => (written++, p))));
+        if (opts.grid && out.length > 1) await writeGrid(opts.out, out[0].index, out, parameters[0]);
       } catch (err) {
         // After an interrupt, atomic writes in flight may have had their temp files removed: those images are dropped.
         if (opts.signal?.aborted) dropped += batch.length - written;
