@@ -66,13 +66,27 @@ export interface ResolvedModel {
   notes: string[];
 }
 
-export async function resolveModel(opts: {
+export interface ModelRequest {
   model?: string;
   loras?: LoraSpec[];
   dtype?: 'float32' | 'float16';
   env?: NodeJS.ProcessEnv;
   onConvertProgress?: ConvertOptions['onProgress'];
-}): Promise<ResolvedModel> {
+}
+
+export async function resolveModel(opts: ModelRequest): Promise<ResolvedModel> {
+  return (await locateModel(opts, true)) as ResolvedModel;
+}
+
+/**
+ * The model directory a request names, without converting anything (for `generate --dry-run`): undefined when a
+ * checkpoint has not been converted into the cache yet.
+ */
+export async function findModelDir(opts: ModelRequest): Promise<{ dir?: string; notes: string[] }> {
+  return locateModel(opts, false);
+}
+
+async function locateModel(opts: ModelRequest, convert: boolean): Promise<{ dir?: string; notes: string[] }> {
   const env = opts.env ?? process.env;
   const notes: string[] = [];
   let model = opts.model ?? env.ONESTEP_MODEL;
@@ -102,6 +116,10 @@ export async function resolveModel(opts: {
   if (isModelDir(dir)) {
     notes.push(`using the converted model cached in ${dir}`);
     return { dir, notes };
+  }
+  if (!convert) {
+    notes.push(`${model} is not converted yet (the run converts it into ${dir} first)`);
+    return { notes };
   }
   notes.push(`converting ${model}${loras.length ? ` with ${loras.length} LoRA(s)` : ''} into ${dir} (once; later runs reuse it)`);
   // Several processes may convert the same model at once (a cluster array sharing one cache). The first to finish

@@ -1,4 +1,5 @@
 import { readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../cli/base-command.js';
@@ -13,7 +14,8 @@ import { DEFAULT_NAME_TEMPLATE } from '../io/names.js';
 import { countPrompts } from '../io/prompts.js';
 import { resolveShard } from '../io/shard.js';
 import { parseLoraArg } from '../lora/args.js';
-import { resolveModel } from '../models.js';
+import { findModelDir, resolveModel } from '../models.js';
+import { formatPlan, planRun } from '../plan.js';
 import { seededRandomSeed } from '../runtime/noise.js';
 
 function parseSeed(text: string): bigint {
@@ -33,6 +35,16 @@ function promptSource(file: string | undefined, prompts: string[] | undefined): 
     throw new OnestepError('No prompts given.', 'Pass a prompt file (.txt or .jsonl, - for stdin) or one or more -p "a prompt".');
   }
   return file;
+}
+
+/** The model directory's default image size, read from its model.json (no model is loaded). */
+function readDefaultSize(dir: string): { width: number; height: number } | undefined {
+  try {
+    const size = JSON.parse(readFileSync(path.join(dir, 'model.json'), 'utf8')).default_size;
+    return Number.isInteger(size?.width) && Number.isInteger(size?.height) ? { width: size.width, height: size.height } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function readNegativePrompt(file: string): string {
@@ -98,7 +110,8 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     'shard-count': Flags.integer({ description: 'shard count to pair with JOB_COMPLETION_INDEX (or ONESTEP_SHARD_COUNT)', min: 1 }),
     dtype: Flags.string({ description: 'precision when a checkpoint is converted on the fly', options: ['fp32', 'fp16'], default: 'fp32' }),
     quiet: Flags.boolean({ char: 'q', description: 'no progress output' }),
-    json: Flags.boolean({ description: 'print the final summary as JSON on stdout' }),
+    json: Flags.boolean({ description: 'print the final summary (or the --dry-run plan) as JSON on stdout' }),
+    'dry-run': Flags.boolean({ description: 'print what would be generated (counts, sizes, seeds, shard, first images) without loading a model' }),
   };
 
   async run(): Promise<void> {
@@ -120,6 +133,30 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     // Flag mistakes are reported before a model is loaded or converted (which can take a minute).
     checkImageSize(flags.width, flags.height);
     parseDevice(flags.device);
+
+    if (flags['dry-run']) {
+      const found = await findModelDir({ model: flags.model, loras, dtype: flags.dtype === 'fp16' ? 'float16' : 'float32' });
+      for (const n of found.notes) if (!flags.quiet) progress.note(n);
+      const plan = await planRun(source === '-' ? process.stdin : source, {
+        seed,
+        shard,
+        imagesPerPrompt: flags['images-per-prompt'],
+        width: flags.width,
+        height: flags.height,
+        defaultSize: found.dir ? readDefaultSize(found.dir) : undefined,
+        outputFormat: flags['output-format'],
+        shardSize: flags['shard-size'] ?? 1000,
+        out: flags.out,
+        resume: flags.resume,
+        strict: flags.strict,
+        nameTemplate: flags.name,
+        format: flags.format,
+        onIssue: (line, message) => warn(`${args.prompts ?? '--prompt'}:${line}: ${message} (skipped)`),
+      });
+      if (flags.seed === undefined && !flags.quiet) progress.note(`seed: ${seed} (random; pass --seed ${seed} to get these seeds)`);
+      this.log(flags.json ? JSON.stringify(plan) : formatPlan(plan));
+      return;
+    }
 
     const resolved = await resolveModel({
       model: flags.model,
