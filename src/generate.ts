@@ -160,7 +160,7 @@ function isAlive(pid: number): boolean {
  * dtype, the decoder. Not the file's name: a renamed checkpoint makes the same images.
  */
 function modelIdentity(m: ModelManifest): string {
-  const what = { sha256: m.source.sha256, loras: m.source.loras.map((l) => [l.sha256, l.scale]), dtype: m.dtype, decoder: m.vae_decoder ?? 'autoencoder-kl' };
+  const what = { sha256: m.source.sha256, loras: m.source.loras.map((l) => [l.sha256, l.scale]), dtype: m.dtype, decoder: m.decoder.kind };
   return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
 }
 
@@ -261,7 +261,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     const req: ImageRequest = {
       index: r.index,
       prompt: r.prompt,
-      negativePrompt: r.negativePrompt ?? opts.negativePrompt ?? '',
+      negativePrompt: r.negativePrompt ?? opts.negativePrompt,
       seed: resolveSeed(r, opts.seed),
       width,
       height,

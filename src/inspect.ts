@@ -7,7 +7,7 @@
  *   path: string,
  *   kind: 'checkpoint' | 'lora',
  *   layout: 'single-file' | 'diffusers' | 'lora',
- *   family: 'sd1' | 'sd2' | 'sdxl' | 'pixart-alpha' | 'unknown'   (a LoRA that fits several: 'sd1|sd2'),
+ *   family: a family id of src/families (sd1, sd2, sdxl, sdxs, pixart-alpha) or 'unknown' (a LoRA that fits several: 'sd1|sd2'),
  *   convertible: boolean,                  // whether `onestep convert` takes it as it is
  *   totalParameters: number,               // sum over components
  *   components: { [name]: { parameters: number, tensors: number (as stored), dtypes: { [dtype]: parameters } } },
@@ -26,16 +26,18 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openCheckpoint, type Checkpoint } from './checkpoint/open.js';
-import { detectFolder, detectSingleFile, isDirectory } from './checkpoint/detect.js';
+import { detectFolderFamily, detectSingleFile, isDirectory, readFolderIndex } from './checkpoint/detect.js';
 import { emaKeyFor, isKnownIgnorableKey } from './checkpoint/keymap-sd.js';
 import { MappedSource } from './checkpoint/sources.js';
 import { BadInputError } from './errors.js';
+import { convertibleLabels, FAMILIES, familyLabel as labelOf, folderFamily, type FamilyDef, type FolderInput } from './families/index.js';
 import { LoraFile, describeLora, type LoraDescription } from './lora/parse.js';
 import type { SafetensorsDType } from './safetensors/dtypes.js';
 import { SafetensorsError } from './safetensors/errors.js';
 import { TensorSet } from './safetensors/tensor-set.js';
 
-export type InspectFamily = 'sd1' | 'sd2' | 'sdxl' | 'pixart-alpha' | 'unknown';
+/** A family id of src/families, or 'unknown'. */
+export type InspectFamily = string;
 
 export interface ComponentReport {
   parameters: number;
@@ -160,7 +162,7 @@ async function inspectFile(path: string): Promise<InspectReport> {
   if (kind.kind === 'lora') return inspectLora(path, stored, metadata);
 
   const warnings: string[] = [];
-  if (kind.kind === 'sd1' || kind.kind === 'sd2') {
+  if (kind.kind === 'checkpoint' && kind.family.convertible) {
     try {
       const checkpoint = await openCheckpoint(path);
       try {
@@ -172,40 +174,37 @@ async function inspectFile(path: string): Promise<InspectReport> {
       if (isUnreadable(e)) throw e;
       warnings.push(`onestep cannot convert it as it is: ${(e as Error).message}`);
     }
-  } else if (kind.kind === 'sdxl') {
-    warnings.push('SDXL checkpoints are recognized but not converted (onestep converts SD 1.x, SD 2.x and PixArt-α)');
+  } else if (kind.kind === 'checkpoint') {
+    warnings.push(`${kind.family.label} checkpoints are recognized but not converted yet (onestep converts ${convertibleLabels()})`);
   } else if (kind.kind === 'unsupported') {
     warnings.push(`looks like ${kind.what}, not a complete checkpoint`);
   } else {
     warnings.push('no tensor names onestep recognizes');
   }
-  const family: InspectFamily = kind.kind === 'sd1' || kind.kind === 'sd2' || kind.kind === 'sdxl' ? kind.kind : 'unknown';
-  return rawSingleFile(path, family, stored, metadata, warnings);
+  return rawSingleFile(path, kind.kind === 'checkpoint' ? kind.family : undefined, stored, metadata, warnings);
 }
 
-/** Component of an original (LDM / SGM) single-file key, or undefined when it belongs to none. */
-function ldmComponent(key: string): string | undefined {
-  if (key.startsWith('model.diffusion_model.')) return 'unet';
-  if (key.startsWith('first_stage_model.')) return 'vae';
-  if (key.startsWith('cond_stage_model.')) return 'text_encoder';
-  const embedder = /^conditioner\.embedders\.(\d+)\./.exec(key);
-  if (embedder) return embedder[1] === '0' ? 'text_encoder' : `text_encoder_${Number(embedder[1]) + 1}`;
+/** Component of an original single-file key (by the family's key prefixes, or any family's), or undefined. */
+function singleFileComponent(key: string, family: FamilyDef | undefined): string | undefined {
+  for (const f of family ? [family] : FAMILIES) {
+    for (const [component, prefixes] of Object.entries(f.singleFilePrefixes)) if (prefixes.some((p) => key.startsWith(p))) return component;
+  }
   return undefined;
 }
 
 function rawSingleFile(
   path: string,
-  family: InspectFamily,
+  family: FamilyDef | undefined,
   stored: StoredTensor[],
   metadata: Record<string, string>,
   warnings: string[],
 ): InspectReport {
   const tally = new Tally();
   const unknown: string[] = [];
-  const recognized = family !== 'unknown';
+  const recognized = family !== undefined;
   for (const t of stored) {
     if (isKnownIgnorableKey(t.key)) continue; // DDPM buffers, position_ids, ...: unused
-    const component = ldmComponent(t.key);
+    const component = singleFileComponent(t.key, family);
     if (component) tally.add(component, t.dtype, t.numel, t.id);
     else if (!recognized) tally.add('other', t.dtype, t.numel, t.id);
     else if (!t.key.startsWith('model_ema.')) unknown.push(t.key);
@@ -219,7 +218,7 @@ function rawSingleFile(
     path,
     kind: 'checkpoint',
     layout: 'single-file',
-    family,
+    family: family?.id ?? 'unknown',
     convertible: false,
     components: tally.components,
     unused: tally.unused(stored),
@@ -284,7 +283,7 @@ function fromCheckpoint(checkpoint: Checkpoint, stored: StoredTensor[], metadata
     path: checkpoint.path,
     kind: 'checkpoint',
     layout: checkpoint.layout,
-    family: checkpoint.family,
+    family: checkpoint.family.id,
     convertible: true,
     components: tally.components,
     unused: tally.unused(stored),
@@ -387,21 +386,36 @@ async function readJsonObject(path: string): Promise<Record<string, unknown> | u
 
 async function inspectFolder(dir: string): Promise<InspectReport> {
   const warnings: string[] = [];
-  let family: InspectFamily = 'unknown';
-  let index: Record<string, unknown>;
+  let family: FamilyDef | undefined;
+  let folder: FolderInput;
   let openable = true;
   try {
-    const detected = await detectFolder(dir);
-    index = detected.index;
-    family = detected.kind.kind === 'sd' ? 'unknown' : detected.kind.kind;
-    if (detected.kind.kind === 'sdxl') warnings.push('SDXL pipelines are recognized but not converted (onestep converts SD 1.x, SD 2.x and PixArt-α)');
+    folder = await readFolderIndex(dir);
   } catch (e) {
-    // A pipeline onestep does not convert is still worth describing; a folder without a model_index.json is not one.
+    // A model_index.json that is not an object is still worth describing; a folder without one is not a pipeline.
     const parsed = await readJsonObject(join(dir, 'model_index.json'));
     if (!parsed) throw e;
-    index = parsed;
+    folder = { dir, index: parsed, pipelineClass: '' };
     openable = false;
     warnings.push((e as Error).message);
+  }
+  const index = folder.index;
+  const rawConfigs: Record<string, Record<string, unknown>> = {};
+  for (const c of pipelineComponents(index)) {
+    const json = await readJsonObject(join(dir, c, 'config.json'));
+    if (json) rawConfigs[c] = json;
+  }
+  if (openable) {
+    try {
+      family = detectFolderFamily(folder, rawConfigs);
+      if (!family.convertible) {
+        warnings.push(`${family.label} pipelines are recognized but not converted yet (onestep converts ${convertibleLabels()})`);
+        openable = false;
+      }
+    } catch (e) {
+      openable = false;
+      warnings.push((e as Error).message);
+    }
   }
 
   // Every component folder with weights, opened once for its headers and metadata.
@@ -428,7 +442,7 @@ async function inspectFolder(dir: string): Promise<InspectReport> {
     }
   }
 
-  if (openable && family !== 'sdxl') {
+  if (openable) {
     try {
       const checkpoint = await openCheckpoint(dir);
       try {
@@ -457,18 +471,17 @@ async function inspectFolder(dir: string): Promise<InspectReport> {
   const config: Record<string, Record<string, unknown>> = {};
   for (const [c, tensors] of rawComponents) {
     for (const t of tensors) tally.add(c, t.dtype, t.numel, t.id);
-    const json = await readJsonObject(join(dir, c, 'config.json'));
-    if (json) config[c] = json;
+    if (rawConfigs[c]) config[c] = rawConfigs[c];
   }
   const scheduler = await readJsonObject(join(dir, 'scheduler', 'scheduler_config.json'));
   if (scheduler) config.scheduler = scheduler;
-  if (family === 'unknown') family = guessFolderFamily(index, config);
+  family ??= folderFamily(folder, rawConfigs);
   warnings.push(...dtypeWarnings(tally.components));
   return finish({
     path: dir,
     kind: 'checkpoint',
     layout: 'diffusers',
-    family,
+    family: family?.id ?? 'unknown',
     convertible: false,
     components: tally.components,
     unused: tally.unused(stored),
@@ -490,26 +503,8 @@ function subtractUnused(unused: UnusedReport, tensors: StoredTensor[]): UnusedRe
   };
 }
 
-/** An SD pipeline folder onestep could not open: its family from the configs, when they say. */
-function guessFolderFamily(index: Record<string, unknown>, config: Record<string, Record<string, unknown>>): InspectFamily {
-  if (typeof index._class_name === 'string' && !/^StableDiffusion(Img2Img|Inpaint)?Pipeline$/.test(index._class_name)) return 'unknown';
-  const te = config.text_encoder;
-  if (!te) return 'unknown';
-  if (te.hidden_act === 'gelu' || config.unet?.use_linear_projection === true) return 'sd2';
-  if (te.hidden_act === 'quick_gelu') return 'sd1';
-  return 'unknown';
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Human output
-
-const FAMILY_LABELS: Record<string, string> = {
-  sd1: 'SD 1.x',
-  sd2: 'SD 2.x',
-  sdxl: 'SDXL',
-  'pixart-alpha': 'PixArt-α',
-  unknown: 'unknown',
-};
 
 const LAYOUT_LABELS: Record<string, string> = {
   'single-file': 'single file (original LDM / CompVis keys)',
@@ -576,7 +571,7 @@ function clip(s: string, max = 100): string {
 function familyLabel(family: string): string {
   return family
     .split('|')
-    .map((f) => FAMILY_LABELS[f] ?? f)
+    .map(labelOf)
     .join(' or ');
 }
 

@@ -13,6 +13,7 @@ import { listFiles, sha256Path } from './checkpoint/hash.js';
 import { BadInputError, OnestepError } from './errors.js';
 import { writeFileAtomic } from './io/atomic.js';
 import { convertCheckpoint, ONESTEP_VERSION, type ConvertOptions, type LoraSpec } from './convert.js';
+import { MODEL_FORMAT_VERSION } from './runtime/model-dir.js';
 
 export const DEMO_CHECKPOINT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'assets', 'demo', 'tiny-sd15.safetensors');
 
@@ -107,7 +108,8 @@ async function locateModel(opts: ModelRequest, convert: boolean): Promise<{ dir?
   const dtype = opts.dtype ?? 'float32';
   const root = cacheRoot(env);
   const key = createHash('sha256');
-  key.update(`onestep ${ONESTEP_VERSION}\n${dtype}\n${await rememberedSha256(model, root)}\n`);
+  // The model format version is part of the key: a cache written by an older onestep is converted again, not reused.
+  key.update(`onestep ${ONESTEP_VERSION} model format ${MODEL_FORMAT_VERSION}\n${dtype}\n${await rememberedSha256(model, root)}\n`);
   for (const l of loras) key.update(`${await rememberedSha256(l.path, root)} ${l.scale}\n`);
   // A single file takes its configs from a same-named diffusers folder beside it, when there is one: part of the input.
   const configs = model.replace(/\.(safetensors|ckpt|pt|pth|bin)$/i, '');

@@ -235,7 +235,9 @@ describe('convertCheckpoint (tiny fixtures, goldens through onnxruntime)', funct
           assert.equal(m.latent.channels, 4);
           assert.equal(m.source.layout, layout === 'folder' ? 'diffusers' : 'single-file');
           assert.match(m.source.sha256, /^[0-9a-f]{64}$/);
-          for (const f of Object.values(m.components)) assert.ok(existsSync(join(dir, f)), f);
+          for (const f of [...m.conditioning.map((c) => c.graph), m.denoiser.graph, m.decoder.graph, m.encoder!.graph]) assert.ok(existsSync(join(dir, f)), f);
+          assert.deepEqual(m.denoiser.inputs, ['sample', 'timestep', 'encoder_hidden_states']);
+          assert.equal(m.version, 2);
           assert.deepEqual(converted.get(`${short}-${layout}`)!.manifest, m);
         }
       });
@@ -245,7 +247,7 @@ describe('convertCheckpoint (tiny fixtures, goldens through onnxruntime)', funct
         assert.equal(expected.length, 150);
         for (const layout of ['folder', 'file']) {
           const dir = dirOf(`${short}-${layout}`);
-          const tok = await ClipTokenizer.load(join(dir, readManifest(dir).tokenizer.dir));
+          const tok = await ClipTokenizer.load(join(dir, readManifest(dir).conditioning[0].tokenizer));
           assert.deepEqual([...tok.encode('a photo of a cat').ids.slice(0, 7)], CAT_IDS);
           for (const { prompt, input_ids } of expected) assert.deepEqual([...tok.encode(prompt).ids], input_ids, `${layout}: ${JSON.stringify(prompt)}`);
         }
@@ -304,7 +306,7 @@ describe('convertCheckpoint refuses bad input, leaving nothing behind', function
       smallF32('model.diffusion_model.input_blocks.0.0.weight', [8, 4, 3, 3], 3),
       smallF32('first_stage_model.decoder.conv_out.weight', [3, 8, 3, 3], 4),
     ]);
-    await refuses(file, /xl\.safetensors: is an SDXL checkpoint/);
+    await refuses(file, /xl\.safetensors: is a SDXL-family checkpoint, which onestep recognises but cannot convert yet/);
     assert.deepEqual(readdirSync(outParent), []);
   });
 
@@ -318,7 +320,7 @@ describe('convertCheckpoint refuses bad input, leaving nothing behind', function
   });
 
   it('a PixArt folder (opened, not convertible yet)', async () => {
-    await refuses(join(FIXTURES, 'tiny-pixart'), /tiny-pixart: is a pixart-alpha checkpoint; these cannot be converted yet/);
+    await refuses(join(FIXTURES, 'tiny-pixart'), /tiny-pixart: is a PixArt-α-family pipeline folder, which onestep recognises but cannot convert yet/);
     assert.deepEqual(readdirSync(outParent), []);
   });
 

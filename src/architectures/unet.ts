@@ -7,7 +7,8 @@
 import type { UNetConfig } from '../checkpoint/configs.js';
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
-import { Graph, type Value } from '../onnx/graph.js';
+import { Graph, type Module, type Value } from '../onnx/graph.js';
+import { basicTransformerBlock, resnetBlock2D, toImage, toTokens } from './blocks.js';
 
 export interface UNetInputs {
   /** [batch, in_channels, h, w] */
@@ -148,96 +149,43 @@ function timeEmbedding(g: Graph, x: Value, prefix: string): Value {
   return g.scope('time_embedding', () => g.linear(g.silu(g.linear(x, `${prefix}.linear_1`)), `${prefix}.linear_2`));
 }
 
-/** `tembAct` is silu(temb), computed once for all resnets (diffusers applies it in each). */
-function resnetBlock2D(g: Graph, cfg: UNetConfig, x: Value, tembAct: Value, prefix: string, outputScale = 1): Value {
-  return g.scope(lastPart(prefix), () => {
-    let h = g.silu(g.groupNorm(x, `${prefix}.norm1`, cfg.norm_num_groups, cfg.norm_eps));
-    h = g.conv2d(h, `${prefix}.conv1`);
-    const t = g.linear(tembAct, `${prefix}.time_emb_proj`);
-    h = g.add(h, g.unsqueeze(t, [2, 3]));
-    h = g.silu(g.groupNorm(h, `${prefix}.norm2`, cfg.norm_num_groups, cfg.norm_eps));
-    h = g.conv2d(h, `${prefix}.conv2`);
-    const shortcut = g.hasWeight(`${prefix}.conv_shortcut.weight`) ? g.conv2d(x, `${prefix}.conv_shortcut`) : x;
-    const y = g.add(shortcut, h);
-    return outputScale === 1 ? y : g.div(y, g.scalar(outputScale));
-  });
-}
-
-/** Attention with bias-free to_q/to_k/to_v and to_out.0; `context` is the sequence attended to (self when absent). */
-function attention(g: Graph, cfg: UNetConfig, x: Value, context: Value | undefined, heads: number, prefix: string): Value {
-  return g.scope(lastPart(prefix), () => {
-    const kv = context ?? x;
-    let q = g.linear(x, `${prefix}.to_q`);
-    let k = g.linear(kv, `${prefix}.to_k`);
-    let v = g.linear(kv, `${prefix}.to_v`);
-    // SD 2.1's upcast_attention: its attention scores overflow float16, so the core runs in float32.
-    const upcast = cfg.upcast_attention && g.dtype === 'float16';
-    if (upcast) [q, k, v] = [q, k, v].map((t) => g.cast(t, 'float32'));
-    let out = g.attention(q, k, v, heads);
-    if (upcast) out = g.cast(out, 'float16');
-    return g.linear(out, `${prefix}.to_out.0`);
-  });
-}
-
-/** FeedForward with GEGLU: proj to 2*inner, hidden * gelu(gate), then the output linear. */
-function feedForward(g: Graph, x: Value, prefix: string): Value {
-  return g.scope('ff', () => {
-    const inner = g.weightShape(`${prefix}.net.0.proj.weight`)[0] / 2;
-    const [hidden, gate] = g.split(g.linear(x, `${prefix}.net.0.proj`), [inner, inner], -1);
-    return g.linear(g.mul(hidden, g.gelu(gate)), `${prefix}.net.2`);
-  });
-}
-
-/** `onlyCross`: attn1 attends to the context too (diffusers' only_cross_attention). */
-function basicTransformerBlock(g: Graph, cfg: UNetConfig, x: Value, context: Value, heads: number, prefix: string, onlyCross: boolean): Value {
-  return g.scope(lastPart(prefix), () => {
-    const eps = 1e-5;
-    let h = g.add(attention(g, cfg, g.layerNorm(x, `${prefix}.norm1`, eps), onlyCross ? context : undefined, heads, `${prefix}.attn1`), x);
-    h = g.add(attention(g, cfg, g.layerNorm(h, `${prefix}.norm2`, eps), context, heads, `${prefix}.attn2`), h);
-    return g.add(feedForward(g, g.layerNorm(h, `${prefix}.norm3`, eps), `${prefix}.ff`), h);
-  });
-}
-
 /** Transformer2DModel (continuous input): GroupNorm -> proj_in -> transformer blocks -> proj_out -> + residual. */
-function transformer2DModel(g: Graph, cfg: UNetConfig, x: Value, context: Value, heads: number, layers: number, prefix: string, onlyCross = false): Value {
-  return g.scope(lastPart(prefix), () => {
-    const inner = g.weightShape(`${prefix}.proj_in.weight`)[0];
-    const toTokens = (t: Value) => g.transpose(g.reshape(t, [0, inner, -1]), [0, 2, 1]); // NCHW -> [B, HW, C]
-    const toImage = (t: Value) => g.node('Reshape', [g.transpose(t, [0, 2, 1]), g.shape(x)])[0];
-    let h = g.groupNorm(x, `${prefix}.norm`, cfg.norm_num_groups, 1e-6);
-    h = cfg.use_linear_projection ? linearOrConv1x1(g, toTokens(h), `${prefix}.proj_in`) : toTokens(g.conv2d(h, `${prefix}.proj_in`));
-    for (let i = 0; i < layers; i++) h = basicTransformerBlock(g, cfg, h, context, heads, `${prefix}.transformer_blocks.${i}`, onlyCross);
-    h = cfg.use_linear_projection ? toImage(linearOrConv1x1(g, h, `${prefix}.proj_out`)) : g.conv2d(toImage(h), `${prefix}.proj_out`);
-    return g.add(h, x);
-  });
+function transformer2DModel(m: Module, cfg: UNetConfig, x: Value, context: Value, heads: number, layers: number, onlyCross = false): Value {
+  const { g } = m;
+  const inner = m.shape('proj_in.weight')[0];
+  let h = m.groupNorm(x, 'norm', cfg.norm_num_groups, 1e-6);
+  h = cfg.use_linear_projection ? linearOrConv1x1(m, toTokens(m, h, inner), 'proj_in') : toTokens(m, m.conv2d(h, 'proj_in'), inner);
+  for (let i = 0; i < layers; i++) {
+    h = m.with(`transformer_blocks.${i}`, (b) => basicTransformerBlock(b, h, { heads, context, upcast: cfg.upcast_attention, onlyCrossAttention: onlyCross }));
+  }
+  h = cfg.use_linear_projection ? toImage(m, linearOrConv1x1(m, h, 'proj_out'), x) : m.conv2d(toImage(m, h, x), 'proj_out');
+  return g.add(h, x);
 }
 
 /** A linear projection on tokens; also accepts 1x1-conv-shaped weights ([C, C, 1, 1]) that some converters keep. */
-function linearOrConv1x1(g: Graph, x: Value, prefix: string): Value {
-  const shape = g.weightShape(`${prefix}.weight`);
-  if (shape.length === 2) return g.linear(x, prefix);
-  return g.scope(lastPart(prefix), () => {
-    const w = g.weight(`${prefix}.weight`, { reshape: [shape[0], shape[1]], transpose: true });
-    const y = g.matmul(x, w);
-    return g.hasWeight(`${prefix}.bias`) ? g.add(y, g.weight(`${prefix}.bias`)) : y;
+function linearOrConv1x1(m: Module, x: Value, name: string): Value {
+  const shape = m.shape(`${name}.weight`);
+  if (shape.length === 2) return m.linear(x, name);
+  return m.g.scope(name, () => {
+    const y = m.g.matmul(x, m.weight(`${name}.weight`, { reshape: [shape[0], shape[1]], transpose: true }));
+    return m.has(`${name}.bias`) ? m.g.add(y, m.weight(`${name}.bias`)) : y;
   });
 }
 
-function downsample2D(g: Graph, cfg: UNetConfig, x: Value, prefix: string): Value {
-  return g.scope('downsamplers.0', () => g.conv2d(x, `${prefix}.conv`, { stride: 2, padding: cfg.downsample_padding }));
+function downsample2D(m: Module, cfg: UNetConfig, x: Value): Value {
+  return m.conv2d(x, 'conv', { stride: 2, padding: cfg.downsample_padding });
 }
 
 /** Nearest upsampling to the spatial size of the skip connection that comes next (2x for sizes divisible by 8). */
-function upsample2D(g: Graph, x: Value, sizeOf: Value, prefix: string): Value {
-  return g.scope('upsamplers.0', () => {
-    const sizes = g.concat([g.shape(x, 0, 2), g.shape(sizeOf, 2, 4)], 0);
-    const up = g.node('Resize', [x, undefined, undefined, sizes], {
-      mode: 'nearest',
-      nearest_mode: 'floor',
-      coordinate_transformation_mode: 'asymmetric',
-    })[0];
-    return g.conv2d(up, `${prefix}.conv`);
-  });
+function upsample2D(m: Module, x: Value, sizeOf: Value): Value {
+  const { g } = m;
+  const sizes = g.concat([g.shape(x, 0, 2), g.shape(sizeOf, 2, 4)], 0);
+  const up = g.node('Resize', [x, undefined, undefined, sizes], {
+    mode: 'nearest',
+    nearest_mode: 'floor',
+    coordinate_transformation_mode: 'asymmetric',
+  })[0];
+  return m.conv2d(up, 'conv');
 }
 
 /** Heads per down block: num_attention_heads when set, else attention_head_dim (which SD configs use for the count). */
@@ -249,31 +197,33 @@ function headsPerBlock(cfg: UNetConfig): number[] {
 export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'): Value {
   if (cfg.time_cond_proj_dim) throw new OnestepError('UNets with a guidance embedding (time_cond_proj_dim) are not supported');
   return g.scope(prefix, () => {
+    const m = g.module(prefix);
     const heads = headsPerBlock(cfg);
     const n = cfg.block_out_channels.length;
     const context = g.cast(x.encoderHiddenStates, g.dtype);
+    const norm = { groups: cfg.norm_num_groups, eps: cfg.norm_eps };
 
     const tEmb = timestepEmbedding(g, g.cast(x.timestep, 'float32'), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift);
     let temb = timeEmbedding(g, g.cast(tEmb, g.dtype), `${prefix}.time_embedding`);
     if (cfg.addition_embed_type === 'text_time') temb = g.add(temb, addTextTimeEmbedding(g, cfg, x, prefix));
     const tembAct = g.silu(temb);
+    const resnet = { ...norm, tembAct };
 
-    let h = g.conv2d(g.cast(x.sample, g.dtype), `${prefix}.conv_in`);
+    let h = m.conv2d(g.cast(x.sample, g.dtype), 'conv_in');
     const skips: Value[] = [h];
 
     for (let i = 0; i < n; i++) {
-      const p = `${prefix}.down_blocks.${i}`;
-      h = g.scope(`down_blocks.${i}`, () => {
+      h = m.with(`down_blocks.${i}`, (block) => {
         let y = h;
         for (let j = 0; j < cfg.layers_per_block; j++) {
-          y = resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.${j}`);
+          y = block.with(`resnets.${j}`, (r) => resnetBlock2D(r, y, resnet));
           if (cfg.down_block_types[i] === 'CrossAttnDownBlock2D') {
-            y = transformer2DModel(g, cfg, y, context, heads[i], cfg.transformer_layers_per_block[i], `${p}.attentions.${j}`, cfg.only_cross_attention[i]);
+            y = block.with(`attentions.${j}`, (a) => transformer2DModel(a, cfg, y, context, heads[i], cfg.transformer_layers_per_block[i], cfg.only_cross_attention[i]));
           }
           skips.push(y);
         }
         if (i < n - 1) {
-          y = downsample2D(g, cfg, y, `${p}.downsamplers.0`);
+          y = block.with('downsamplers.0', (d) => downsample2D(d, cfg, y));
           skips.push(y);
         }
         return y;
@@ -282,11 +232,11 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
 
     // SDXS (mid_block_type null) has none: the deepest down output goes straight to the up path.
     if (cfg.mid_block_type !== null) {
-      h = g.scope('mid_block', () => {
-        const p = `${prefix}.mid_block`;
-        let y = resnetBlock2D(g, cfg, h, tembAct, `${p}.resnets.0`, cfg.mid_block_scale_factor);
-        y = transformer2DModel(g, cfg, y, context, heads[n - 1], cfg.transformer_layers_per_block[n - 1], `${p}.attentions.0`);
-        return resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.1`, cfg.mid_block_scale_factor);
+      h = m.with('mid_block', (mid) => {
+        const midResnet = { ...resnet, outputScale: cfg.mid_block_scale_factor };
+        let y = mid.with('resnets.0', (r) => resnetBlock2D(r, h, midResnet));
+        y = mid.with('attentions.0', (a) => transformer2DModel(a, cfg, y, context, heads[n - 1], cfg.transformer_layers_per_block[n - 1]));
+        return mid.with('resnets.1', (r) => resnetBlock2D(r, y, midResnet));
       });
     }
 
@@ -294,23 +244,22 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
     const upLayers = [...cfg.transformer_layers_per_block].reverse();
     const upOnlyCross = [...cfg.only_cross_attention].reverse();
     for (let i = 0; i < n; i++) {
-      const p = `${prefix}.up_blocks.${i}`;
-      h = g.scope(`up_blocks.${i}`, () => {
+      h = m.with(`up_blocks.${i}`, (block) => {
         let y = h;
         for (let j = 0; j < cfg.layers_per_block + 1; j++) {
           y = g.concat([y, skips.pop()!], 1);
-          y = resnetBlock2D(g, cfg, y, tembAct, `${p}.resnets.${j}`);
+          y = block.with(`resnets.${j}`, (r) => resnetBlock2D(r, y, resnet));
           if (cfg.up_block_types[i] === 'CrossAttnUpBlock2D') {
-            y = transformer2DModel(g, cfg, y, context, upHeads[i], upLayers[i], `${p}.attentions.${j}`, upOnlyCross[i]);
+            y = block.with(`attentions.${j}`, (a) => transformer2DModel(a, cfg, y, context, upHeads[i], upLayers[i], upOnlyCross[i]));
           }
         }
-        if (i < n - 1) y = upsample2D(g, y, skips[skips.length - 1], `${p}.upsamplers.0`);
+        if (i < n - 1) y = block.with('upsamplers.0', (u) => upsample2D(u, y, skips[skips.length - 1]));
         return y;
       });
     }
 
-    h = g.silu(g.groupNorm(h, `${prefix}.conv_norm_out`, cfg.norm_num_groups, cfg.norm_eps));
-    return g.conv2d(h, `${prefix}.conv_out`);
+    h = g.silu(m.groupNorm(h, 'conv_norm_out', cfg.norm_num_groups, cfg.norm_eps));
+    return m.conv2d(h, 'conv_out');
   });
 }
 
@@ -350,10 +299,4 @@ export function buildUNetGraph(weights: WeightSource, cfg: UNetConfig, dtype: 'f
   const out = unet(g, cfg, { sample, timestep, encoderHiddenStates, textEmbeds, timeIds });
   g.output(g.cast(out, 'float32'), 'out_sample', ['batch', cfg.out_channels, 'height', 'width']);
   return g;
-}
-
-function lastPart(prefix: string): string {
-  const parts = prefix.split('.');
-  const last = parts[parts.length - 1];
-  return /^\d+$/.test(last) ? parts.slice(-2).join('.') : last;
 }

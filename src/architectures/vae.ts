@@ -5,7 +5,8 @@
 import type { VaeConfig } from '../checkpoint/configs.js';
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
-import { Graph, type Value } from '../onnx/graph.js';
+import { Graph, type Module, type Value } from '../onnx/graph.js';
+import { attention, resnetBlock2D, toImage, toTokens } from './blocks.js';
 
 const EPS = 1e-6;
 
@@ -42,95 +43,65 @@ export function vaeScaleFactor(cfg: VaeConfig): number {
   return 2 ** (cfg.block_out_channels.length - 1);
 }
 
-/** ResnetBlock2D without time embedding: norm1, silu, conv1, norm2, silu, conv2, plus a 1x1 conv_shortcut when channels change. */
-function resnetBlock2D(g: Graph, cfg: VaeConfig, x: Value, prefix: string): Value {
-  let h = g.silu(g.groupNorm(x, `${prefix}.norm1`, cfg.norm_num_groups, EPS));
-  h = g.conv2d(h, `${prefix}.conv1`);
-  h = g.silu(g.groupNorm(h, `${prefix}.norm2`, cfg.norm_num_groups, EPS));
-  h = g.conv2d(h, `${prefix}.conv2`);
-  const shortcut = g.hasWeight(`${prefix}.conv_shortcut.weight`) ? g.conv2d(x, `${prefix}.conv_shortcut`) : x;
-  return g.add(shortcut, h);
-}
-
 /** Single-head self-attention over the H*W positions (diffusers Attention with group_norm and residual_connection). */
-function attention(g: Graph, cfg: VaeConfig, x: Value, prefix: string): Value {
-  const channels = g.weightShape(`${prefix}.to_q.weight`)[0];
-  const normed = g.groupNorm(x, `${prefix}.group_norm`, cfg.norm_num_groups, EPS);
-  // [B, C, H, W] -> [B, H*W, C]
-  const tokens = g.transpose(g.reshape(normed, [0, channels, -1]), [0, 2, 1]);
-  const q = g.linear(tokens, `${prefix}.to_q`);
-  const k = g.linear(tokens, `${prefix}.to_k`);
-  const v = g.linear(tokens, `${prefix}.to_v`);
-  const o = g.linear(g.attention(q, k, v, 1), `${prefix}.to_out.0`);
-  const back = g.node('Reshape', [g.transpose(o, [0, 2, 1]), g.shape(x)])[0];
-  return g.add(back, x);
+function attentionBlock(m: Module, cfg: VaeConfig, x: Value): Value {
+  const normed = m.groupNorm(x, 'group_norm', cfg.norm_num_groups, EPS);
+  const tokens = toTokens(m, normed, m.shape('to_q.weight')[0]);
+  return m.g.add(toImage(m, attention(m, tokens, 1), x), x);
 }
 
 /** UNetMidBlock2D without time embedding: resnet, (attention, resnet). */
-function midBlock(g: Graph, cfg: VaeConfig, x: Value, prefix: string): Value {
-  return g.scope('mid_block', () => {
-    let h = g.scope('resnets.0', () => resnetBlock2D(g, cfg, x, `${prefix}.resnets.0`));
-    if (cfg.mid_block_add_attention) h = g.scope('attentions.0', () => attention(g, cfg, h, `${prefix}.attentions.0`));
-    return g.scope('resnets.1', () => resnetBlock2D(g, cfg, h, `${prefix}.resnets.1`));
-  });
+function midBlock(m: Module, cfg: VaeConfig, x: Value): Value {
+  const norm = { groups: cfg.norm_num_groups, eps: EPS };
+  let h = m.with('resnets.0', (r) => resnetBlock2D(r, x, norm));
+  if (cfg.mid_block_add_attention) h = m.with('attentions.0', (a) => attentionBlock(a, cfg, h));
+  return m.with('resnets.1', (r) => resnetBlock2D(r, h, norm));
 }
 
 /** Downsample2D with a conv: torch pads (0, 1, 0, 1) (right and bottom only), then a 3x3 stride-2 conv without padding. */
-function downsample2D(g: Graph, x: Value, prefix: string): Value {
-  return g.scope('downsamplers.0', () =>
-    g.scope('conv', () => {
-      const key = `${prefix}.conv`;
-      const [, , kh, kw] = g.weightShape(`${key}.weight`);
-      return g.node('Conv', [x, g.weight(`${key}.weight`), g.weight(`${key}.bias`)], {
-        kernel_shape: [kh, kw],
-        pads: [0, 0, 1, 1], // [top, left, bottom, right]
-        strides: [2, 2],
-      })[0];
-    }),
-  );
-}
-
-/** Upsample2D with a conv: nearest 2x, then a 3x3 conv. */
-function upsample2D(g: Graph, x: Value, prefix: string): Value {
-  return g.scope('upsamplers.0', () => g.conv2d(g.upsampleNearest2x(x), `${prefix}.conv`));
+function downsample2D(m: Module, x: Value): Value {
+  return m.g.scope('conv', () => {
+    const [, , kh, kw] = m.shape('conv.weight');
+    return m.g.node('Conv', [x, m.weight('conv.weight'), m.weight('conv.bias')], {
+      kernel_shape: [kh, kw],
+      pads: [0, 0, 1, 1], // [top, left, bottom, right]
+      strides: [2, 2],
+    })[0];
+  });
 }
 
 /** diffusers' Encoder: image [B, in_channels, H, W] -> [B, 2 * latent_channels, H/f, W/f] (mean and logvar). */
-function encoder(g: Graph, cfg: VaeConfig, sample: Value, prefix: string): Value {
-  return g.scope('encoder', () => {
-    let h = g.conv2d(sample, `${prefix}.conv_in`);
-    const blocks = cfg.block_out_channels.length;
-    for (let i = 0; i < blocks; i++) {
-      const block = `${prefix}.down_blocks.${i}`;
-      h = g.scope(`down_blocks.${i}`, () => {
-        let x = h;
-        for (let j = 0; j < cfg.layers_per_block; j++) x = g.scope(`resnets.${j}`, () => resnetBlock2D(g, cfg, x, `${block}.resnets.${j}`));
-        return i < blocks - 1 ? downsample2D(g, x, `${block}.downsamplers.0`) : x;
-      });
-    }
-    h = midBlock(g, cfg, h, `${prefix}.mid_block`);
-    h = g.silu(g.groupNorm(h, `${prefix}.conv_norm_out`, cfg.norm_num_groups, EPS));
-    return g.conv2d(h, `${prefix}.conv_out`);
-  });
+function encoder(m: Module, cfg: VaeConfig, sample: Value): Value {
+  const norm = { groups: cfg.norm_num_groups, eps: EPS };
+  let h = m.conv2d(sample, 'conv_in');
+  const blocks = cfg.block_out_channels.length;
+  for (let i = 0; i < blocks; i++) {
+    h = m.with(`down_blocks.${i}`, (block) => {
+      let x = h;
+      for (let j = 0; j < cfg.layers_per_block; j++) x = block.with(`resnets.${j}`, (r) => resnetBlock2D(r, x, norm));
+      return i < blocks - 1 ? block.with('downsamplers.0', (d) => downsample2D(d, x)) : x;
+    });
+  }
+  h = m.with('mid_block', (mid) => midBlock(mid, cfg, h));
+  h = m.g.silu(m.groupNorm(h, 'conv_norm_out', cfg.norm_num_groups, EPS));
+  return m.conv2d(h, 'conv_out');
 }
 
 /** diffusers' Decoder: latents [B, latent_channels, h, w] -> image [B, out_channels, h*f, w*f]. */
-function decoder(g: Graph, cfg: VaeConfig, z: Value, prefix: string): Value {
-  return g.scope('decoder', () => {
-    let h = g.conv2d(z, `${prefix}.conv_in`);
-    h = midBlock(g, cfg, h, `${prefix}.mid_block`);
-    const blocks = cfg.block_out_channels.length;
-    for (let i = 0; i < blocks; i++) {
-      const block = `${prefix}.up_blocks.${i}`;
-      h = g.scope(`up_blocks.${i}`, () => {
-        let x = h;
-        for (let j = 0; j <= cfg.layers_per_block; j++) x = g.scope(`resnets.${j}`, () => resnetBlock2D(g, cfg, x, `${block}.resnets.${j}`));
-        return i < blocks - 1 ? upsample2D(g, x, `${block}.upsamplers.0`) : x;
-      });
-    }
-    h = g.silu(g.groupNorm(h, `${prefix}.conv_norm_out`, cfg.norm_num_groups, EPS));
-    return g.conv2d(h, `${prefix}.conv_out`);
-  });
+function decoder(m: Module, cfg: VaeConfig, z: Value): Value {
+  const norm = { groups: cfg.norm_num_groups, eps: EPS };
+  let h = m.conv2d(z, 'conv_in');
+  h = m.with('mid_block', (mid) => midBlock(mid, cfg, h));
+  const blocks = cfg.block_out_channels.length;
+  for (let i = 0; i < blocks; i++) {
+    h = m.with(`up_blocks.${i}`, (block) => {
+      let x = h;
+      for (let j = 0; j <= cfg.layers_per_block; j++) x = block.with(`resnets.${j}`, (r) => resnetBlock2D(r, x, norm));
+      return i < blocks - 1 ? block.with('upsamplers.0', (u) => u.conv2d(u.g.upsampleNearest2x(x), 'conv')) : x;
+    });
+  }
+  h = m.g.silu(m.groupNorm(h, 'conv_norm_out', cfg.norm_num_groups, EPS));
+  return m.conv2d(h, 'conv_out');
 }
 
 /**
@@ -139,17 +110,20 @@ function decoder(g: Graph, cfg: VaeConfig, z: Value, prefix: string): Value {
  */
 export function vaeDecoder(g: Graph, cfg: VaeConfig, latentSample: Value, prefix = 'vae'): Value {
   return g.scope('vae', () => {
+    const m = g.module(prefix);
     let z = g.cast(latentSample, g.dtype);
-    if (cfg.use_post_quant_conv) z = g.conv2d(z, `${prefix}.post_quant_conv`);
-    return decoder(g, cfg, z, `${prefix}.decoder`);
+    if (cfg.use_post_quant_conv) z = m.conv2d(z, 'post_quant_conv');
+    return m.with('decoder', (d) => decoder(d, cfg, z));
   });
 }
 
 /** The VAE encoder: image NCHW in [-1, 1] -> mean of the latent distribution (unscaled), in the graph's dtype. */
 export function vaeEncoder(g: Graph, cfg: VaeConfig, sample: Value, prefix = 'vae'): Value {
   return g.scope('vae', () => {
-    let moments = encoder(g, cfg, g.cast(sample, g.dtype), `${prefix}.encoder`);
-    if (cfg.use_quant_conv) moments = g.conv2d(moments, `${prefix}.quant_conv`);
+    const m = g.module(prefix);
+    const x = g.cast(sample, g.dtype);
+    let moments = m.with('encoder', (e) => encoder(e, cfg, x));
+    if (cfg.use_quant_conv) moments = m.conv2d(moments, 'quant_conv');
     return g.slice(moments, [0], [cfg.latent_channels], [1]);
   });
 }

@@ -2,11 +2,10 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BadInputError } from '../errors.js';
+import { convertibleLabels, folderFamily, singleFileFamily, type FamilyDef, type FolderInput } from '../families/index.js';
 
 export type SingleFileKind =
-  | { kind: 'sd1' }
-  | { kind: 'sd2' }
-  | { kind: 'sdxl' }
+  | { kind: 'checkpoint'; family: FamilyDef }
   | { kind: 'lora' }
   | { kind: 'unsupported'; what: string }
   | { kind: 'unknown' };
@@ -17,10 +16,9 @@ const LORA_KEY = /(^lora_(unet|te\d?)_)|(\.lora_(down|up|A|B)\.)|(\.(hada|lokr)_
 export function detectSingleFile(keys: readonly string[]): SingleFileKind {
   const has = (prefix: string): boolean => keys.some((k) => k.startsWith(prefix));
   if (keys.some((k) => LORA_KEY.test(k))) return { kind: 'lora' };
-  if (has('conditioner.embedders.') || has('model.diffusion_model.label_emb.')) return { kind: 'sdxl' };
+  const family = singleFileFamily(keys);
+  if (family) return { kind: 'checkpoint', family };
   const unet = has('model.diffusion_model.');
-  if (unet && has('cond_stage_model.model.')) return { kind: 'sd2' };
-  if (unet && has('cond_stage_model.transformer.')) return { kind: 'sd1' };
   if (unet) {
     return {
       kind: 'unsupported',
@@ -39,10 +37,8 @@ export function detectSingleFile(keys: readonly string[]): SingleFileKind {
   return { kind: 'unknown' };
 }
 
-export type FolderKind = { kind: 'sd'; pipeline: string } | { kind: 'sdxl' } | { kind: 'pixart-alpha' };
-
-/** Reads and classifies a diffusers folder's model_index.json. */
-export async function detectFolder(dir: string): Promise<{ kind: FolderKind; index: Record<string, unknown> }> {
+/** Reads a diffusers folder's model_index.json. */
+export async function readFolderIndex(dir: string): Promise<FolderInput> {
   const indexPath = join(dir, 'model_index.json');
   const text = await readFile(indexPath, 'utf8').catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') {
@@ -54,27 +50,25 @@ export async function detectFolder(dir: string): Promise<{ kind: FolderKind; ind
     }
     throw e;
   });
-  let index: Record<string, unknown>;
+  let index: unknown;
   try {
-    index = JSON.parse(text) as Record<string, unknown>;
+    index = JSON.parse(text);
   } catch (e) {
     throw new BadInputError(indexPath, `is not valid JSON (${(e as Error).message})`);
   }
-  const cls = typeof index._class_name === 'string' ? index._class_name : '';
-  if (/^StableDiffusionXL/.test(cls)) return { kind: { kind: 'sdxl' }, index };
-  if (cls === 'PixArtAlphaPipeline') return { kind: { kind: 'pixart-alpha' }, index };
-  // Other pipelines built from SD's components (InstaFlow's RectifiedFlowPipeline, LatentConsistencyModelPipeline,
-  // community pipelines) convert the same way: what matters is a CLIP text encoder, a UNet2DConditionModel and a VAE.
-  const componentClass = (name: string): unknown => (Array.isArray(index[name]) ? (index[name] as unknown[])[1] : undefined);
-  const sdComponents =
-    componentClass('unet') === 'UNet2DConditionModel' && componentClass('text_encoder') === 'CLIPTextModel' && componentClass('vae') === 'AutoencoderKL' && !('text_encoder_2' in index);
-  if (/^StableDiffusion(Img2Img|Inpaint)?Pipeline$/.test(cls) || sdComponents || (cls === '' && 'unet' in index && 'text_encoder' in index)) {
-    return { kind: { kind: 'sd', pipeline: cls || 'StableDiffusionPipeline' }, index };
-  }
+  if (typeof index !== 'object' || index === null || Array.isArray(index)) throw new BadInputError(indexPath, 'is not a JSON object');
+  const cls = (index as Record<string, unknown>)._class_name;
+  return { dir, index: index as Record<string, unknown>, pipelineClass: typeof cls === 'string' ? cls : '' };
+}
+
+/** The family of a folder, or a clear refusal naming its pipeline. */
+export function detectFolderFamily(folder: FolderInput, configs?: Readonly<Record<string, Readonly<Record<string, unknown>>>>): FamilyDef {
+  const family = folderFamily(folder, configs);
+  if (family) return family;
   throw new BadInputError(
-    indexPath,
-    `names pipeline "${cls || '(none)'}", which onestep does not convert`,
-    'Supported: StableDiffusionPipeline (SD 1.x / 2.x) and PixArtAlphaPipeline folders, or SD 1.x / 2.x single files.',
+    join(folder.dir, 'model_index.json'),
+    `names pipeline "${folder.pipelineClass || '(none)'}", which onestep does not know`,
+    `onestep converts ${convertibleLabels()} pipelines (diffusers folders) and single files.`,
   );
 }
 

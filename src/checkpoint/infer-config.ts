@@ -241,11 +241,20 @@ export function sd2HeadsFor(channels: number): number {
   return Math.max(1, Math.floor(channels / 64));
 }
 
-/**
- * UNetConfig from the shapes of `unet.*` canonical tensors. Heads: SD 1.x 8 per attention (diffusers'
- * `attention_head_dim: 8`), SD 2.x channels/64 per block (diffusers' single-file rule: head dim 64).
- */
-export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' | 'sd2' | 'sdxl', file: string, pooledDim?: number): UNetConfig {
+/** What a family's rules say of a UNet where its tensor shapes cannot (src/families/). */
+export interface UnetShapeRules {
+  /** Attention heads of a block with this many channels (SD 1.x: 8; SD 2.x: channels/64). */
+  headsFor(channels: number): number;
+  /** When no cross-attention weight shows it. */
+  crossAttentionDim: number;
+  /** When no proj_in weight shows it. */
+  linearProjection: boolean;
+  /** Latent size the family was trained at (SD 1.x/2.x 64, SDXL 128). */
+  sampleSize: number;
+}
+
+/** UNetConfig from the shapes of `unet.*` canonical tensors, and the family's rules for what shapes do not show. */
+export function inferUnetConfig(names: string[], metaOf: MetaOf, rules: UnetShapeRules, file: string, pooledDim?: number): UNetConfig {
   const blocks = count(names, /^unet\.down_blocks\.(\d+)\./);
   if (blocks === 0) throw new BadInputError(file, `no UNet down blocks found`);
   const block_out_channels = Array.from({ length: blocks }, (_, i) => need(metaOf, `unet.down_blocks.${i}.resnets.0.conv2.weight`, file)[0]);
@@ -258,7 +267,7 @@ export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' |
     downAttn[i] ? count(names, new RegExp(`^unet\\.down_blocks\\.${i}\\.attentions\\.0\\.transformer_blocks\\.(\\d+)\\.`)) : 1,
   );
   const condProj = metaOf('unet.time_embedding.cond_proj.weight');
-  const heads = family === 'sd1' ? block_out_channels.map(() => 8) : block_out_channels.map(sd2HeadsFor);
+  const heads = block_out_channels.map((c) => rules.headsFor(c));
   const addIn = metaOf('unet.add_embedding.linear_1.weight')?.shape[1];
   // SDXL: add_embedding's input is the pooled text embedding plus six time-id embeddings (SDXL base: 1280 + 6 x 256).
   const timeDim = addIn === undefined ? null : pooledDim !== undefined ? (addIn - pooledDim) / 6 : 256;
@@ -271,9 +280,9 @@ export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' |
     layers_per_block,
     attention_head_dim: heads,
     num_attention_heads: null,
-    cross_attention_dim: crossKey ? need(metaOf, crossKey, file)[1] : { sd1: 768, sd2: 1024, sdxl: 2048 }[family],
+    cross_attention_dim: crossKey ? need(metaOf, crossKey, file)[1] : rules.crossAttentionDim,
     transformer_layers_per_block,
-    use_linear_projection: projIn ? need(metaOf, projIn, file).length === 2 : family !== 'sd1',
+    use_linear_projection: projIn ? need(metaOf, projIn, file).length === 2 : rules.linearProjection,
     upcast_attention: false,
     norm_num_groups: 32,
     norm_eps: 1e-5,
@@ -283,7 +292,7 @@ export function inferUnetConfig(names: string[], metaOf: MetaOf, family: 'sd1' |
     mid_block_scale_factor: 1,
     act_fn: 'silu',
     time_cond_proj_dim: condProj ? condProj.shape[1] : null,
-    sample_size: family === 'sdxl' ? 128 : 64,
+    sample_size: rules.sampleSize,
     mid_block_type: names.some((n) => n.startsWith('unet.mid_block.')) ? 'UNetMidBlock2DCrossAttn' : null,
     only_cross_attention: Array(blocks).fill(false),
     addition_embed_type: addIn === undefined ? null : 'text_time',
@@ -311,8 +320,8 @@ export function inferVaeConfig(names: string[], metaOf: MetaOf, file: string): V
   };
 }
 
-/** CLIP text config from shapes: SD 1.x is CLIP ViT-L (quick_gelu), SD 2.x OpenCLIP (gelu); heads = hidden/64. */
-export function inferClipTextConfig(names: string[], metaOf: MetaOf, family: 'sd1' | 'sd2', file: string): ClipTextConfig {
+/** CLIP text config from shapes; the activation is the family's (OpenAI CLIP quick_gelu, OpenCLIP gelu); heads = hidden/64. */
+export function inferClipTextConfig(names: string[], metaOf: MetaOf, hiddenAct: ClipTextConfig['hidden_act'], file: string): ClipTextConfig {
   const [vocab, hidden] = need(metaOf, 'text_encoder.text_model.embeddings.token_embedding.weight', file);
   return {
     vocab_size: vocab,
@@ -321,7 +330,7 @@ export function inferClipTextConfig(names: string[], metaOf: MetaOf, family: 'sd
     num_hidden_layers: count(names, /^text_encoder\.text_model\.encoder\.layers\.(\d+)\./),
     num_attention_heads: Math.max(1, Math.floor(hidden / 64)),
     max_position_embeddings: need(metaOf, 'text_encoder.text_model.embeddings.position_embedding.weight', file)[0],
-    hidden_act: family === 'sd1' ? 'quick_gelu' : 'gelu',
+    hidden_act: hiddenAct,
     layer_norm_eps: 1e-5,
     projection_dim: null,
     eos_token_id: CLIP_EOS_TOKEN_ID,

@@ -37,7 +37,7 @@ export interface MergeCheckpointOptions {
 export interface MergeCheckpointResult {
   out: string;
   layout: Checkpoint['layout'];
-  family: Checkpoint['family'];
+  family: string;
   report: MergeReport;
   /** Weight files written (rewritten with merged values). */
   filesWritten: string[];
@@ -59,7 +59,7 @@ export async function mergeLorasIntoCheckpoint(opts: MergeCheckpointOptions): Pr
   try {
     const source = checkpoint.weights as MappedSource;
     if (typeof source.sourceOf !== 'function') throw new OnestepError(`internal: ${opts.base} weights do not say where they are stored`);
-    const plan = planLoraMerge(source, loras, { allowUnmatched: opts.allowUnmatched, baseFamily: checkpoint.family, baseLabel: opts.base });
+    const plan = planLoraMerge(source, loras, { allowUnmatched: opts.allowUnmatched, baseFamily: checkpoint.family.id, baseLabel: opts.base });
     const writes = planFileWrites(source, plan.byWeight);
     const notes: string[] = [];
     const filesWritten: string[] = [];
@@ -72,7 +72,7 @@ export async function mergeLorasIntoCheckpoint(opts: MergeCheckpointOptions): Pr
     } else {
       await writeFolder(resolve(checkpoint.path), out, source, writes, opts, filesWritten, notes);
     }
-    return { out, layout: checkpoint.layout, family: checkpoint.family, report: plan.report, filesWritten, notes };
+    return { out, layout: checkpoint.layout, family: checkpoint.family.id, report: plan.report, filesWritten, notes };
   } finally {
     await Promise.all(loras.map((l) => l.file.close()));
     await checkpoint.weights.close();

@@ -8,6 +8,7 @@
  * `inspect`); `resolveTarget` then finds each module's canonical target in a base's `buildTargetIndex`.
  * Every delta is computed in float32 as a matrix [out, in * kh * kw] (the row-major flattening of the target weight).
  */
+import { familiesByContextWidth, type FamilyId } from '../families/index.js';
 import { BadInputError } from '../errors.js';
 import { matmul } from './matmul.js';
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
@@ -534,7 +535,7 @@ export function resolveTarget(group: LoraModuleGroup, index: TargetIndex): strin
 // ---------------------------------------------------------------------------------------------------------------
 // Family guess (for inspect and for wrong-family errors)
 
-export type LoraFamilyGuess = 'sd1' | 'sd2' | 'sdxl' | 'pixart-alpha';
+export type LoraFamilyGuess = FamilyId;
 
 export interface LoraDescription {
   path: string;
@@ -562,12 +563,16 @@ export function guessLoraFamily(file: LoraFile): { families: LoraFamilyGuess[]; 
   // Cross-attention key/value projections read the text encoder's width: 768 SD1, 1024 SD2, 2048 SDXL.
   const crossKv = mods.find((m) => m.component === 'unet' && /attn2[._]to_[kv]$/.test(m.group.path));
   const width = crossKv?.inFlat;
-  const byWidth: Record<number, LoraFamilyGuess> = { 768: 'sd1', 1024: 'sd2', 2048: 'sdxl' };
-  if (width !== undefined && byWidth[width]) return { families: [byWidth[width]], evidence: `cross-attention width ${width}` };
+  const byWidth = (w: number | undefined): LoraFamilyGuess | undefined => {
+    const found = w === undefined ? [] : familiesByContextWidth(w);
+    return found.length === 1 ? found[0].id : undefined;
+  };
+  const crossFamily = byWidth(width);
+  if (crossFamily) return { families: [crossFamily], evidence: `cross-attention width ${width}` };
+  // SD 1.x / 2.x condition on their one text encoder's hidden states, so its width is the context width.
   const te = mods.find((m) => m.component === 'text_encoder' && /q_proj$/.test(m.group.path));
-  if (te && byWidth[te.inFlat] && te.inFlat !== 2048) {
-    return { families: [byWidth[te.inFlat]], evidence: `text encoder width ${te.inFlat}` };
-  }
+  const teFamily = byWidth(te?.inFlat);
+  if (te && teFamily && teFamily !== 'sdxl') return { families: [teFamily], evidence: `text encoder width ${te.inFlat}` };
   const evidence =
     width !== undefined ? `cross-attention width ${width} is no released model's; unet + one text encoder` : 'unet / text encoder module names';
   return { families: ['sd1', 'sd2'], evidence };

@@ -82,6 +82,11 @@ export class Graph {
     readonly dtype: 'float32' | 'float16' = 'float32',
   ) {}
 
+  /** A handle on the module at weight path `path` (see Module). */
+  module(path: string): Module {
+    return new Module(this, path);
+  }
+
   scope<T>(name: string, fn: () => T): T {
     this.scopes.push(name);
     try {
@@ -331,4 +336,53 @@ function f16Bytes(values: ArrayLike<number>): Uint8Array {
   const out = new Uint16Array(values.length);
   for (let i = 0; i < values.length; i++) out[i] = f32ToF16Bits(values[i]);
   return new Uint8Array(out.buffer);
+}
+
+/**
+ * One way to name a module: a weight path (`unet.down_blocks.0.resnets.1`) whose `with(child, fn)` opens the child's
+ * node scope and extends the weight path together, so node names (`/unet/down_blocks.0/resnets.1/conv1/Conv`) cannot
+ * drift from the weights they use. Leaf ops read `${path}.${name}.weight` / `.bias`.
+ */
+export class Module {
+  constructor(
+    readonly g: Graph,
+    readonly path: string,
+  ) {}
+
+  /** The child module `name` (dotted names allowed: 'resnets.1', 'to_out.0'), without opening a scope. */
+  at(name: string): Module {
+    return new Module(this.g, `${this.path}.${name}`);
+  }
+
+  /** Runs `fn` on the child module `name` inside the node scope `name`. */
+  with<T>(name: string, fn: (child: Module) => T): T {
+    return this.g.scope(name, () => fn(this.at(name)));
+  }
+
+  /** The full weight name of a tensor of this module. */
+  key(name: string): string {
+    return `${this.path}.${name}`;
+  }
+  has(name: string): boolean {
+    return this.g.hasWeight(this.key(name));
+  }
+  shape(name: string): number[] {
+    return this.g.weightShape(this.key(name));
+  }
+  weight(name: string, view?: WeightView, type?: ElemType): Value {
+    return this.g.weight(this.key(name), view, type);
+  }
+
+  linear(x: Value, name: string, opts?: { bias?: boolean }): Value {
+    return this.g.linear(x, this.key(name), opts);
+  }
+  conv2d(x: Value, name: string, opts?: { stride?: number; padding?: number }): Value {
+    return this.g.conv2d(x, this.key(name), opts);
+  }
+  layerNorm(x: Value, name: string, eps: number): Value {
+    return this.g.layerNorm(x, this.key(name), eps);
+  }
+  groupNorm(x: Value, name: string, groups: number, eps: number): Value {
+    return this.g.groupNorm(x, this.key(name), groups, eps);
+  }
 }

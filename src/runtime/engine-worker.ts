@@ -1,9 +1,10 @@
 /**
  * The body of an inference worker thread (session.run blocks its thread, so inference never runs on the main one).
- * Each worker loads the tokenizer and the three sessions once, then turns batches of requests into RGB bytes:
+ * Each worker loads the tokenizers and sessions model.json names once, then turns batches of requests into RGB bytes.
+ * The loop is the same for every family; model.json says what feeds what (runtime/model-dir.ts):
  *
- *   tokenize -> text encoder [negatives of guided requests..., prompts...] -> noise per image from its own seed
- *   -> UNet at the recipe timestep -> guidance -> x0 -> VAE decoder (x0 / scaling_factor + shift_factor) -> uint8 HWC
+ *   tokenize -> conditioning graphs [negatives of guided requests..., prompts...] -> noise per image from its own seed
+ *   -> denoiser at the recipe timestep -> guidance -> x0 -> VAE decoder (x0 / scaling_factor + shift_factor) -> uint8 HWC
  */
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -11,21 +12,24 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { OnestepError } from '../errors.js';
 import { openSession, type Device, type DeviceRequest } from './device.js';
-import type { ModelManifest, OneStepRecipe } from './model-dir.js';
+import type { ConditioningEntry, ModelManifest, OneStepRecipe } from './model-dir.js';
 import { torchRandn } from './noise.js';
 import { applyGuidance, informativePrior, usesGuidance, x0FromModelOutput } from './one-step.js';
-import { ClipTokenizer } from './tokenizer.js';
+import { loadTokenizer, type PromptTokenizer } from './tokenizer.js';
 
 export interface ImageRequest {
   index: number;
   prompt: string;
-  negativePrompt: string;
+  /** undefined: none given (families with 'zeros-when-absent' negatives then use zeros, the others encode ""). */
+  negativePrompt?: string;
   seed: bigint;
   width: number;
   height: number;
   guidance: number;
   /** Exact initial noise [C, h/8, w/8]; replaces the seeded noise. */
   latents?: Float32Array;
+  /** SDXL's six time ids (orig_h, orig_w, crop_top, crop_left, target_h, target_w); default: h, w, 0, 0, h, w. */
+  timeIds?: number[];
 }
 
 export interface StageTimes {
@@ -96,13 +100,44 @@ export function sampleToRgb(sample: Float32Array, batch: number, channels: numbe
   return images;
 }
 
-/** Everything a worker holds: the tokenizer, three sessions, and the per-batch pipeline. */
+interface LoadedConditioning {
+  entry: ConditioningEntry;
+  tokenizer: PromptTokenizer;
+  session: ort.InferenceSession;
+}
+
+/** A float32 tensor being assembled: the conditioning outputs that feed one denoiser input, concatenated. */
+interface Collected {
+  parts: { data: Float32Array; dims: number[] }[];
+}
+
+/** Concatenates [rows, ..., d_i] parts on the last axis. */
+function concatLastAxis(parts: { data: Float32Array; dims: number[] }[]): { data: Float32Array; dims: number[] } {
+  if (parts.length === 1) return parts[0];
+  const lead = parts[0].dims.slice(0, -1);
+  const outer = lead.reduce((a, b) => a * b, 1);
+  const widths = parts.map((p) => p.dims[p.dims.length - 1]);
+  const total = widths.reduce((a, b) => a + b, 0);
+  for (const p of parts) {
+    if (p.dims.slice(0, -1).join() !== lead.join()) throw new OnestepError(`conditioning outputs of shapes [${parts.map((q) => q.dims).join('], [')}] cannot be concatenated`);
+  }
+  const data = new Float32Array(outer * total);
+  for (let o = 0; o < outer; o++) {
+    let at = o * total;
+    parts.forEach((p, k) => {
+      data.set(p.data.subarray(o * widths[k], (o + 1) * widths[k]), at);
+      at += widths[k];
+    });
+  }
+  return { data, dims: [...lead, total] };
+}
+
+/** Everything a worker holds: tokenizers and sessions, and the per-batch pipeline. */
 export class InferencePipeline {
   private constructor(
     private readonly cfg: WorkerConfig,
-    private readonly tokenizer: ClipTokenizer,
-    private readonly textEncoder: ort.InferenceSession,
-    private readonly unet: ort.InferenceSession,
+    private readonly conditioning: LoadedConditioning[],
+    private readonly denoiser: ort.InferenceSession,
     private readonly vaeDecoder: ort.InferenceSession,
     readonly device: Device,
     readonly notes: string[],
@@ -112,22 +147,69 @@ export class InferencePipeline {
     const m = cfg.manifest;
     const file = (rel: string) => path.join(cfg.modelDir, rel);
     const settings = { threads: cfg.threads, disablePrepacking: cfg.disablePrepacking };
-    const tokenizer = await ClipTokenizer.load(file(m.tokenizer.dir));
+    const tokenizers = await Promise.all(m.conditioning.map((c) => loadTokenizer(file(c.tokenizer))));
     // The first session settles the device (auto -> CUDA or CPU); the others follow it.
-    const first = await openSession(file(m.components.unet), cfg.device, settings);
+    const first = await openSession(file(m.denoiser.graph), cfg.device, settings);
     const notes = first.note ? [first.note] : [];
     const sessions: ort.InferenceSession[] = [first.session];
     try {
-      for (const c of [m.components.text_encoder, m.components.vae_decoder]) sessions.push((await openSession(file(c), first.device, settings)).session);
+      for (const graph of [m.decoder.graph, ...m.conditioning.map((c) => c.graph)]) sessions.push((await openSession(file(graph), first.device, settings)).session);
     } catch (e) {
       await Promise.all(sessions.map((s) => s.release()));
       throw e;
     }
-    return new InferencePipeline(cfg, tokenizer, sessions[1], first.session, sessions[2], first.device, notes);
+    const conditioning = m.conditioning.map((entry, i) => ({ entry, tokenizer: tokenizers[i], session: sessions[2 + i] }));
+    return new InferencePipeline(cfg, conditioning, first.session, sessions[1], first.device, notes);
   }
 
   async release(): Promise<void> {
-    await Promise.all([this.textEncoder.release(), this.unet.release(), this.vaeDecoder.release()]);
+    await Promise.all([this.denoiser.release(), this.vaeDecoder.release(), ...this.conditioning.map((c) => c.session.release())]);
+  }
+
+  /**
+   * The conditioning inputs of the denoiser for rows [negatives of `guided`..., prompts of `batch`...]: each entry's
+   * tokenizer and graph, outputs routed to the denoiser inputs model.json names.
+   */
+  private async condition(batch: ImageRequest[], guided: number[], warnings: string[][]): Promise<Record<string, ort.Tensor>> {
+    const m = this.cfg.manifest;
+    const rows = guided.length + batch.length;
+    // SDXL's force_zeros_for_empty_prompt: a guided request without any negative prompt gets zeros.
+    const zeroRows = guided.flatMap((i, row) => (m.negative === 'zeros-when-absent' && batch[i].negativePrompt === undefined ? [row] : []));
+    const collected = new Map<string, Collected>();
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const { entry, tokenizer, session } of this.conditioning) {
+      const L = entry.max_length;
+      const ids = new BigInt64Array(rows * L);
+      const mask = new BigInt64Array(rows * L);
+      const encode = (text: string, row: number, request: number, what: string) => {
+        const enc = tokenizer.encode(text);
+        for (let j = 0; j < L; j++) {
+          ids[row * L + j] = BigInt(enc.ids[j]);
+          mask[row * L + j] = BigInt(enc.mask ? enc.mask[j] : 1);
+        }
+        if (enc.truncated) warnings[request].push(`${what} is longer than ${L} tokens: ${enc.nTokens - L} tokens were dropped`);
+      };
+      guided.forEach((i, row) => encode(batch[i].negativePrompt ?? '', row, i, 'negative prompt'));
+      batch.forEach((r, i) => encode(r.prompt, guided.length + i, i, 'prompt'));
+      const idsTensor = new ort.Tensor('int64', ids, [rows, L]);
+      const maskTensor = new ort.Tensor('int64', mask, [rows, L]);
+      const out = await session.run(entry.attention_mask ? { input_ids: idsTensor, attention_mask: maskTensor } : { input_ids: idsTensor });
+      for (const [output, target] of Object.entries(entry.outputs)) {
+        const t = out[output];
+        if (!t) throw new OnestepError(`${entry.graph} has no output "${output}" (model.json names it)`, 'Convert the checkpoint again.');
+        const c = collected.get(target) ?? { parts: [] };
+        c.parts.push({ data: t.data as Float32Array, dims: t.dims as number[] });
+        collected.set(target, c);
+      }
+      if (entry.mask_to) feeds[entry.mask_to] = maskTensor;
+    }
+    for (const [target, c] of collected) {
+      const { data, dims } = concatLastAxis(c.parts);
+      const rowSize = data.length / rows;
+      for (const row of zeroRows) data.fill(0, row * rowSize, (row + 1) * rowSize);
+      feeds[target] = new ort.Tensor('float32', data, dims);
+    }
+    return feeds;
   }
 
   async generate(batch: ImageRequest[]): Promise<GeneratedImage[]> {
@@ -140,24 +222,12 @@ export class InferencePipeline {
     const latentSize = C * h * w;
     const guided = batch.map((r, i) => (usesGuidance(r.guidance) ? i : -1)).filter((i) => i >= 0);
     const warnings: string[][] = batch.map(() => []);
-
-    // Tokenize: rows = [negatives of guided requests..., prompts of all requests...], as diffusers batches CFG.
-    const maxLength = m.tokenizer.max_length;
     const rows = guided.length + n;
-    const ids = new BigInt64Array(rows * maxLength);
-    const encode = (text: string, row: number, request: number, what: string) => {
-      const enc = this.tokenizer.encode(text);
-      for (let j = 0; j < maxLength; j++) ids[row * maxLength + j] = BigInt(enc.ids[j]);
-      if (enc.truncated) {
-        warnings[request].push(`${what} is longer than ${maxLength} tokens: ${enc.nTokens - maxLength} tokens were dropped`);
-      }
-    };
-    guided.forEach((i, row) => encode(batch[i].negativePrompt, row, i, 'negative prompt'));
-    batch.forEach((r, i) => encode(r.prompt, guided.length + i, i, 'prompt'));
+    // Row k of every tensor: the negative of guided[k] for k < guided.length, then request k - guided.length.
+    const requestOfRow = (row: number) => batch[row < guided.length ? guided[row] : row - guided.length];
     const t1 = performance.now();
 
-    const te = await this.textEncoder.run({ input_ids: new ort.Tensor('int64', ids, [rows, maxLength]) });
-    const hidden = te.last_hidden_state;
+    const feeds = await this.condition(batch, guided, warnings);
     const t2 = performance.now();
 
     // Initial latents: each image's noise comes from its own seed only.
@@ -172,13 +242,24 @@ export class InferencePipeline {
     const sample = new Float32Array(rows * latentSize);
     guided.forEach((i, row) => sample.set(z[i], row * latentSize));
     z.forEach((zi, i) => sample.set(zi, (guided.length + i) * latentSize));
-    const timestep = new Float32Array(rows).fill(this.cfg.recipe.timestep);
-    const unetOut = await this.unet.run({
-      sample: new ort.Tensor('float32', sample, [rows, C, h, w]),
-      timestep: new ort.Tensor('float32', timestep, [rows]),
-      encoder_hidden_states: hidden,
-    });
-    const out = unetOut.out_sample;
+    const perRow = (width: number, values: (r: ImageRequest) => number[]) =>
+      new ort.Tensor('float32', Float32Array.from({ length: rows * width }, (_, k) => values(requestOfRow(Math.floor(k / width)))[k % width]), [rows, width]);
+    const computed: Record<string, () => ort.Tensor> = {
+      sample: () => new ort.Tensor('float32', sample, [rows, C, h, w]),
+      timestep: () => new ort.Tensor('float32', new Float32Array(rows).fill(this.cfg.recipe.timestep), [rows]),
+      time_ids: () => perRow(6, (r) => r.timeIds ?? [height, width, 0, 0, height, width]),
+      resolution: () => perRow(2, () => [height, width]),
+      aspect_ratio: () => perRow(1, () => [height / width]),
+    };
+    for (const input of m.denoiser.inputs) {
+      if (input in feeds) continue;
+      const make = computed[input];
+      if (!make) throw new OnestepError(`${m.denoiser.graph} takes an input "${input}" that nothing in model.json supplies`, 'Convert the checkpoint again, or upgrade onestep.');
+      feeds[input] = make();
+    }
+    const denoiserFeeds = Object.fromEntries(m.denoiser.inputs.map((k) => [k, feeds[k]]));
+    const denoised = await this.denoiser.run(denoiserFeeds);
+    const out = denoised.out_sample;
     const outData = out.data as Float32Array;
     // Models with learned variance (PixArt: 8 channels) give the prediction in the first C channels.
     const outRowSize = (out.dims[1] as number) * h * w;
@@ -207,7 +288,7 @@ export class InferencePipeline {
       const s = decoded.sample;
       rgb = sampleToRgb(s.data as Float32Array, n, s.dims[1] as number, s.dims[2] as number, s.dims[3] as number);
     }
-    for (const t of [te, unetOut, decoded]) for (const v of Object.values(t)) v.dispose();
+    for (const t of [denoised, decoded]) for (const v of Object.values(t)) v.dispose();
     const t4 = performance.now();
 
     const ms: StageTimes = { tokenize: t1 - t0, textEncoder: t2 - t1, denoiser: t3 - t2, decoder: t4 - t3, total: t4 - t0 };

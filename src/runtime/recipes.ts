@@ -4,9 +4,10 @@
  */
 import type { PredictionType } from '../checkpoint/configs.js';
 import { OnestepError } from '../errors.js';
+import type { FamilyId } from '../families/types.js';
 import type { OneStepRecipe } from './model-dir.js';
 
-type RecipeValues = Omit<OneStepRecipe, 'name' | 'source'> & { families: string[]; about: string };
+type RecipeValues = Omit<OneStepRecipe, 'name' | 'source'> & { families: FamilyId[]; about: string };
 
 export const RECIPES: Record<string, RecipeValues> = {
   'sd-turbo': { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'SD-Turbo / SDXL-Turbo (adversarial diffusion distillation)' },
@@ -59,7 +60,7 @@ export function recipeByName(name: string, source: string): OneStepRecipe {
  * prediction type at t=999 without guidance. An explicit --prediction overrides the prediction type of any of them.
  */
 export function resolveRecipe(opts: {
-  family: string;
+  family: FamilyId;
   explicit?: string;
   detected?: { name: string; why: string };
   schedulerPrediction: PredictionType;

@@ -273,3 +273,26 @@ export class ClipTokenizer {
     return { ids, nTokens, truncated: nTokens > maxLength };
   }
 }
+
+/** What the inference pipeline needs of any tokenizer: fixed-length ids (and the attention mask) for a prompt. */
+export interface PromptTokenizer {
+  encode(prompt: string): { ids: Int32Array; mask?: Int32Array; nTokens: number; truncated: boolean };
+}
+
+/**
+ * Tokenizer kinds by the `kind` field of a model directory's onestep-tokenizer.json (absent: CLIP, which every model
+ * directory before PixArt used).
+ */
+export const TOKENIZER_LOADERS: Record<string, (dir: string) => Promise<PromptTokenizer>> = {
+  clip: (dir) => ClipTokenizer.load(dir),
+};
+
+/** Loads a model directory's tokenizer folder, whatever its kind. */
+export async function loadTokenizer(dir: string): Promise<PromptTokenizer> {
+  const configPath = path.join(dir, CONFIG_JSON);
+  const config = (await readJson(configPath)) as { kind?: unknown } | null;
+  const kind = typeof config?.kind === 'string' ? config.kind : 'clip';
+  const load = TOKENIZER_LOADERS[kind];
+  if (!load) throw new BadInputError(configPath, `names tokenizer kind "${kind}", which this onestep does not know`, 'Convert the checkpoint again, or upgrade onestep.');
+  return load(dir);
+}

@@ -337,10 +337,9 @@ describe('architectures/taesd', function () {
 
     it('writes vae_decoder.onnx from TAESD and records it in model.json', async () => {
       const result = await convertCheckpoint(path.join(FIXTURES, 'tiny-sd15'), { out, taesd: folder });
-      assert.equal(result.manifest.vae_decoder, 'taesd');
+      assert.equal(result.manifest.decoder.kind, 'taesd');
       const manifest = await readModelManifest(out);
-      assert.equal(manifest.vae_decoder, 'taesd');
-      assert.equal(manifest.components.vae_decoder, 'vae_decoder.onnx');
+      assert.deepEqual(manifest.decoder, { graph: 'vae_decoder.onnx', kind: 'taesd' });
       assert.equal(manifest.latent.scaling_factor, SD_SCALE);
       // The decoder's weights are TAESD's, not the KL VAE's (whose data file is several times larger).
       const session = await ort.InferenceSession.create(path.join(out, 'vae_decoder.onnx'));

@@ -1,3 +1,4 @@
+import { SD1_UNET_RULES, SD2_UNET_RULES } from '../../src/families/sd.js';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -30,7 +31,7 @@ describe('checkpoint/infer-config', () => {
       try {
         const names = c.weights.names();
         const metaOf = (n: string) => (c.weights.has(n) ? c.weights.meta(n) : undefined);
-        const unet = inferUnetConfig(names, metaOf, family, 'x');
+        const unet = inferUnetConfig(names, metaOf, family === 'sd1' ? SD1_UNET_RULES : SD2_UNET_RULES, 'x');
         const ref = await json(join(FIX, model, 'unet', 'config.json'));
         for (const key of ['in_channels', 'out_channels', 'block_out_channels', 'down_block_types', 'up_block_types', 'layers_per_block', 'cross_attention_dim', 'use_linear_projection'] as const) {
           assert.deepEqual(unet[key], ref[key], key);
@@ -46,13 +47,13 @@ describe('checkpoint/infer-config', () => {
           assert.deepEqual(vae[key], vref[key], key);
         }
 
-        const te = inferClipTextConfig(names, metaOf, family, 'x');
+        const te = inferClipTextConfig(names, metaOf, family === 'sd1' ? 'quick_gelu' : 'gelu', 'x');
         const tref = await json(join(FIX, model, 'text_encoder', 'config.json'));
         for (const key of ['vocab_size', 'hidden_size', 'intermediate_size', 'max_position_embeddings', 'hidden_act', 'layer_norm_eps'] as const) {
           assert.deepEqual(te[key], tref[key], key);
         }
         // The SD 2.x file holds OpenCLIP's whole tower (3 blocks); diffusers' folder only the 2 layers SD 2.x uses.
-        assert.equal(te.num_hidden_layers, tref.num_hidden_layers + (family === 'sd2' ? 1 : 0));
+        assert.equal(te.num_hidden_layers, (tref.num_hidden_layers as number) + (family === 'sd2' ? 1 : 0));
         assert.equal(te.num_attention_heads, 1);
         assert.equal(te.eos_token_id, CLIP_EOS_TOKEN_ID);
       } finally {

@@ -36,7 +36,7 @@ describe('runtime/recipes', () => {
   });
 
   it('resolves: explicit > detected (same family) > scheduler config; --prediction overrides any', () => {
-    const base = { family: 'sd2', schedulerPrediction: 'v_prediction' as const };
+    const base = { family: 'sd2' as const, schedulerPrediction: 'v_prediction' as const };
     assert.deepEqual(
       [resolveRecipe(base).name, resolveRecipe(base).prediction_type, resolveRecipe(base).timestep],
       ['default', 'v_prediction', 999],
