@@ -154,6 +154,9 @@ async function pickInFolder(folder: string): Promise<string> {
   if (candidates.length === 1) return join(folder, candidates[0]);
   const plain = candidates.filter((n) => !VARIANT.test(n));
   if (plain.length === 1) return join(folder, plain[0]);
+  // Training folders keep other pickles beside the weights (training_args.bin, optimizer.pt, rng_state.pth).
+  const weights = plain.filter((n) => /^(diffusion_pytorch_model|pytorch_model|model)\.(bin|pt|pth|ckpt)$/i.test(n));
+  if (weights.length === 1) return join(folder, weights[0]);
   throw new SafetensorsError(
     folder,
     'ambiguous',

@@ -132,6 +132,8 @@ describe('safetensors/tensor-set', () => {
     const bin = join(dir, 'bin');
     await mkdir(bin);
     await copyFile(join(PT, 'dtypes.pt'), join(bin, 'pytorch_model.bin'));
+    await writeFile(join(bin, 'training_args.bin'), 'a pickled TrainingArguments, never read');
+    await writeFile(join(bin, 'optimizer.pt'), 'never read either');
     let set = await TensorSet.open(bin);
     assert.equal(set.names().length, 22);
     assert.match(set.pickleNotes()[0], /pytorch_model\.bin: PyTorch pickle \(torch\.save zip container, protocol 2\)/);
