@@ -33,6 +33,7 @@ import { BadInputError } from './errors.js';
 import { convertibleLabels, FAMILIES, familyLabel as labelOf, folderFamily, type FamilyDef, type FolderInput } from './families/index.js';
 import { LoraFile, describeLora, type LoraDescription } from './lora/parse.js';
 import type { SafetensorsDType } from './safetensors/dtypes.js';
+import { PickleError } from './pytorch/pickle.js';
 import { SafetensorsError } from './safetensors/errors.js';
 import { TensorSet } from './safetensors/tensor-set.js';
 
@@ -137,22 +138,29 @@ function storedTensors(set: TensorSet, labelPrefix = ''): StoredTensor[] {
 
 /** Errors that say the input cannot be read at all; anything else about a checkpoint still leaves something to report. */
 function isUnreadable(e: unknown): boolean {
-  return e instanceof SafetensorsError || !(e instanceof BadInputError);
+  return e instanceof SafetensorsError || e instanceof PickleError || !(e instanceof BadInputError);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 
-/** Inspects a .safetensors file (checkpoint or LoRA) or a diffusers folder. Throws OnestepError for unreadable input. */
+/**
+ * Inspects a tensor file (.safetensors or a PyTorch pickle; checkpoint or LoRA) or a diffusers folder. Throws
+ * OnestepError for unreadable input. How each pickle was read (and the globals kept inert) comes first in the notes.
+ */
 export async function inspectPath(path: string): Promise<InspectReport> {
-  return (await isDirectory(path)) ? inspectFolder(path) : inspectFile(path);
+  const pickled: string[] = [];
+  const report = (await isDirectory(path)) ? await inspectFolder(path, pickled) : await inspectFile(path, pickled);
+  report.notes.unshift(...pickled);
+  return report;
 }
 
-async function inspectFile(path: string): Promise<InspectReport> {
+async function inspectFile(path: string, pickled: string[]): Promise<InspectReport> {
   const set = await TensorSet.open(path);
   let stored: StoredTensor[];
   let metadata: Record<string, string>;
   let kind: ReturnType<typeof detectSingleFile>;
   try {
+    pickled.push(...set.pickleNotes());
     stored = storedTensors(set);
     metadata = { ...set.metadata };
     kind = detectSingleFile(set.names());
@@ -384,7 +392,7 @@ async function readJsonObject(path: string): Promise<Record<string, unknown> | u
   }
 }
 
-async function inspectFolder(dir: string): Promise<InspectReport> {
+async function inspectFolder(dir: string, pickled: string[]): Promise<InspectReport> {
   const warnings: string[] = [];
   let family: FamilyDef | undefined;
   let folder: FolderInput;
@@ -428,10 +436,11 @@ async function inspectFolder(dir: string): Promise<InspectReport> {
     try {
       set = await TensorSet.open(join(dir, c));
     } catch (e) {
-      if (!(e instanceof SafetensorsError)) throw e;
+      if (!(e instanceof SafetensorsError || e instanceof PickleError)) throw e;
       warnings.push(`${c}/: ${e.message}`);
       continue;
     }
+    pickled.push(...set.pickleNotes().map((n) => `${c}/${n}`));
     try {
       const tensors = storedTensors(set, `${c}/`);
       stored.push(...tensors);

@@ -91,7 +91,7 @@ export async function findConfigDir(file: string, given: string | undefined): Pr
     if (!st.isDirectory()) throw new BadInputError(given, 'is not a folder', 'Pass a diffusers folder (with unet/, vae/, text_encoder/ config files) to --config.');
     return given;
   }
-  const sibling = join(dirname(file), basename(file).replace(/\.safetensors$/i, ''));
+  const sibling = join(dirname(file), basename(file).replace(/\.(safetensors|ckpt|pt|pth|bin)$/i, ''));
   return sibling !== file && (await pathExists(join(sibling, 'model_index.json'))) ? sibling : undefined;
 }
 

@@ -22,15 +22,19 @@ function assertSameGraphs(a: string, b: string): void {
 describe('acceptance: PyTorch checkpoints', function () {
   this.timeout(120_000);
   let dir: string;
-  before(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-pytorch-'))));
+  let binFolder: string;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-pytorch-'));
+    // tiny-sd15 with its UNet as diffusers' save_pretrained(safe_serialization=False) wrote it.
+    binFolder = path.join(dir, 'bin-folder');
+    fs.cpSync(path.join(FIXTURES, 'tiny-sd15'), binFolder, { recursive: true });
+    fs.rmSync(path.join(binFolder, 'unet', 'diffusion_pytorch_model.safetensors'));
+    fs.copyFileSync(path.join(PT, 'tiny-sd15-bin-unet', 'diffusion_pytorch_model.bin'), path.join(binFolder, 'unet', 'diffusion_pytorch_model.bin'));
+  });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it('tiny-sd15.ckpt and a folder with a .bin UNet convert to the graphs of the safetensors folder, byte for byte', async () => {
     const folder = path.join(FIXTURES, 'tiny-sd15');
-    const binFolder = path.join(dir, 'bin-folder');
-    fs.cpSync(folder, binFolder, { recursive: true });
-    fs.rmSync(path.join(binFolder, 'unet', 'diffusion_pytorch_model.safetensors'));
-    fs.copyFileSync(path.join(PT, 'tiny-sd15-bin-unet', 'diffusion_pytorch_model.bin'), path.join(binFolder, 'unet', 'diffusion_pytorch_model.bin'));
     await convertCheckpoint(folder, { out: path.join(dir, 'from-folder') });
     await convertCheckpoint(binFolder, { out: path.join(dir, 'from-bin-folder') });
     // Head counts are not in tensor shapes: the single file takes the folder's configs, as its .safetensors twin does.
@@ -48,11 +52,30 @@ describe('acceptance: PyTorch checkpoints', function () {
     assertSameGraphs(path.join(dir, 'lora-pt'), path.join(dir, 'lora-st'));
   });
 
-  it('inspect on a .ckpt: family, layout, parameters', async () => {
+  it('inspect on a .ckpt: family, layout, parameters, and the globals kept as inert placeholders', async () => {
     const r = await inspectPath(path.join(PT, 'tiny-sd15.ckpt'));
     assert.deepEqual([r.kind, r.layout, r.family, r.convertible], ['checkpoint', 'single-file', 'sd1', true]);
     const fromSafetensors = await inspectPath(path.join(FIXTURES, 'tiny-sd15.safetensors'));
     assert.equal(r.totalParameters, fromSafetensors.totalParameters);
+    assert.match(
+      r.notes[0],
+      /^tiny-sd15\.ckpt: PyTorch pickle \(torch\.save zip container, protocol 2\) read without executing it, 989 tensors from its 'state_dict' entry; 2 non-tensor global\(s\) kept as inert placeholders, never called: pytorch_lightning\.callbacks\.model_checkpoint\.ModelCheckpoint, pytorch_lightning\.utilities\.parsing\.AttributeDict$/,
+    );
+    // A diffusers folder whose UNet is a .bin: the component says how it was read.
+    const folder = await inspectPath(binFolder);
+    assert.deepEqual([folder.layout, folder.family, folder.convertible], ['diffusers', 'sd1', true]);
+    assert.match(folder.notes[0], /^unet\/diffusion_pytorch_model\.bin: PyTorch pickle \(torch\.save zip container, protocol 2\) read without executing it, 684 tensors$/);
+    assert.equal(folder.totalParameters, fromSafetensors.totalParameters);
+  });
+
+  it('a .ckpt takes its configs from a same-named diffusers folder beside it, as a .safetensors does', async () => {
+    const beside = path.join(dir, 'beside');
+    fs.mkdirSync(beside);
+    fs.copyFileSync(path.join(PT, 'tiny-sd15.ckpt'), path.join(beside, 'tiny-sd15.ckpt'));
+    fs.cpSync(path.join(FIXTURES, 'tiny-sd15'), path.join(beside, 'tiny-sd15'), { recursive: true });
+    await convertCheckpoint(path.join(beside, 'tiny-sd15.ckpt'), { out: path.join(dir, 'from-ckpt-beside') });
+    await convertCheckpoint(path.join(FIXTURES, 'tiny-sd15.safetensors'), { out: path.join(dir, 'from-safetensors') });
+    assertSameGraphs(path.join(dir, 'from-safetensors'), path.join(dir, 'from-ckpt-beside'));
   });
 
   it('generate --model x.ckpt converts it once and writes an image', async () => {
