@@ -246,7 +246,8 @@ describe('pytorch/tensor-file', () => {
       try { (await import('node:child_process')).execFileSync('true'); } catch (e) { spawn = e.code; }
       console.log(JSON.stringify({ out, write, spawn }));`;
     const stdout = await new Promise<string>((resolve, reject) =>
-      execFile(process.execPath, ['--experimental-permission', `--allow-fs-read=${ROOT}`, '--no-warnings', '--input-type=module', '-e', script], { cwd: ROOT }, (err, out, errText) =>
+      // Node 20/22 call the flag --experimental-permission; later releases --permission.
+      execFile(process.execPath, [process.allowedNodeEnvironmentFlags.has('--permission') ? '--permission' : '--experimental-permission', `--allow-fs-read=${ROOT}`, '--no-warnings', '--input-type=module', '-e', script], { cwd: ROOT }, (err, out, errText) =>
         err ? reject(new Error(`${err.message}\n${errText}`)) : resolve(out),
       ),
     );
