@@ -8,6 +8,7 @@
 import os from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { OnestepError } from '../errors.js';
+import { beginCacheEntry, dropCachedGraph, findCachedGraph, graphCacheKey } from './graph-cache.js';
 
 export type DeviceRequest = { kind: 'auto' } | { kind: 'cpu' } | { kind: 'cuda'; id: number };
 /** A device sessions actually run on. */
@@ -42,7 +43,15 @@ export interface SessionSettings {
    * slower loads and about twice the weight memory, in exchange for packed GEMMs (see bench figures in the report).
    */
   disablePrepacking?: boolean;
+  /**
+   * ORT's optimized-graph cache beside the graph (graph-cache.ts): on unless false or ONESTEP_GRAPH_CACHE=0.
+   * Costs disk (about the graph's weights again, in ORT's layouts) and saves most of a big graph's load time.
+   */
+  graphCache?: boolean;
 }
+
+/** How a session was created: from the cache, writing the cache, or without it. */
+export type CacheUse = 'hit' | 'written' | 'off';
 
 export function sessionOptions(device: Device, settings: SessionSettings): ort.InferenceSession.SessionOptions {
   const options: ort.InferenceSession.SessionOptions = {
@@ -69,33 +78,72 @@ function firstLine(message: string): string {
 /**
  * Opens a session on the requested device. With `auto`, a CUDA failure falls back to CPU and `note` says so
  * (one line for the user). Errors that are not about the device (a corrupt graph) are reported as they are.
+ * `loadMs` is the session's creation time; `cache` says whether the optimized-graph cache was used.
  */
 export async function openSession(
   file: string,
   request: DeviceRequest | Device,
   settings: SessionSettings,
-): Promise<{ session: ort.InferenceSession; device: Device; note?: string }> {
-  if (request.kind === 'cpu') return { session: await createOrExplain(file, { kind: 'cpu' }, settings), device: { kind: 'cpu' } };
+): Promise<{ session: ort.InferenceSession; device: Device; note?: string; loadMs: number; cache: CacheUse }> {
+  const started = performance.now();
+  const done = (r: { session: ort.InferenceSession; cache: CacheUse }, device: Device, note?: string) => ({ ...r, device, note, loadMs: performance.now() - started });
+  if (request.kind === 'cpu') return done(await createOrExplain(file, { kind: 'cpu' }, settings), { kind: 'cpu' });
   const cuda: Device = { kind: 'cuda', id: request.kind === 'cuda' ? request.id : 0 };
   // Without the CUDA provider ORT also logs a red error of its own; the user gets our note or error instead.
   // (ORT fixes this level process-wide at the first session the process creates; later settings do nothing.)
   ort.env.logLevel = 'fatal';
   try {
-    return { session: await ort.InferenceSession.create(file, sessionOptions(cuda, settings)), device: cuda };
+    return done(await create(file, cuda, settings), cuda);
   } catch (e) {
     const message = (e as Error).message ?? String(e);
     if (!looksLikeMissingCuda(message)) throw modelError(file, message);
     if (request.kind === 'cuda') {
       throw new OnestepError(`CUDA device ${cuda.id} is not usable: ${firstLine(message)}`, CUDA_INSTALL_HINT);
     }
-    const session = await createOrExplain(file, { kind: 'cpu' }, settings);
-    return { session, device: { kind: 'cpu' }, note: `CUDA is not available (${firstLine(message)}); running on CPU` };
+    const cpu = await createOrExplain(file, { kind: 'cpu' }, settings);
+    return done(cpu, { kind: 'cpu' }, `CUDA is not available (${firstLine(message)}); running on CPU`);
   }
 }
 
-async function createOrExplain(file: string, device: Device, settings: SessionSettings): Promise<ort.InferenceSession> {
+function cacheEnabled(settings: SessionSettings): boolean {
+  return settings.graphCache !== false && process.env.ONESTEP_GRAPH_CACHE !== '0';
+}
+
+/**
+ * A session from the cached optimized graph when there is one (loaded with optimizations off: it is the optimized
+ * graph); else from the graph itself, saving its optimized form for next time. Throws ORT's own errors.
+ */
+async function create(file: string, device: Device, settings: SessionSettings): Promise<{ session: ort.InferenceSession; cache: CacheUse }> {
+  const options = sessionOptions(device, settings);
+  if (!cacheEnabled(settings)) return { session: await ort.InferenceSession.create(file, options), cache: 'off' };
+  const key = await graphCacheKey(file, device);
+  const cached = await findCachedGraph(file, key);
+  if (cached) {
+    try {
+      return { session: await ort.InferenceSession.create(cached, { ...options, graphOptimizationLevel: 'disabled' }), cache: 'hit' };
+    } catch {
+      await dropCachedGraph(cached); // unreadable (a disk error, a truncated file): rebuilt below
+    }
+  }
+  const entry = await beginCacheEntry(file, key);
+  if (!entry) return { session: await ort.InferenceSession.create(file, options), cache: 'off' };
+  let session: ort.InferenceSession;
   try {
-    return await ort.InferenceSession.create(file, sessionOptions(device, settings));
+    const extra = { ...(options.extra ?? {}), session: { ...((options.extra?.session as Record<string, string>) ?? {}), ...entry.config } };
+    session = await ort.InferenceSession.create(file, { ...options, optimizedModelFilePath: entry.modelPath, extra });
+  } catch (e) {
+    await entry.abort();
+    // A failure to write the cache (a full disk) must not fail the load: try once more without it.
+    if (looksLikeMissingCuda((e as Error).message ?? '')) throw e;
+    return { session: await ort.InferenceSession.create(file, options), cache: 'off' };
+  }
+  await entry.commit();
+  return { session, cache: 'written' };
+}
+
+async function createOrExplain(file: string, device: Device, settings: SessionSettings): Promise<{ session: ort.InferenceSession; cache: CacheUse }> {
+  try {
+    return await create(file, device, settings);
   } catch (e) {
     throw modelError(file, (e as Error).message ?? String(e));
   }

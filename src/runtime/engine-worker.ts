@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { OnestepError } from '../errors.js';
-import { openSession, type Device, type DeviceRequest } from './device.js';
+import { openSession, type CacheUse, type Device, type DeviceRequest } from './device.js';
 import type { ConditioningEntry, ModelManifest, OneStepRecipe } from './model-dir.js';
 import { torchRandn } from './noise.js';
 import { applyGuidance, informativePrior, usesGuidance, x0FromModelOutput } from './one-step.js';
@@ -63,6 +63,12 @@ export interface WorkerConfig {
   initLatentMean?: Float32Array;
 }
 
+export interface SessionLoad {
+  component: string;
+  ms: number;
+  cache?: CacheUse;
+}
+
 export type ToWorker = { type: 'generate'; id: number; batch: ImageRequest[] } | { type: 'close' };
 export interface WorkerFailure {
   message: string;
@@ -70,7 +76,7 @@ export interface WorkerFailure {
   onestep: boolean;
 }
 export type FromWorker =
-  | { type: 'ready'; device: Device; notes: string[] }
+  | { type: 'ready'; device: Device; notes: string[]; loads: SessionLoad[] }
   | { type: 'done'; id: number; images: GeneratedImage[] }
   | { type: 'failed'; id?: number; error: WorkerFailure };
 
@@ -141,25 +147,39 @@ export class InferencePipeline {
     private readonly vaeDecoder: ort.InferenceSession,
     readonly device: Device,
     readonly notes: string[],
+    /** How long each part took to load (sessions created in parallel overlap). */
+    readonly loads: SessionLoad[],
   ) {}
 
   static async load(cfg: WorkerConfig): Promise<InferencePipeline> {
     const m = cfg.manifest;
     const file = (rel: string) => path.join(cfg.modelDir, rel);
     const settings = { threads: cfg.threads, disablePrepacking: cfg.disablePrepacking };
+    const t0 = performance.now();
     const tokenizers = await Promise.all(m.conditioning.map((c) => loadTokenizer(file(c.tokenizer))));
-    // The first session settles the device (auto -> CUDA or CPU); the others follow it.
-    const first = await openSession(file(m.denoiser.graph), cfg.device, settings);
-    const notes = first.note ? [first.note] : [];
-    const sessions: ort.InferenceSession[] = [first.session];
+    const loads: SessionLoad[] = [{ component: 'tokenizer', ms: performance.now() - t0 }];
+    // Denoiser, decoder, then the conditioning graphs (the order `sessions` is read in below).
+    const graphs = [m.denoiser.graph, m.decoder.graph, ...m.conditioning.map((c) => c.graph)];
+    const opened: Awaited<ReturnType<typeof openSession>>[] = [];
     try {
-      for (const graph of [m.decoder.graph, ...m.conditioning.map((c) => c.graph)]) sessions.push((await openSession(file(graph), first.device, settings)).session);
+      // With `auto` the first session settles the device (CUDA or CPU) and the others follow it; once the device is
+      // known, sessions are created in parallel (ORT creates them off the JS thread).
+      const settled = cfg.device.kind !== 'auto';
+      if (!settled) opened.push(await openSession(file(graphs[0]), cfg.device, settings));
+      const device = settled ? (cfg.device as Device) : opened[0].device;
+      const rest = await Promise.allSettled(graphs.slice(opened.length).map((g) => openSession(file(g), device, settings)));
+      for (const r of rest) if (r.status === 'fulfilled') opened.push(r.value);
+      const failed = rest.find((r) => r.status === 'rejected');
+      if (failed) throw (failed as PromiseRejectedResult).reason;
     } catch (e) {
-      await Promise.all(sessions.map((s) => s.release()));
+      await Promise.all(opened.map((o) => o.session.release()));
       throw e;
     }
+    opened.forEach((o, i) => loads.push({ component: graphs[i].replace(/\.onnx$/, ''), ms: o.loadMs, cache: o.cache }));
+    const sessions = opened.map((o) => o.session);
+    const notes = opened[0].note ? [opened[0].note] : [];
     const conditioning = m.conditioning.map((entry, i) => ({ entry, tokenizer: tokenizers[i], session: sessions[2 + i] }));
-    return new InferencePipeline(cfg, conditioning, first.session, sessions[1], first.device, notes);
+    return new InferencePipeline(cfg, conditioning, sessions[0], sessions[1], opened[0].device, notes, loads);
   }
 
   async release(): Promise<void> {
@@ -310,7 +330,7 @@ async function serve(cfg: WorkerConfig): Promise<void> {
     port.postMessage({ type: 'failed', error: failure(e) } satisfies FromWorker);
     return;
   }
-  port.postMessage({ type: 'ready', device: pipeline.device, notes: pipeline.notes } satisfies FromWorker);
+  port.postMessage({ type: 'ready', device: pipeline.device, notes: pipeline.notes, loads: pipeline.loads } satisfies FromWorker);
   // One batch at a time: messages queue up while a batch runs.
   let queue = Promise.resolve();
   port.on('message', (msg: ToWorker) => {

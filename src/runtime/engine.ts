@@ -8,11 +8,11 @@ import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { BadInputError, OnestepError } from '../errors.js';
 import { defaultThreads, deviceName, parseDevice, type Device } from './device.js';
-import type { FromWorker, GeneratedImage, ImageRequest, ToWorker, WorkerConfig, WorkerFailure } from './engine-worker.js';
+import type { FromWorker, GeneratedImage, ImageRequest, SessionLoad, ToWorker, WorkerConfig, WorkerFailure } from './engine-worker.js';
 import { readModelManifest, type ModelManifest, type OneStepRecipe } from './model-dir.js';
 import { alphaBar } from './schedule.js';
 
-export type { GeneratedImage, ImageRequest, StageTimes } from './engine-worker.js';
+export type { GeneratedImage, ImageRequest, SessionLoad, StageTimes } from './engine-worker.js';
 
 export interface EngineOptions {
   /** auto | cpu | cuda | cuda:N */
@@ -66,7 +66,7 @@ function fromFailure(f: WorkerFailure): Error {
 }
 
 /** Resolves with the worker's `ready` message; rejects on a load failure or a crash. */
-function whenReady(worker: Worker): Promise<{ device: Device; notes: string[] }> {
+function whenReady(worker: Worker): Promise<{ device: Device; notes: string[]; loads: SessionLoad[] }> {
   return new Promise((resolve, reject) => {
     const cleanup = () => {
       worker.off('message', onMessage);
@@ -75,7 +75,7 @@ function whenReady(worker: Worker): Promise<{ device: Device; notes: string[] }>
     };
     const onMessage = (msg: FromWorker) => {
       cleanup();
-      if (msg.type === 'ready') resolve({ device: msg.device, notes: msg.notes });
+      if (msg.type === 'ready') resolve({ device: msg.device, notes: msg.notes, loads: msg.loads });
       else if (msg.type === 'failed') reject(fromFailure(msg.error));
       else reject(new OnestepError(`inference worker sent ${msg.type} before it was ready`));
     };
@@ -107,6 +107,8 @@ export class OneStepEngine {
     /** The recipe in effect (the model's, with the options' overrides). */
     readonly recipe: OneStepRecipe,
     workers: Worker[],
+    /** Load times of the first worker's tokenizer and sessions. */
+    readonly loads: SessionLoad[],
   ) {
     for (const worker of workers) this.attach(worker);
   }
@@ -144,7 +146,7 @@ export class OneStepEngine {
       const first = await whenReady(started[0]);
       for (let i = 1; i < workers; i++) started.push(spawnWorker(config(first.device)));
       await Promise.all(started.slice(1).map(whenReady));
-      return new OneStepEngine(manifest, deviceName(first.device), first.notes, recipe, started);
+      return new OneStepEngine(manifest, deviceName(first.device), first.notes, recipe, started, first.loads);
     } catch (e) {
       await Promise.all(started.map((w) => w.terminate()));
       throw e;
