@@ -14,6 +14,7 @@ import { formatMergeReport, LoraMergedSource, type LoraSpec } from './lora/merge
 import { BadInputError } from './errors.js';
 import { withAtomicDir } from './io/atomic.js';
 import type { Graph } from './onnx/graph.js';
+import { fuseForCuda } from './onnx/cuda-fusions.js';
 import { writeModel } from './onnx/write-model.js';
 import { MODEL_FORMAT, MODEL_FORMAT_VERSION, type ModelManifest } from './runtime/model-dir.js';
 import { detectRecipe, resolveRecipe } from './runtime/recipes.js';
@@ -33,6 +34,11 @@ export interface ConvertOptions {
   /** Merged on read through the WeightSource (no merged checkpoint is written). */
   loras?: LoraSpec[];
   allowUnmatched?: boolean;
+  /**
+   * 'cuda': the UNet and VAE graphs use ONNX Runtime's CUDA-only fused ops (onnx/cuda-fusions.ts), in float16 unless
+   * `dtype` says otherwise. Default 'cpu': standard ops that run everywhere.
+   */
+  target?: 'cpu' | 'cuda';
   /** A TAESD decoder (AutoencoderTiny folder or taesd_decoder.safetensors) written as vae_decoder.onnx instead of the VAE's. */
   taesd?: string;
   onProgress?: (p: ConvertProgress) => void;
@@ -55,7 +61,12 @@ export interface ConvertResult {
 }
 
 export async function convertCheckpoint(input: string, opts: ConvertOptions): Promise<ConvertResult> {
-  const dtype = opts.dtype ?? 'float32';
+  const target = opts.target ?? 'cpu';
+  const dtype = opts.dtype ?? (target === 'cuda' ? 'float16' : 'float32');
+  const forTarget = (g: Graph): Graph => {
+    if (target === 'cuda') fuseForCuda(g);
+    return g;
+  };
   const ckpt = await openCheckpoint(input, { predictionType: opts.prediction, configDir: opts.configDir });
   let weights: WeightSource = ckpt.weights;
   let taesd: OpenedTaesd | undefined;
@@ -96,11 +107,15 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
       }
     }
     const taesdDecoder = taesd;
-    const graphs = family.graphs(ckpt).map((spec): [string, () => Graph] =>
-      spec.name === 'vae_decoder' && taesdDecoder
-        ? [spec.name, () => buildTaesdDecoderGraph(taesdDecoder.weights, taesdDecoder.config, dtype, { latentScale: latent.scaling_factor, latentShift: latent.shift_factor })]
-        : [spec.name, () => spec.build(weights, dtype)],
-    );
+    // The CUDA target rewrites the denoiser and the VAE graphs; text encoders keep standard ops (no fusions apply).
+    const fused = new Set(['unet', 'vae_decoder', 'vae_encoder']);
+    const graphs = family.graphs(ckpt).map((spec): [string, () => Graph] => {
+      const build =
+        spec.name === 'vae_decoder' && taesdDecoder
+          ? () => buildTaesdDecoderGraph(taesdDecoder.weights, taesdDecoder.config, dtype, { latentScale: latent.scaling_factor, latentShift: latent.shift_factor })
+          : () => spec.build(weights, dtype);
+      return [spec.name, fused.has(spec.name) ? () => forTarget(build()) : build];
+    });
     let bytes = 0;
     let manifest!: ModelManifest;
     await withAtomicDir(
@@ -130,6 +145,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
           latent,
           default_size: inference.default_size,
           converter: { name: 'onestep', version: ONESTEP_VERSION },
+          ...(target === 'cuda' ? { target } : {}),
         };
         await writeFile(path.join(tmp, 'model.json'), JSON.stringify(manifest, null, 2) + '\n');
       },

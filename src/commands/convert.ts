@@ -16,7 +16,12 @@ export default class Convert extends OnestepCommand {
   static args = { checkpoint: Args.string({ description: 'a .safetensors checkpoint or a diffusers folder', required: true }) };
   static flags = {
     out: Flags.string({ char: 'o', description: 'model directory to write', required: true }),
-    dtype: Flags.string({ description: 'weight and compute precision', options: ['fp32', 'fp16'], default: 'fp32' }),
+    dtype: Flags.string({ description: 'weight and compute precision (default: fp32; fp16 with --target cuda)', options: ['fp32', 'fp16'] }),
+    target: Flags.string({
+      description: 'cpu: standard ops that run anywhere; cuda: ONNX Runtime\'s CUDA-only fused ops (NHWC GroupNorm, NhwcConv, packed QKV attention, ...), for --device cuda only',
+      options: ['cpu', 'cuda'],
+      default: 'cpu',
+    }),
     force: Flags.boolean({ description: 'replace an existing output directory' }),
     prediction: Flags.string({
       description: 'what the UNet predicts (a single file cannot tell; SD 2.x 768 models are v_prediction)',
@@ -40,7 +45,8 @@ export default class Convert extends OnestepCommand {
     const started = Date.now();
     const result = await convertCheckpoint(args.checkpoint, {
       out: flags.out,
-      dtype: flags.dtype === 'fp16' ? 'float16' : 'float32',
+      dtype: flags.dtype === undefined ? undefined : flags.dtype === 'fp16' ? 'float16' : 'float32',
+      target: flags.target as 'cpu' | 'cuda',
       force: flags.force,
       prediction: flags.prediction as never,
       recipe: flags.recipe,

@@ -18,6 +18,24 @@ export interface WeightView {
   transpose?: boolean;
   /** Reinterpret the stored values under another shape of the same size (e.g. a 1x1 conv as a linear). */
   reshape?: number[];
+  /** 4-D weights: reorder the axes (OIHW -> OHWI for NhwcConv is [0, 2, 3, 1]). */
+  permute?: number[];
+  /**
+   * Several stored 2-D weights [out, in] side by side as one [in, sum(out)] matrix, interleaved per head: head h's
+   * columns of each key in turn (the packed QKV layout of com.microsoft MultiHeadAttention). `key` is the first.
+   */
+  pack?: { keys: string[]; heads: number };
+}
+
+/** Where Graph.groupNorm emitted a group normalization: the node range and what it reads (for cuda-fusions.ts). */
+export interface GroupNormSite {
+  first: number;
+  count: number;
+  input: string;
+  output: string;
+  prefix: string;
+  groups: number;
+  eps: number;
 }
 
 export interface InitializerSpec {
@@ -71,6 +89,7 @@ export class Graph {
   readonly domains = new Set<string>();
   /** The element type of every node output, by value name (as the builder declared it). */
   readonly valueTypes = new Map<string, ElemType>();
+  readonly groupNormSites: GroupNormSite[] = [];
   private readonly scopes: string[] = [];
   private readonly nodeNames = new Map<string, number>();
   private readonly constants = new Map<string, Value>();
@@ -301,7 +320,8 @@ export class Graph {
    * the tiny SD 2.1 UNet.)
    */
   groupNorm(x: Value, prefix: string, groups: number, eps: number): Value {
-    return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
+    const first = this.nodes.length;
+    const out = this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
       const channels = this.weightShape(`${prefix}.weight`)[0];
       const grouped = this.cast(this.reshape(x, [0, groups, -1]), 'float32');
       const mean = this.node('ReduceMean', [grouped, this.ints([2])], { keepdims: 1 })[0];
@@ -312,6 +332,8 @@ export class Graph {
       const scale = this.weight(`${prefix}.weight`, { reshape: [channels, 1, 1] });
       return this.add(this.mul(y, scale), this.weight(`${prefix}.bias`, { reshape: [channels, 1, 1] }));
     });
+    this.groupNormSites.push({ first, count: this.nodes.length - first, input: x.name, output: out.name, prefix, groups, eps });
+    return out;
   }
 
   /** Nearest-neighbour 2x upsampling of NCHW (torch F.interpolate(scale_factor=2, mode='nearest')). */

@@ -18,6 +18,8 @@ export interface InitializerInfo {
   dims: number[];
   /** Values of small numeric initializers stored inline (raw_data or typed fields). */
   values?: number[];
+  /** Where an externally stored initializer's bytes are (relative location, byte offset and length). */
+  external?: { location: string; offset: number; length: number };
 }
 
 export interface ModelStructure {
@@ -133,8 +135,19 @@ function readTensor(r: Reader): InitializerInfo & { raw?: Uint8Array } {
   const int64s: bigint[] = [];
   const int32s: bigint[] = [];
   const floats: number[] = [];
+  const external: Record<string, string> = {};
   r.each((no, wire) => {
-    if (no === 1) r.ints(wire, dims);
+    if (no === 13) {
+      const e = r.sub();
+      let k = '';
+      let v = '';
+      e.each((eno, ewire) => {
+        if (eno === 1) k = e.string();
+        else if (eno === 2) v = e.string();
+        else e.skip(ewire);
+      });
+      external[k] = v;
+    } else if (no === 1) r.ints(wire, dims);
     else if (no === 2) type = r.num();
     else if (no === 4) r.floats(wire, floats);
     else if (no === 5) r.ints(wire, int32s);
@@ -145,6 +158,7 @@ function readTensor(r: Reader): InitializerInfo & { raw?: Uint8Array } {
   });
   const elem = type === undefined ? undefined : ELEM_NAMES.get(type);
   const info: InitializerInfo & { raw?: Uint8Array } = { name, type: elem, dims: dims.map(Number) };
+  if (external.location) info.external = { location: external.location, offset: Number(external.offset ?? 0), length: Number(external.length ?? 0) };
   if (raw && raw.length <= SMALL_BYTES) {
     info.raw = raw.slice();
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);

@@ -20,10 +20,52 @@ export interface WriteProgress {
 /** Reads the stored weight and applies its view (reshape, transpose), in float32. */
 export async function materialize(graph: Graph, init: InitializerSpec): Promise<Float32Array> {
   const { key, view } = init.weight!;
+  if (view.pack) return packHeads(await Promise.all(view.pack.keys.map((k) => graph.weights.readF32(k))), view.pack.keys.map((k) => graph.weightShape(k)), view.pack.heads);
   const data = await graph.weights.readF32(key);
+  if (view.permute) return permute4d(data, graph.weightShape(key), view.permute);
   if (!view.transpose) return data;
   const [rows, cols] = view.reshape ?? graph.weightShape(key);
   return transpose2d(data, rows, cols);
+}
+
+/** Reorders the axes of a 4-D tensor: out[i_p0, i_p1, i_p2, i_p3] = in[i0, i1, i2, i3]. */
+function permute4d(data: Float32Array, dims: number[], perm: number[]): Float32Array {
+  const stride = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+  const outDims = perm.map((p) => dims[p]);
+  const out = new Float32Array(data.length);
+  let o = 0;
+  const idx = [0, 0, 0, 0];
+  for (idx[0] = 0; idx[0] < outDims[0]; idx[0]++) {
+    for (idx[1] = 0; idx[1] < outDims[1]; idx[1]++) {
+      for (idx[2] = 0; idx[2] < outDims[2]; idx[2]++) {
+        const base = idx[0] * stride[perm[0]] + idx[1] * stride[perm[1]] + idx[2] * stride[perm[2]];
+        const step = stride[perm[3]];
+        for (let i = 0; i < outDims[3]; i++) out[o++] = data[base + i * step];
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Linear weights W_j [out_j, in] -> one [in, sum(out_j)] matrix (x @ it = every projection at once) whose columns go
+ * head by head: for head h, W_0's h-th slice of out_0 / heads columns, then W_1's, ... (MultiHeadAttention's packed
+ * QKV input [B, S, heads, 3, head_dim] is this product reshaped).
+ */
+function packHeads(ws: Float32Array[], shapes: number[][], heads: number): Float32Array {
+  const inF = shapes[0][1];
+  const per = shapes.map((s) => s[0] / heads);
+  const total = shapes.reduce((a, s) => a + s[0], 0);
+  const out = new Float32Array(inF * total);
+  for (let r = 0; r < inF; r++) {
+    let c = 0;
+    for (let h = 0; h < heads; h++) {
+      ws.forEach((w, j) => {
+        for (let d = 0; d < per[j]; d++) out[r * total + c++] = w[(h * per[j] + d) * inF + r];
+      });
+    }
+  }
+  return out;
 }
 
 function encodeAs(init: InitializerSpec, data: Float32Array): Uint8Array {

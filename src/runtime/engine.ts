@@ -144,6 +144,13 @@ export class OneStepEngine {
     try {
       started.push(spawnWorker(config(request)));
       const first = await whenReady(started[0]);
+      if (manifest.target === 'cuda' && first.device.kind !== 'cuda') {
+        throw new OnestepError(
+          `${modelDir} was converted for CUDA (its graphs use CUDA-only fused ops) and cannot run on ${deviceName(first.device)}` +
+            (first.notes.length ? ` (${first.notes.join('; ')})` : ''),
+          'Run it with --device cuda on a machine with the CUDA provider, or convert the checkpoint again without --target cuda for CPU.',
+        );
+      }
       for (let i = 1; i < workers; i++) started.push(spawnWorker(config(first.device)));
       await Promise.all(started.slice(1).map(whenReady));
       return new OneStepEngine(manifest, deviceName(first.device), first.notes, recipe, started, first.loads);

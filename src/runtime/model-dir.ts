@@ -95,6 +95,8 @@ export interface ModelManifest {
   latent: { channels: number; scaling_factor: number; shift_factor: number | null; downscale: number };
   default_size: { width: number; height: number };
   converter: { name: 'onestep'; version: string };
+  /** 'cuda': graphs with CUDA-only fused ops (`convert --target cuda`); absent: standard ops that run anywhere. */
+  target?: 'cuda';
 }
 
 export async function readModelManifest(dir: string): Promise<ModelManifest> {
