@@ -52,6 +52,8 @@ export function fuseForCuda(g: Graph): CudaFusionReport {
   const place = (at: number, ns: NodeProtoData[]) => placed.set(at, [...(placed.get(at) ?? []), ...ns]);
   const node = (name: string, opType: string, inputs: string[], outputs: string[], attrs: [string, AttrValue][] = [], domain = ''): NodeProtoData => {
     if (domain) g.domains.add(domain);
+    const type = g.valueTypes.get(inputs[0]) ?? g.initializers.get(inputs[0])?.type ?? g.inputs.find((i) => i.name === inputs[0])?.type;
+    if (type) for (const o of outputs) g.valueTypes.set(o, type);
     return { name, opType, domain, inputs, outputs, attributes: attrs };
   };
   const ints = (v: number[]): AttrValue => ({ type: 'ints', value: v });

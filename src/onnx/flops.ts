@@ -91,7 +91,8 @@ const UNARY_SAME = new Set([
 ]);
 const BINARY = new Set(['Add', 'Sub', 'Mul', 'Div', 'Equal', 'Less', 'Greater', 'And', 'Or', 'Max', 'Min', 'Where', 'Mod']);
 
-function resolveInput(dims: (number | string)[], symbols: Record<string, number>): number[] | undefined {
+function resolveInput(dims: (number | string)[] | null, symbols: Record<string, number>): number[] | undefined {
+  if (!dims) return undefined;
   const out: number[] = [];
   for (const d of dims) {
     const v = typeof d === 'number' ? d : symbols[d];

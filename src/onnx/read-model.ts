@@ -236,7 +236,8 @@ function readNode(r: Reader): NodeProtoData {
 }
 
 function readValueInfo(r: Reader): ValueInfoData {
-  const v: ValueInfoData = { name: '', type: 'float32', dims: [] };
+  const v: ValueInfoData = { name: '', type: 'float32', dims: null };
+  const dims: (number | string)[] = [];
   r.each((no, wire) => {
     if (no === 1) v.name = r.string();
     else if (no === 2) {
@@ -247,6 +248,7 @@ function readValueInfo(r: Reader): ValueInfoData {
         tt.each((eno, ewire) => {
           if (eno === 1) v.type = ELEM_NAMES.get(tt.num()) ?? v.type;
           else if (eno === 2) {
+            v.dims = dims;
             const shape = tt.sub();
             shape.each((sno, swire) => {
               if (sno !== 1) return shape.skip(swire);
@@ -257,7 +259,7 @@ function readValueInfo(r: Reader): ValueInfoData {
                 else if (dno === 2) d = dim.string();
                 else dim.skip(dwire);
               });
-              v.dims.push(d);
+              dims.push(d);
             });
           } else tt.skip(ewire);
         });

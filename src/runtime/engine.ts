@@ -115,7 +115,17 @@ export class OneStepEngine {
 
   static async load(modelDir: string, opts: EngineOptions): Promise<OneStepEngine> {
     const manifest = await readModelManifest(modelDir);
-    const request = parseDevice(opts.device);
+    let request = parseDevice(opts.device);
+    if (manifest.target === 'cuda') {
+      if (request.kind === 'cpu') {
+        throw new OnestepError(
+          `${modelDir} was converted for CUDA (its graphs use CUDA-only fused ops) and cannot run on the CPU`,
+          'Run it with --device cuda on a machine with the CUDA provider, or convert the checkpoint again without --target cuda.',
+        );
+      }
+      // No CPU fallback for a CUDA-only model: a missing CUDA provider is the error to report.
+      if (request.kind === 'auto') request = { kind: 'cuda', id: 0 };
+    }
     const workers = opts.workers ?? 1;
     if (!Number.isInteger(workers) || workers < 1) throw new OnestepError(`workers must be a positive integer (got ${workers})`);
     const threads = opts.threads ?? defaultThreads(workers);
@@ -144,13 +154,6 @@ export class OneStepEngine {
     try {
       started.push(spawnWorker(config(request)));
       const first = await whenReady(started[0]);
-      if (manifest.target === 'cuda' && first.device.kind !== 'cuda') {
-        throw new OnestepError(
-          `${modelDir} was converted for CUDA (its graphs use CUDA-only fused ops) and cannot run on ${deviceName(first.device)}` +
-            (first.notes.length ? ` (${first.notes.join('; ')})` : ''),
-          'Run it with --device cuda on a machine with the CUDA provider, or convert the checkpoint again without --target cuda for CPU.',
-        );
-      }
       for (let i = 1; i < workers; i++) started.push(spawnWorker(config(first.device)));
       await Promise.all(started.slice(1).map(whenReady));
       return new OneStepEngine(manifest, deviceName(first.device), first.notes, recipe, started, first.loads);

@@ -14,13 +14,16 @@ import { buildVaeDecoderGraph } from '../../src/architectures/vae.js';
 import { expectedUnetTensors, expectedVaeTensors } from '../../src/checkpoint/expected.js';
 import { unetConfigFromJson, vaeConfigFromJson } from '../../src/checkpoint/infer-config.js';
 import type { WeightSource } from '../../src/checkpoint/weight-source.js';
+import { convertCheckpoint } from '../../src/convert.js';
+import { OnestepError } from '../../src/errors.js';
 import { fuseForCuda } from '../../src/onnx/cuda-fusions.js';
+import { OneStepEngine } from '../../src/runtime/engine.js';
 import { countFlops } from '../../src/onnx/flops.js';
 import { Graph } from '../../src/onnx/graph.js';
 import type { ModelStructure } from '../../src/onnx/read-model.js';
 import { readModelStructure } from '../../src/onnx/read-model.js';
 import { writeModel } from '../../src/onnx/write-model.js';
-import { memoryWeights } from '../support/fixtures.js';
+import { FIXTURES, memoryWeights } from '../support/fixtures.js';
 
 const SD15_UNET = unetConfigFromJson({ block_out_channels: [320, 640, 1280, 1280], layers_per_block: 2, attention_head_dim: 8, cross_attention_dim: 768, sample_size: 64 });
 const SD15_VAE = vaeConfigFromJson({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2, latent_channels: 4 });
@@ -144,5 +147,32 @@ describe('onnx/cuda-fusions', () => {
       for (let h = 0; h < 3; h++)
         for (let w = 0; w < 3; w++)
           for (let i = 0; i < 3; i++) assert.equal(raw[((o * 3 + h) * 3 + w) * 3 + i], Math.fround(data[((o * 3 + i) * 3 + h) * 3 + w]));
+  });
+
+  it('convert --target cuda writes fp16 fused graphs marked for CUDA; the CPU target keeps standard ops; CPU refuses a CUDA model', async function () {
+    this.timeout(120_000);
+    const cuda = path.join(tmp, 'tiny-cuda');
+    const cpu = path.join(tmp, 'tiny-cpu');
+    await convertCheckpoint(path.join(FIXTURES, 'tiny-sd15'), { out: cuda, target: 'cuda' });
+    await convertCheckpoint(path.join(FIXTURES, 'tiny-sd15'), { out: cpu });
+    const manifest = JSON.parse(fs.readFileSync(path.join(cuda, 'model.json'), 'utf8'));
+    assert.equal(manifest.target, 'cuda');
+    assert.equal(manifest.dtype, 'float16');
+    assert.equal(JSON.parse(fs.readFileSync(path.join(cpu, 'model.json'), 'utf8')).target, undefined);
+    const ops = async (dir: string, file: string) => new Set((await readModelStructure(path.join(dir, file))).nodes.map((n) => `${n.domain}:${n.opType}`));
+    for (const file of ['unet.onnx', 'vae_decoder.onnx']) {
+      const fused = await ops(cuda, file);
+      for (const op of ['com.microsoft:GroupNorm', 'com.microsoft:NhwcConv']) assert.ok(fused.has(op), `${file} lacks ${op}`);
+      assert.ok(!fused.has(':Conv'));
+      const plain = await ops(cpu, file);
+      assert.ok(![...plain].some((op) => /GroupNorm|NhwcConv|BiasAdd|BiasSplitGelu/.test(op)), `${file} (cpu) has fused ops`);
+    }
+    assert.ok((await ops(cuda, 'unet.onnx')).has('com.microsoft:SkipGroupNorm'));
+    await assert.rejects(OneStepEngine.load(cuda, { device: 'cpu' }), (e: OnestepError) => {
+      assert.ok(e instanceof OnestepError);
+      assert.match(e.message, /converted for CUDA/);
+      assert.match(e.hint ?? '', /without --target cuda/);
+      return true;
+    });
   });
 });
