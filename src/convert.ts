@@ -128,7 +128,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
         }
         await family.writeTokenizers!(ckpt, tmp);
         const names = new Set(graphs.map(([name]) => name));
-        const decoderKind = (name: string) => (name === 'vae_decoder' && taesd ? 'taesd' : 'autoencoder-kl');
+        const decoderKind = (name: string) => (name === 'vae_decoder' && (taesd || inference.decoder === 'taesd') ? 'taesd' : 'autoencoder-kl');
         manifest = {
           format: MODEL_FORMAT,
           version: MODEL_FORMAT_VERSION,

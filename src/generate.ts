@@ -267,6 +267,10 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       height,
       guidance: r.guidance ?? opts.guidance ?? m.recipe.guidance,
     };
+    // SDXL's size conditioning: the image size and crop (0, 0) unless the line says otherwise.
+    if (r.originalSize || r.cropsCoordsTopLeft || r.targetSize) {
+      req.timeIds = [...(r.originalSize ?? [height, width]), ...(r.cropsCoordsTopLeft ?? [0, 0]), ...(r.targetSize ?? [height, width])];
+    }
     if (latents) {
       const [n, c, h, w] = latents.shape;
       const need = [m.latent.channels, height / downscale, width / downscale];

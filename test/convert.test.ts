@@ -306,7 +306,7 @@ describe('convertCheckpoint refuses bad input, leaving nothing behind', function
       smallF32('model.diffusion_model.input_blocks.0.0.weight', [8, 4, 3, 3], 3),
       smallF32('first_stage_model.decoder.conv_out.weight', [3, 8, 3, 3], 4),
     ]);
-    await refuses(file, /xl\.safetensors: is a SDXL-family checkpoint \(keys like .*\), which onestep recognises but cannot convert yet/);
+    await refuses(file, /xl\.safetensors: is an SDXL \(SGM layout\) checkpoint without OpenCLIP bigG's text_projection/);
     assert.deepEqual(readdirSync(outParent), []);
   });
 

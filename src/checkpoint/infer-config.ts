@@ -321,15 +321,15 @@ export function inferVaeConfig(names: string[], metaOf: MetaOf, file: string): V
 }
 
 /** CLIP text config from shapes; the activation is the family's (OpenAI CLIP quick_gelu, OpenCLIP gelu); heads = hidden/64. */
-export function inferClipTextConfig(names: string[], metaOf: MetaOf, hiddenAct: ClipTextConfig['hidden_act'], file: string): ClipTextConfig {
-  const [vocab, hidden] = need(metaOf, 'text_encoder.text_model.embeddings.token_embedding.weight', file);
+export function inferClipTextConfig(names: string[], metaOf: MetaOf, hiddenAct: ClipTextConfig['hidden_act'], file: string, component = 'text_encoder'): ClipTextConfig {
+  const [vocab, hidden] = need(metaOf, `${component}.text_model.embeddings.token_embedding.weight`, file);
   return {
     vocab_size: vocab,
     hidden_size: hidden,
-    intermediate_size: need(metaOf, 'text_encoder.text_model.encoder.layers.0.mlp.fc1.weight', file)[0],
-    num_hidden_layers: count(names, /^text_encoder\.text_model\.encoder\.layers\.(\d+)\./),
+    intermediate_size: need(metaOf, `${component}.text_model.encoder.layers.0.mlp.fc1.weight`, file)[0],
+    num_hidden_layers: count(names, new RegExp(`^${component}\\.text_model\\.encoder\\.layers\\.(\\d+)\\.`)),
     num_attention_heads: Math.max(1, Math.floor(hidden / 64)),
-    max_position_embeddings: need(metaOf, 'text_encoder.text_model.embeddings.position_embedding.weight', file)[0],
+    max_position_embeddings: need(metaOf, `${component}.text_model.embeddings.position_embedding.weight`, file)[0],
     hidden_act: hiddenAct,
     layer_norm_eps: 1e-5,
     projection_dim: null,

@@ -1,15 +1,123 @@
 /**
- * SDXS (SDXS-512-DreamShaper, SDXS-512-0.9): an SD 1.5-based three-level UNet without a mid block, conditioned on CLIP
- * ViT-L, whose `vae/` is an AutoencoderTiny used as the main decoder. Published as diffusers folders only.
+ * SDXS (SDXS-512-DreamShaper, SDXS-512-0.9): an SD-based three-level UNet without a mid block, one CLIP text encoder
+ * (last_hidden_state, as SD), and a `vae/` that is an AutoencoderTiny (TAESD) used as the main decoder: scaling factor
+ * 1.0, decode(z) = 2·layers(3·tanh(z/3)) − 1 (architectures/taesd.ts). Published as diffusers folders only.
  */
-import type { FamilyDef } from './types.js';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { buildClipTextGraph } from '../architectures/clip-text.js';
+import { buildTaesdDecoderGraph, inferTaesdDecoderConfig, normalizeTaesdConfig, taesdUpscale, type TaesdDecoderConfig } from '../architectures/taesd.js';
+import { buildUNetGraph } from '../architectures/unet.js';
+import type { ClipTextConfig, UNetConfig } from '../checkpoint/configs.js';
+import { checkTensors, expectedClipTextTensors, expectedUnetTensors } from '../checkpoint/expected.js';
+import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
+import { clipTextConfigFromJson, unetConfigFromJson, unsupportedUnetFeatures } from '../checkpoint/infer-config.js';
+import { BadInputError } from '../errors.js';
+import { clipTokenizerOf } from './sd.js';
+import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
+
+const COMPONENTS = ['unet', 'text_encoder', 'vae'];
+const CLIP_MAX_LENGTH = 77;
+/** Where the AutoencoderTiny's decoder sits among the folder's canonical names. */
+const DECODER_PREFIX = 'vae.decoder';
+
+interface SdxsConfigs {
+  unet: UNetConfig;
+  text_encoder: ClipTextConfig;
+  /** The AutoencoderTiny decoder, plus its latent scale (AutoencoderTiny's scaling_factor, 1.0 in SDXS). */
+  vae: TaesdDecoderConfig & { scaling_factor: number };
+}
+
+function configs(ckpt: Checkpoint): SdxsConfigs {
+  return ckpt.configs as unknown as SdxsConfigs;
+}
+
+async function openSdxsFolder(folder: FolderInput, opts: OpenOptions): Promise<Checkpoint> {
+  const { dir } = folder;
+  const { weights, rawConfigs } = await openFolderComponents(dir, COMPONENTS);
+  try {
+    const notes: string[] = [];
+    const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
+    const unsupported = unsupportedUnetFeatures(rawConfigs.unet);
+    if (unsupported.length) {
+      throw new BadInputError(path.join(dir, 'unet', 'config.json'), `uses UNet features onestep does not build: ${unsupported.join(', ')}`);
+    }
+    const unet = unetConfigFromJson(rawConfigs.unet);
+    const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder);
+    const vaeFile = path.join(dir, 'vae', 'config.json');
+    const decoder = normalizeTaesdConfig(rawConfigs.vae, vaeFile);
+    const inferred = inferTaesdDecoderConfig(weights, path.join(dir, 'vae'), DECODER_PREFIX);
+    for (const k of ['latent_channels', 'out_channels', 'num_decoder_blocks'] as const) {
+      if (JSON.stringify(decoder[k]) !== JSON.stringify(inferred[k])) {
+        throw new BadInputError(vaeFile, `says ${k} ${JSON.stringify(decoder[k])}, but the weights in ${path.join(dir, 'vae')} have ${JSON.stringify(inferred[k])}`);
+      }
+    }
+    const scale = rawConfigs.vae.scaling_factor;
+    const vae = { ...decoder, scaling_factor: typeof scale === 'number' ? scale : 1 };
+    const expected = new Map([...expectedUnetTensors(unet), ...expectedClipTextTensors(textEncoder)]);
+    checkTensors(weights, expected, dir);
+    const tokenizer = path.join(dir, 'tokenizer');
+    return {
+      path: dir,
+      layout: 'diffusers',
+      family: SDXS,
+      weights,
+      // vae: the AutoencoderTiny's decoder config (CheckpointConfigs types vae as an AutoencoderKL's).
+      configs: { unet, text_encoder: textEncoder, vae } as unknown as Checkpoint['configs'],
+      scheduler,
+      rawConfigs,
+      tokenizerDirs: (await pathExists(tokenizer)) ? { tokenizer } : {},
+      pipelineIndex: folder.index,
+      notes: [...notes, 'vae/ is an AutoencoderTiny: converted as the decoder (no encoder graph; image-to-image needs an AutoencoderKL)'],
+      // The AutoencoderTiny (decoder read by its graph, encoder not used) is known, not unmapped.
+      unmappedKeys: weights.names().filter((n) => !expected.has(n) && !n.startsWith('vae.')),
+      metadata: {},
+    };
+  } catch (e) {
+    await weights.close();
+    throw e;
+  }
+}
+
+function sdxsGraphs(ckpt: Checkpoint): GraphSpec[] {
+  const { unet, text_encoder, vae } = configs(ckpt);
+  return [
+    { name: 'text_encoder', build: (w, dtype) => buildClipTextGraph(w, text_encoder, dtype) },
+    { name: 'unet', build: (w, dtype) => buildUNetGraph(w, unet, dtype) },
+    { name: 'vae_decoder', build: (w, dtype) => buildTaesdDecoderGraph(w, vae, dtype, { latentScale: vae.scaling_factor, prefix: DECODER_PREFIX }) },
+  ];
+}
+
+function sdxsInference(ckpt: Checkpoint): InferenceDeclaration {
+  const { unet, vae } = configs(ckpt);
+  const downscale = taesdUpscale(vae);
+  const size = unet.sample_size * downscale;
+  return {
+    conditioning: [
+      { tokenizer: 'tokenizer', max_length: CLIP_MAX_LENGTH, graph: 'text_encoder.onnx', attention_mask: false, outputs: { last_hidden_state: 'encoder_hidden_states' } },
+    ],
+    negative: 'encode',
+    denoiser: { graph: 'unet.onnx', inputs: ['sample', 'timestep', 'encoder_hidden_states'], out_channels: unet.out_channels },
+    latent: { channels: vae.latent_channels, scaling_factor: vae.scaling_factor, shift_factor: null, downscale },
+    default_size: { width: size, height: size },
+    decoder: 'taesd',
+  };
+}
 
 export const SDXS: FamilyDef = {
   id: 'sdxs',
   label: 'SDXS',
-  convertible: false,
+  convertible: true,
   detectFolder: ({ index }) => Array.isArray(index.vae) && index.vae[1] === 'AutoencoderTiny' && 'unet' in index && !('text_encoder_2' in index),
-  folderComponents: ['unet', 'text_encoder', 'vae'],
+  folderComponents: COMPONENTS,
   singleFilePrefixes: {},
+  openFolder: openSdxsFolder,
+  graphs: sdxsGraphs,
+  writeTokenizers: async (ckpt, dir) => {
+    const out = path.join(dir, 'tokenizer');
+    await mkdir(out);
+    await (await clipTokenizerOf(ckpt.tokenizerDirs.tokenizer, '<|endoftext|>')).save(out);
+  },
+  inference: sdxsInference,
   lora: { components: ['unet', 'text_encoder'], contextWidths: [] },
 };

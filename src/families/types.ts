@@ -88,6 +88,8 @@ export interface InferenceDeclaration {
   /** Latent layout and the VAE factor. */
   latent: { channels: number; scaling_factor: number; shift_factor: number | null; downscale: number };
   default_size: { width: number; height: number };
+  /** What vae_decoder.onnx is (absent: the VAE's AutoencoderKL decoder; SDXS: its own AutoencoderTiny). */
+  decoder?: 'autoencoder-kl' | 'taesd';
 }
 
 export interface FamilyDef {

@@ -177,12 +177,12 @@ describe('checkpoint/open', () => {
     await expectError(join(FIX, 'goldens', 'tiny-sd15.safetensors'), /no tensor names onestep recognizes.*onestep\.alpha_bar/);
   });
 
-  it('names SDXL files and refuses them', async () => {
+  it('refuses an SGM file without OpenCLIP bigG, saying what is missing', async () => {
     const path = join(tmp, 'sdxl.safetensors');
     await rewriteSafetensors(join(FIX, 'tiny-sd15.safetensors'), path, {
       rename: (k) => k.replace(/^cond_stage_model\.transformer\./, 'conditioner.embedders.0.transformer.'),
     });
-    await expectError(path, /SDXL-family checkpoint \(keys like .*conditioner\.embedders\.0\.transformer/);
+    await expectError(path, /sdxl\.safetensors: is an SDXL \(SGM layout\) checkpoint without OpenCLIP bigG's text_projection/);
   });
 
   it('refuses damaged pickle files, truncated files and folders without model_index.json', async () => {

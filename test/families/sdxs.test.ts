@@ -1,0 +1,107 @@
+/**
+ * The SDXS family end to end on tiny-sdxs: a UNet without a mid block and an AutoencoderTiny as the folder's own
+ * vae/ (the decoder, at scaling factor 1.0). The converted graphs reproduce diffusers' goldens and the engine the
+ * one-step images (plain and CFG 1.5 with "").
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import sharp from 'sharp';
+import { convertCheckpoint } from '../../src/convert.js';
+import { OneStepEngine, type ImageRequest } from '../../src/runtime/engine.js';
+import { readModelManifest } from '../../src/runtime/model-dir.js';
+import { caseBound, ulpSensitivity } from '../support/bounds.js';
+import { FIXTURES, goldens, relErr, type Tensor } from '../support/fixtures.js';
+
+const gold = goldens('tiny-sdxs');
+const get = (name: string): Tensor => {
+  const t = gold.get(name);
+  if (!t) throw new Error(`golden ${name} missing`);
+  return t;
+};
+const PROMPTS = ['a photo of a cat', 'a close-up picture of an old man standing in the rain'];
+
+async function assertImage(rgb: Uint8Array, golden: string): Promise<void> {
+  const { data } = await sharp(path.join(FIXTURES, 'goldens', golden)).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  let within = 0;
+  for (let i = 0; i < data.length; i++) if (Math.abs(rgb[i] - data[i]) <= 1) within++;
+  assert.ok(within / data.length >= 0.999, `${golden}: ${within} of ${data.length} values within 1`);
+}
+
+describe('families/sdxs (tiny-sdxs)', function () {
+  this.timeout(300_000);
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-sdxs-'));
+  const model = path.join(work, 'model');
+  after(() => fs.rmSync(work, { recursive: true, force: true }));
+  before(() => convertCheckpoint(path.join(FIXTURES, 'tiny-sdxs'), { out: model }));
+
+  it('writes the text encoder, the UNet and the AutoencoderTiny decoder (no encoder); model.json says taesd at scale 1.0', async () => {
+    const m = await readModelManifest(model);
+    assert.equal(m.family, 'sdxs');
+    assert.deepEqual(m.decoder, { graph: 'vae_decoder.onnx', kind: 'taesd' });
+    assert.equal(m.encoder, undefined);
+    assert.deepEqual(m.latent, { channels: 4, scaling_factor: 1, shift_factor: null, downscale: 8 });
+    assert.deepEqual(fs.readdirSync(model).filter((f) => f.endsWith('.onnx')).sort(), ['text_encoder.onnx', 'unet.onnx', 'vae_decoder.onnx']);
+  });
+
+  it('graphs equal diffusers: last_hidden_state, the UNet at t=999/500/mixed (case bounds), the tiny decoder', async () => {
+    const open = (g: string) => ort.InferenceSession.create(path.join(model, `${g}.onnx`));
+    const te = await open('text_encoder');
+    const input = get('te.input_ids');
+    const last = (await te.run({ input_ids: new ort.Tensor('int64', BigInt64Array.from(input.data, (v) => BigInt(v)), input.shape) })).last_hidden_state;
+    assert.ok(relErr(last.data as Float32Array, get('te.last_hidden_state').data) <= 1e-4);
+    await te.release();
+    const unet = await open('unet');
+    for (const [label, t] of [
+      ['unet.out_t999', [999, 999]],
+      ['unet.out_t500', [500, 500]],
+      ['unet.out_mixed', Array.from(get('unet.timesteps_mixed').data)],
+    ] as const) {
+      const at = async (x: Float32Array) =>
+        (
+          await unet.run({
+            sample: new ort.Tensor('float32', x, get('unet.sample').shape),
+            timestep: new ort.Tensor('float32', Float32Array.from(t), [2]),
+            encoder_hidden_states: new ort.Tensor('float32', Float32Array.from(get('unet.encoder_hidden_states').data), get('unet.encoder_hidden_states').shape),
+          })
+        ).out_sample.data as Float32Array;
+      const x = Float32Array.from(get('unet.sample').data);
+      const err = relErr(await at(x), get(label).data);
+      const bound = caseBound(1e-4, await ulpSensitivity(at, x));
+      assert.ok(err <= bound, `${label}: relErr ${err} > ${bound}`);
+    }
+    await unet.release();
+    const dec = await open('vae_decoder');
+    const z = get('vae.decoder_input');
+    const decoded = (await dec.run({ latent_sample: new ort.Tensor('float32', Float32Array.from(z.data), z.shape) })).sample;
+    assert.ok(relErr(decoded.data as Float32Array, get('vae.decoded').data) <= 1e-4);
+    await dec.release();
+  });
+
+  it('the engine reproduces the one-step images, plain and CFG 1.5 with ""', async () => {
+    const engine = await OneStepEngine.load(model, { device: 'cpu', recipe: { timestep: 999 } });
+    try {
+      const latents = get('onestep.latents').data;
+      const size = latents.length / 2;
+      const req = (i: number, extra: Partial<ImageRequest> = {}): ImageRequest => ({
+        index: i,
+        prompt: PROMPTS[i],
+        seed: 0n,
+        width: 64,
+        height: 64,
+        guidance: 0,
+        latents: latents.slice(i * size, (i + 1) * size),
+        ...extra,
+      });
+      const plain = await engine.generate([req(0), req(1)]);
+      await assertImage(plain[0].rgb, 'tiny-sdxs-onestep-0.png');
+      await assertImage(plain[1].rgb, 'tiny-sdxs-onestep-1.png');
+      const [cfg] = await engine.generate([req(0, { guidance: 1.5, negativePrompt: '' })]);
+      await assertImage(cfg.rgb, 'tiny-sdxs-onestep-cfg-0.png');
+    } finally {
+      await engine.close();
+    }
+  });
+});
