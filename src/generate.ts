@@ -3,6 +3,7 @@
  * and images are encoded and written as soon as they exist, while the next batches run. Bounded in-flight work
  * keeps memory flat for any prompt file length.
  */
+import { InitImages, initImageSize, loadInitImage } from './io/init-image.js';
 import { createHash } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -51,6 +52,10 @@ export interface GenerateOptions {
   strict: boolean;
   shard?: Shard;
   latentsFile?: string;
+  /** Image-to-image: an init image for every prompt, or a folder of them paired by index (io/init-image.ts). */
+  initImage?: string;
+  /** Strength of image-to-image where a line gives none (default 0.5). */
+  strength?: number;
   initLatentMeanFile?: string;
   /** Stop reading new prompts (SIGINT): in-flight batches finish, the manifest is flushed. */
   signal?: AbortSignal;
@@ -241,6 +246,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   let summary: PromptSummary | undefined;
   let failure: unknown;
 
+  const initImages = await InitImages.open(opts.initImage, typeof source === 'string' ? source : undefined);
   const defaultWidth = opts.width ?? m.default_size.width;
   const defaultHeight = opts.height ?? m.default_size.height;
   const downscale = m.latent.downscale;
@@ -252,9 +258,9 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   const batches = new Map<string, ImageRequest[]>();
   const records = new Map<number, PromptRecord>();
 
-  const toRequest = (r: PromptRecord): ImageRequest => {
-    const width = r.width ?? defaultWidth;
-    const height = r.height ?? defaultHeight;
+  const toRequest = (r: PromptRecord, imageSize?: { width: number; height: number }): ImageRequest => {
+    const width = r.width ?? opts.width ?? imageSize?.width ?? defaultWidth;
+    const height = r.height ?? opts.height ?? imageSize?.height ?? defaultHeight;
     if (width % downscale || height % downscale) {
       throw new OnestepError(`prompt ${r.index} (line ${r.line}): ${width}x${height} is not a multiple of ${downscale}`);
     }
@@ -366,7 +372,8 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
 
   /** Queues one image (or skips it on --resume); false when the run must stop. */
   const add = async (r: PromptRecord): Promise<boolean> => {
-    const req = toRequest(r);
+    const initFile = initImages.fileFor(r.index, r.image);
+    const req = toRequest(r, initFile ? await initImageSize(initFile, downscale) : undefined);
     if (opts.resume && output.isDone(r.index)) {
       const now: ManifestInput = {
         index: r.index,
@@ -391,6 +398,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       skippedExisting++;
       return true;
     }
+    if (initFile) req.init = { image: await loadInitImage(initFile, req.width, req.height), strength: r.strength ?? opts.strength ?? 0.5 };
     records.set(r.index, r);
     if (output.expect(r.index)) {
       // A new webdataset shard starts: run the partial batches (of other image sizes) so the shards before it finish.

@@ -117,14 +117,20 @@ export function vaeDecoder(g: Graph, cfg: VaeConfig, latentSample: Value, prefix
   });
 }
 
-/** The VAE encoder: image NCHW in [-1, 1] -> mean of the latent distribution (unscaled), in the graph's dtype. */
-export function vaeEncoder(g: Graph, cfg: VaeConfig, sample: Value, prefix = 'vae'): Value {
+/**
+ * The VAE encoder: image NCHW in [-1, 1] -> the latent distribution (unscaled): its mean and its standard deviation
+ * exp(0.5 * clamp(logvar, -30, 20)) as diffusers' DiagonalGaussianDistribution computes it, the std in float32.
+ */
+export function vaeEncoder(g: Graph, cfg: VaeConfig, sample: Value, prefix = 'vae'): { mean: Value; std: Value } {
   return g.scope('vae', () => {
     const m = g.module(prefix);
     const x = g.cast(sample, g.dtype);
     let moments = m.with('encoder', (e) => encoder(e, cfg, x));
     if (cfg.use_quant_conv) moments = m.conv2d(moments, 'quant_conv');
-    return g.slice(moments, [0], [cfg.latent_channels], [1]);
+    const C = cfg.latent_channels;
+    const mean = g.slice(moments, [0], [C], [1]);
+    const logvar = g.clip(g.cast(g.slice(moments, [C], [2 * C], [1]), 'float32'), -30, 20);
+    return { mean, std: g.exp(g.mul(logvar, g.scalar(0.5, 'float32'))) };
   });
 }
 
@@ -159,11 +165,13 @@ export function buildVaeDecoderGraph(
   return g;
 }
 
-/** Standalone encoder graph: `sample` float32 [batch, in_channels, height, width] -> `latent_dist_mean` float32. */
+/** Standalone encoder graph: `sample` float32 [batch, in_channels, height, width] -> `latent_dist_mean`, `latent_dist_std` float32. */
 export function buildVaeEncoderGraph(weights: WeightSource, cfg: VaeConfig, dtype: 'float32' | 'float16' = 'float32'): Graph {
   const g = new Graph('vae_encoder', weights, dtype);
   const x = g.input('sample', 'float32', ['batch', cfg.in_channels, 'height', 'width']);
-  const mean = vaeEncoder(g, cfg, x);
-  g.output(g.cast(mean, 'float32'), 'latent_dist_mean', ['batch', cfg.latent_channels, 'latent_height', 'latent_width']);
+  const { mean, std } = vaeEncoder(g, cfg, x);
+  const dims = ['batch', cfg.latent_channels, 'latent_height', 'latent_width'];
+  g.output(g.cast(mean, 'float32'), 'latent_dist_mean', dims);
+  g.output(std, 'latent_dist_std', dims);
   return g;
 }

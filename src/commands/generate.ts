@@ -93,6 +93,15 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     prediction: Flags.string({ description: 'override what the model predicts', options: ['epsilon', 'v_prediction', 'sample', 'flow'] }),
     timestep: Flags.string({ description: 'override the one-step timestep (may be fractional, e.g. 1000.0)' }),
     latents: Flags.string({ description: 'safetensors with one float32 tensor [N, C, H/8, W/8]: row i is the initial noise of prompt i' }),
+    'init-image': Flags.string({ description: 'image-to-image: an init image for every prompt, or a folder of them (prompt i takes the i-th file by name); JSONL lines may give their own "image"' }),
+    strength: Flags.custom<number>({
+      description: 'image-to-image strength in (0, 1]: one step at the timestep diffusers uses for it (0.5 -> t=499); JSONL "strength" per line',
+      parse: async (input) => {
+        const v = Number(input);
+        if (!(v > 0 && v <= 1)) throw new Error(`--strength must be a number above 0 and at most 1, got ${input}`);
+        return v;
+      },
+    })(),
     'init-latent-mean': Flags.string({ description: 'safetensors with a mean latent: YOSO informative prior z = sqrt(a) mean + sqrt(1-a) noise' }),
     format: Flags.option({ description: 'image format', options: IMAGE_FORMATS, default: 'png' as ImageFormat })(),
     'output-format': Flags.option({
@@ -212,6 +221,8 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
         strict: flags.strict,
         shard,
         latentsFile: flags.latents,
+        initImage: flags['init-image'],
+        strength: flags.strength,
         initLatentMeanFile: flags['init-latent-mean'],
         signal: controller.signal,
         onImage: (done) => {

@@ -28,6 +28,9 @@ export interface PromptRecord {
   originalSize?: [number, number];
   cropsCoordsTopLeft?: [number, number];
   targetSize?: [number, number];
+  /** Image-to-image: the init image's path (relative to the prompt file's folder) and the strength in (0, 1]. */
+  image?: string;
+  strength?: number;
 }
 
 export interface PromptIssue {
@@ -62,7 +65,7 @@ export interface ReadPromptsOptions {
 }
 
 /** Keys a JSONL line may have. */
-export const JSONL_KEYS = ['prompt', 'negative_prompt', 'seed', 'width', 'height', 'guidance', 'name', 'original_size', 'crops_coords_top_left', 'target_size'] as const;
+export const JSONL_KEYS = ['prompt', 'negative_prompt', 'seed', 'width', 'height', 'guidance', 'name', 'original_size', 'crops_coords_top_left', 'target_size', 'image', 'strength'] as const;
 
 export const MAX_SEED = (1n << 64n) - 1n;
 export const MAX_SIDE = 16384;
@@ -189,6 +192,14 @@ function parseJsonLine(text: string, index: number, line: number): PromptRecord 
   if (obj.original_size != null) record.originalSize = parsePair('original_size', obj.original_size);
   if (obj.crops_coords_top_left != null) record.cropsCoordsTopLeft = parsePair('crops_coords_top_left', obj.crops_coords_top_left);
   if (obj.target_size != null) record.targetSize = parsePair('target_size', obj.target_size);
+  if (obj.image != null) {
+    if (typeof obj.image !== 'string' || obj.image.trim() === '') throw new LineError(`"image" must be a path to an image, got ${describe(obj.image)}.`);
+    record.image = obj.image;
+  }
+  if (obj.strength != null) {
+    if (typeof obj.strength !== 'number' || !(obj.strength > 0 && obj.strength <= 1)) throw new LineError(`"strength" must be a number above 0 and at most 1, got ${describe(obj.strength)}.`);
+    record.strength = obj.strength;
+  }
   return record;
 }
 

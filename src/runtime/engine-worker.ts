@@ -14,7 +14,9 @@ import { OnestepError } from '../errors.js';
 import { openSession, type CacheUse, type Device, type DeviceRequest } from './device.js';
 import type { ConditioningEntry, ModelManifest, OneStepRecipe } from './model-dir.js';
 import { torchRandn } from './noise.js';
+import { img2imgDraws, img2imgTimestep, noisedInitLatents } from './img2img.js';
 import { applyGuidance, informativePrior, usesGuidance, x0FromModelOutput } from './one-step.js';
+import { alphaBar } from './schedule.js';
 import { loadTokenizer, type PromptTokenizer } from './tokenizer.js';
 
 export interface ImageRequest {
@@ -30,6 +32,8 @@ export interface ImageRequest {
   latents?: Float32Array;
   /** SDXL's six time ids (orig_h, orig_w, crop_top, crop_left, target_h, target_w); default: h, w, 0, 0, h, w. */
   timeIds?: number[];
+  /** Image-to-image: the init image [3, height, width] in [-1, 1] (NCHW order) and the strength (runtime/img2img.ts). */
+  init?: { image: Float32Array; strength: number };
 }
 
 export interface StageTimes {
@@ -151,6 +155,9 @@ export class InferencePipeline {
     readonly loads: SessionLoad[],
   ) {}
 
+  /** The VAE encoder, opened on the first image-to-image batch (text-to-image runs never pay for it). */
+  private vaeEncoder?: Promise<ort.InferenceSession>;
+
   static async load(cfg: WorkerConfig): Promise<InferencePipeline> {
     const m = cfg.manifest;
     const file = (rel: string) => path.join(cfg.modelDir, rel);
@@ -183,7 +190,46 @@ export class InferencePipeline {
   }
 
   async release(): Promise<void> {
-    await Promise.all([this.denoiser.release(), this.vaeDecoder.release(), ...this.conditioning.map((c) => c.session.release())]);
+    const encoder = await this.vaeEncoder?.catch(() => undefined);
+    await Promise.all([this.denoiser.release(), this.vaeDecoder.release(), encoder?.release(), ...this.conditioning.map((c) => c.session.release())]);
+  }
+
+  /**
+   * x_t of the image-to-image requests of a batch (by batch index): their images encoded in one run, then the posterior
+   * sample and the noise from each request's own seed (runtime/img2img.ts).
+   */
+  private async initLatents(batch: ImageRequest[], alphaBars: number[], [C, h, w]: number[]): Promise<Map<number, Float32Array>> {
+    const m = this.cfg.manifest;
+    const todo = batch.flatMap((r, i) => (r.init ? [i] : []));
+    const out = new Map<number, Float32Array>();
+    if (todo.length === 0) return out;
+    if (!m.encoder) {
+      throw new OnestepError(
+        'this model has no VAE encoder, so it cannot do image-to-image',
+        m.decoder.kind === 'taesd' ? 'Its decoder is TAESD; convert the checkpoint again without --taesd (its VAE encoder is kept) for image-to-image.' : 'Convert the checkpoint again with this onestep.',
+      );
+    }
+    if (this.cfg.recipe.prediction_type === 'flow') throw new OnestepError('image-to-image needs a diffusion model; flow models (InstaFlow) start from noise only');
+    this.vaeEncoder ??= openSession(path.join(this.cfg.modelDir, m.encoder.graph), this.device, { threads: this.cfg.threads, disablePrepacking: this.cfg.disablePrepacking }).then((o) => o.session);
+    const encoder = await this.vaeEncoder;
+    const { width, height } = batch[0];
+    const imageSize = 3 * height * width;
+    const images = new Float32Array(todo.length * imageSize);
+    todo.forEach((i, k) => {
+      const img = batch[i].init!.image;
+      if (img.length !== imageSize) throw new OnestepError(`request ${batch[i].index}: init image has ${img.length} values, expected 3x${height}x${width}`);
+      images.set(img, k * imageSize);
+    });
+    const enc = await encoder.run({ sample: new ort.Tensor('float32', images, [todo.length, 3, height, width]) });
+    const mean = enc.latent_dist_mean.data as Float32Array;
+    const std = enc.latent_dist_std.data as Float32Array;
+    const size = C * h * w;
+    todo.forEach((i, k) => {
+      const draws = img2imgDraws(batch[i].seed, size);
+      out.set(i, noisedInitLatents(mean.subarray(k * size, (k + 1) * size), std.subarray(k * size, (k + 1) * size), draws, m.latent, alphaBars[i]));
+    });
+    for (const v of Object.values(enc)) v.dispose();
+    return out;
   }
 
   /**
@@ -250,8 +296,16 @@ export class InferencePipeline {
     const feeds = await this.condition(batch, guided, warnings);
     const t2 = performance.now();
 
+    // Image-to-image requests are denoised at the timestep of their strength; the others at the recipe's.
+    const scheduler = m.configs.scheduler;
+    const timesteps = batch.map((r) => (r.init ? img2imgTimestep(r.init.strength, scheduler.num_train_timesteps) : this.cfg.recipe.timestep));
+    const alphaBars = batch.map((r, i) => (r.init ? alphaBar(scheduler, timesteps[i]) : this.cfg.alphaBar));
+    const initLatents = await this.initLatents(batch, alphaBars, [C, h, w]);
+
     // Initial latents: each image's noise comes from its own seed only.
-    const z = batch.map((r) => {
+    const z = batch.map((r, i) => {
+      const init = initLatents.get(i);
+      if (init) return init;
       let noise = r.latents ?? torchRandn(r.seed, [1, C, h, w]);
       if (noise.length !== latentSize) {
         throw new OnestepError(`request ${r.index}: latents have ${noise.length} values, expected ${latentSize} (${C}x${h}x${w})`);
@@ -266,7 +320,7 @@ export class InferencePipeline {
       new ort.Tensor('float32', Float32Array.from({ length: rows * width }, (_, k) => values(requestOfRow(Math.floor(k / width)))[k % width]), [rows, width]);
     const computed: Record<string, () => ort.Tensor> = {
       sample: () => new ort.Tensor('float32', sample, [rows, C, h, w]),
-      timestep: () => new ort.Tensor('float32', new Float32Array(rows).fill(this.cfg.recipe.timestep), [rows]),
+      timestep: () => new ort.Tensor('float32', Float32Array.from({ length: rows }, (_, row) => timesteps[batch.indexOf(requestOfRow(row))]), [rows]),
       time_ids: () => perRow(6, (r) => r.timeIds ?? [height, width, 0, 0, height, width]),
       resolution: () => perRow(2, () => [height, width]),
       aspect_ratio: () => perRow(1, () => [height / width]),
@@ -292,7 +346,7 @@ export class InferencePipeline {
       let eps = prediction(guided.length + i);
       const g = guided.indexOf(i);
       if (g >= 0) eps = applyGuidance(prediction(g), eps, r.guidance);
-      const x0 = x0FromModelOutput(this.cfg.recipe.prediction_type, z[i], eps, this.cfg.alphaBar);
+      const x0 = x0FromModelOutput(this.cfg.recipe.prediction_type, z[i], eps, alphaBars[i]);
       for (let k = 0; k < latentSize; k++) decoderInput[i * latentSize + k] = x0[k] / scale + shift;
     });
     const t3 = performance.now();

@@ -45,7 +45,7 @@ export function readSafetensors(file: string): Map<string, Tensor> {
   return out;
 }
 
-export function goldens(model: 'tiny-sd15' | 'tiny-sd21' | 'tiny-pixart' | 'tiny-sdxl' | 'tiny-sdxs'): Map<string, Tensor> {
+export function goldens(model: 'tiny-sd15' | 'tiny-sd21' | 'tiny-pixart' | 'tiny-sdxl' | 'tiny-sdxs' | 'tiny-sd15-img2img' | 'tiny-sd21-img2img'): Map<string, Tensor> {
   return readSafetensors(path.join(FIXTURES, 'goldens', `${model}.safetensors`));
 }
 
