@@ -6,16 +6,18 @@
  * but it can load scripts). The page shows one page of cards at a time (prompt, seed, size, model; the thumbnail
  * links to the full image), filters by text across everything it knows, and keeps page and filter in the URL hash
  * (`#q=cat&page=3`). `.gallery` is hidden so that Hugging Face `datasets` still loads the folder as an imagefolder.
- * Images in webdataset shards are not shown (a browser cannot open a tar member).
+ * Images in webdataset shards get their thumbnails from the tar members; their cards link to the shard (a browser
+ * cannot open a member inside a tar).
  */
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { BadInputError } from './errors.js';
 import { writeFileAtomic } from './io/atomic.js';
 import { splitLines } from './io/lines.js';
 import { MANIFEST_FILE } from './io/manifest.js';
+import { listTar, type TarEntry } from './io/tar.js';
 
 export const GALLERY_DIR = '.gallery';
 export const THUMBS_DIR = 'thumbs';
@@ -40,13 +42,13 @@ export interface GallerySummary {
   images: number;
   thumbnails_made: number;
   thumbnails_kept: number;
-  /** Manifest lines whose image is in a webdataset shard or no longer on disk: not shown. */
+  /** Manifest lines whose image is no longer on disk (its file, or its shard or its member in the shard): not shown. */
   left_out: number;
   seconds: number;
 }
 
-/** One card: [file, thumbnail (in .gallery/thumbs), prompt, negative prompt, seed, width, height, model, index]. */
-type Card = [string, string, string, string, string, number, number, string, number];
+/** One card: [file, thumbnail (in .gallery/thumbs), prompt, negative prompt, seed, width, height, model, index, shard or '']. */
+type Card = [string, string, string, string, string, number, number, string, number, string];
 
 interface Row {
   file: string;
@@ -92,9 +94,9 @@ async function readRuns(dir: string): Promise<Map<number, Row & { shard?: string
   return new Map([...rows.entries()].sort((a, b) => a[0] - b[0]));
 }
 
-/** A thumbnail's name: the image's file name + .webp (a.png and a.jpg stay apart). */
-export function thumbnailName(file: string): string {
-  return `${file}.webp`;
+/** A thumbnail's name: the image's file name + .webp (a.png and a.jpg stay apart), after its shard's for a tar member. */
+export function thumbnailName(file: string, shard?: string): string {
+  return shard ? `${shard}_${file}.webp` : `${file}.webp`;
 }
 
 async function mtimeOrUndefined(p: string): Promise<number | undefined> {
@@ -105,7 +107,7 @@ async function mtimeOrUndefined(p: string): Promise<number | undefined> {
   }
 }
 
-async function makeThumbnail(image: string, thumb: string, size: number): Promise<void> {
+async function makeThumbnail(image: string | Buffer, thumb: string, size: number): Promise<void> {
   // A cache, so no fsync; the rename still keeps a killed build from leaving a torn thumbnail under the final name.
   const temp = path.join(path.dirname(thumb), `.${path.basename(thumb)}.tmp-${process.pid}`);
   await sharp(image).resize(size, size, { fit: 'inside', withoutEnlargement: true }).webp({ quality: 80 }).toFile(temp);
@@ -123,14 +125,21 @@ export async function buildGallery(opts: GalleryOptions): Promise<GallerySummary
   await mkdir(thumbs, { recursive: true });
   for (const name of await readdir(thumbs)) if (/^\..*\.tmp-\d+$/.test(name)) await rm(path.join(thumbs, name), { force: true });
 
+  // The members of the shards the manifest names (headers only).
+  const members = new Map<string, Map<string, TarEntry>>();
+  for (const r of rows.values()) {
+    if (r.shard === undefined || members.has(r.shard) || !present.has(r.shard)) continue;
+    members.set(r.shard, new Map((await listTar(path.join(dir, r.shard))).map((m) => [m.name, m])));
+  }
   const cards: Card[] = [];
   let leftOut = 0;
   for (const [index, r] of rows) {
-    if (r.shard !== undefined || !present.has(r.file)) {
+    const there = r.shard === undefined ? present.has(r.file) : members.get(r.shard)?.has(r.file);
+    if (!there) {
       leftOut++;
       continue;
     }
-    cards.push([r.file, thumbnailName(r.file), r.prompt, r.negative, r.seed, r.width, r.height, r.model, index]);
+    cards.push([r.file, thumbnailName(r.file, r.shard), r.prompt, r.negative, r.seed, r.width, r.height, r.model, index, r.shard ?? '']);
   }
 
   let made = 0;
@@ -138,14 +147,15 @@ export async function buildGallery(opts: GalleryOptions): Promise<GallerySummary
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < cards.length) {
-      const file = cards[next++][0];
-      const image = path.join(dir, file);
-      const thumb = path.join(thumbs, thumbnailName(file));
+      const card = cards[next++];
+      const [file, thumbName, , , , , , , , shard] = card;
+      const image = path.join(dir, shard || file);
+      const thumb = path.join(thumbs, thumbName);
       const [imageTime, thumbTime] = await Promise.all([mtimeOrUndefined(image), mtimeOrUndefined(thumb)]);
       if (thumbTime !== undefined && imageTime !== undefined && thumbTime >= imageTime) kept++;
       else {
         try {
-          await makeThumbnail(image, thumb, size);
+          await makeThumbnail(shard ? await readMember(image, members.get(shard)!.get(file)!) : image, thumb, size);
         } catch (err) {
           throw new BadInputError(image, `cannot be read as an image (${(err as Error).message}).`, 'Regenerate it (generate --resume redoes a prompt whose file is gone), or delete it.');
         }
@@ -177,6 +187,18 @@ export async function buildGallery(opts: GalleryOptions): Promise<GallerySummary
     left_out: leftOut,
     seconds: Math.round((performance.now() - started) / 10) / 100,
   };
+}
+
+async function readMember(tar: string, entry: TarEntry): Promise<Buffer> {
+  const handle = await open(tar, 'r');
+  try {
+    const buf = Buffer.alloc(entry.size);
+    const { bytesRead } = await handle.read(buf, 0, entry.size, entry.offset);
+    if (bytesRead !== entry.size) throw new Error(`${entry.name} is cut short`);
+    return buf;
+  } finally {
+    await handle.close();
+  }
 }
 
 function escapeHtml(text: string): string {
@@ -226,7 +248,7 @@ ${p.scripts.map((s) => `<script src="${escapeHtml(s)}"></script>`).join('\n')}
 (function () {
   var PAGE = ${p.pageSize}, BOX = ${box}, THUMBS = '${GALLERY_DIR}/${THUMBS_DIR}/';
   var all = [].concat.apply([], onestepGallery);
-  var haystack = all.map(function (c) { return [c[0], c[2], c[3], c[4], c[5] + 'x' + c[6], c[7]].join('\\n').toLowerCase(); });
+  var haystack = all.map(function (c) { return [c[0], c[2], c[3], c[4], c[5] + 'x' + c[6], c[7], c[9]].join('\\n').toLowerCase(); });
   var shown = all, page = 0;
   var q = document.getElementById('q'), cards = document.getElementById('cards');
   function readHash() {
@@ -264,8 +286,8 @@ ${p.scripts.map((s) => `<script src="${escapeHtml(s)}"></script>`).join('\n')}
       var card = el('article', 'card');
       card.dataset.index = c[8];
       var a = el('a', 'image');
-      a.href = encodeURIComponent(c[0]);
-      a.title = c[0];
+      a.href = encodeURIComponent(c[9] || c[0]);
+      a.title = c[9] ? c[0] + ' in ' + c[9] : c[0];
       var img = el('img');
       img.src = THUMBS + encodeURIComponent(c[1]);
       img.alt = c[2];
@@ -274,7 +296,7 @@ ${p.scripts.map((s) => `<script src="${escapeHtml(s)}"></script>`).join('\n')}
       card.appendChild(a);
       card.appendChild(el('div', 'prompt', c[2]));
       if (c[3]) card.appendChild(el('div', 'negative', 'negative: ' + c[3]));
-      card.appendChild(el('div', 'meta', 'seed ' + c[4] + ' \\u00b7 ' + c[5] + '\\u00d7' + c[6] + ' \\u00b7 ' + c[7]));
+      card.appendChild(el('div', 'meta', 'seed ' + c[4] + ' \\u00b7 ' + c[5] + '\\u00d7' + c[6] + ' \\u00b7 ' + c[7] + (c[9] ? ' \\u00b7 ' + c[9] : '')));
       frag.appendChild(card);
     });
     cards.appendChild(frag);

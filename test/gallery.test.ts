@@ -169,4 +169,25 @@ describe('gallery', function () {
     }
     assert.ok(close / total >= 0.98, `${close}/${total} channel values within 3 of the thumbnail`);
   });
+
+  it('a webdataset run: thumbnails from the tar members, cards link to their shard', async function () {
+    const wds = path.join(dir, 'wds');
+    const res = await onestepWithCache([path.join(dir, 'prompts.txt'), '-o', wds, '--seed', '30', '--batch-size', '4', '--device', 'cpu', '--quiet', '--output-format', 'webdataset', '--shard-size', '5']);
+    assert.equal(res.code, 0, res.stderr);
+    const summary = await buildGallery({ dir: wds });
+    assert.deepEqual([summary.images, summary.thumbnails_made, summary.left_out], [12, 12, 0]);
+    // The same prompts and seeds as the files run: the members are the same images, so the thumbnails are too.
+    for (const f of fs.readdirSync(out).filter((x) => x.endsWith('.png'))) {
+      const i = Number(f.slice(0, 6));
+      const shard = `${String(Math.floor(i / 5)).padStart(5, '0')}.tar`;
+      const fromTar = fs.readFileSync(path.join(wds, GALLERY_DIR, THUMBS_DIR, `${shard}_${f}.webp`));
+      assert.ok(fromTar.equals(fs.readFileSync(path.join(out, GALLERY_DIR, THUMBS_DIR, `${f}.webp`))), f);
+    }
+    assert.equal((await buildGallery({ dir: wds })).thumbnails_kept, 12);
+    needChromium(this);
+    const dom = browse(['--dump-dom'], `${pathToFileURL(path.join(wds, 'index.html')).href}#q=00002.tar`);
+    const cards = [...dom.matchAll(/<article class="card" data-index="(\d+)">(.*?)<\/article>/gs)];
+    assert.deepEqual(cards.map((c) => c[1]), ['10', '11']);
+    assert.match(cards[0][2], /<a class="image" href="00002\.tar" title="000010-40\.png in 00002\.tar">/);
+  });
 });
