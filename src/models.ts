@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { listFiles, sha256Path } from './checkpoint/hash.js';
 import { BadInputError, OnestepError } from './errors.js';
 import { writeFileAtomic } from './io/atomic.js';
+import { requireRegularFile } from './io/files.js';
 import { convertCheckpoint, ONESTEP_VERSION, type ConvertOptions, type LoraSpec } from './convert.js';
 import { MODEL_FORMAT_VERSION } from './runtime/model-dir.js';
 
@@ -49,6 +50,7 @@ export async function rememberedSha256(p: string, root: string): Promise<string>
       id.update(`\n${rel}\0${st.size}\0${st.mtimeMs}\0${st.ino}`);
     }
   } else {
+    requireRegularFile(real, 'a checkpoint', 'Pass a .safetensors file, a diffusers folder or a converted model folder.');
     const st = await stat(real);
     id.update(`\n\0${st.size}\0${st.mtimeMs}\0${st.ino}`);
   }

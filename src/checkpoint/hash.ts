@@ -3,6 +3,7 @@ import { readdir, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { OnestepError } from '../errors.js';
+import { requireRegularFile } from '../io/files.js';
 
 // Hashing a multi-GB checkpoint costs seconds of CPU: it runs in a worker thread so that conversion, which reads the
 // same file at the same time, is not held up by it on the main thread.
@@ -61,7 +62,10 @@ export async function listFiles(root: string): Promise<string[]> {
  * lives.
  */
 export async function sha256Path(p: string): Promise<string> {
-  if (!(await stat(p)).isDirectory()) return sha256File(p);
+  if (!(await stat(p)).isDirectory()) {
+    requireRegularFile(p, 'a checkpoint');
+    return sha256File(p);
+  }
   const h = createHash('sha256');
   for (const f of await listFiles(p)) h.update(`${f}\0${await sha256File(path.join(p, f))}\n`);
   return h.digest('hex');

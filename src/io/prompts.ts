@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { BadInputError, OnestepError } from '../errors.js';
+import { fileKind } from './files.js';
 import { firstNonSpaceByte, hasBom, splitLines, type RawLine } from './lines.js';
 import { inShard, type Shard } from './shard.js';
 
@@ -92,6 +93,9 @@ async function openSource(
   try {
     const info = await stat(source);
     if (info.isDirectory()) throw new BadInputError(source, 'is a folder, not a prompt file.');
+    if (!info.isFile()) {
+      throw new BadInputError(source, `is ${fileKind(info)}, not a regular file.`, `To stream prompts, pipe them into stdin: onestep generate - < ${source}`);
+    }
   } catch (err) {
     if (err instanceof OnestepError) throw err;
     const code = (err as NodeJS.ErrnoException).code;

@@ -1,6 +1,7 @@
 /** Lazy, validated safetensors reader: parses and checks the header on open, reads one tensor at a time by position. */
 import { open as openFile, stat, type FileHandle } from 'node:fs/promises';
 import { extname } from 'node:path';
+import { fileKind } from '../io/files.js';
 import { DTYPE_SIZES, bytesToF32, countF16Overflow, f32ToF16, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
 import { F16OverflowError, SafetensorsError } from './errors.js';
 
@@ -45,6 +46,10 @@ export class SafetensorsFile {
         undefined,
         'Pass the .safetensors file itself, or open the folder as a tensor set (index.json or a single .safetensors).',
       );
+    }
+    if (!st.isFile()) {
+      // A FIFO would block the open, a device (/dev/zero) never end: only regular files are read.
+      throw new SafetensorsError(path, 'not-a-file', `is ${fileKind(st)}, not a regular file`, undefined, 'Pass the .safetensors file itself.');
     }
     if (!opts.anyExtension && PICKLE_EXTENSIONS.has(extname(path).toLowerCase())) throw pickleError(path);
 
