@@ -5,9 +5,9 @@
  */
 import { InitImages, initImageSize, loadInitImage } from './io/init-image.js';
 import { createHash } from 'node:crypto';
-import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError, BadInputError } from './errors.js';
+import { removeStaleTemps } from './io/atomic.js';
 import { encodeImage, formatParameters, type ImageFormat } from './io/images.js';
 import { lockFolder } from './io/lock.js';
 import { MANIFEST_FILE, openManifest, resumeDifferences, toManifestEntry, type ManifestEntry, type ManifestInput } from './io/manifest.js';
@@ -130,37 +130,6 @@ class Semaphore {
 }
 
 /**
- * Removes the temp files (`.<name>.tmp-<pid>-<hex>`, see io/atomic.ts) that a SIGKILLed run left in the output folder.
- * Only those of processes no longer alive: another run writing into the same folder keeps its own. Returns how many.
- */
-async function removeStaleTempFiles(dir: string): Promise<number> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return 0;
-  }
-  let removed = 0;
-  for (const name of names) {
-    const m = /^\..+\.tmp-(\d+)-[0-9a-f]+$/.exec(name);
-    if (!m || isAlive(Number(m[1]))) continue;
-    await rm(path.join(dir, name), { force: true });
-    removed++;
-  }
-  return removed;
-}
-
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/**
  * What decides the images beside the checkpoint's hash (`model` in the manifest): the LoRAs and their scales, the
  * dtype, the decoder. Not the file's name: a renamed checkpoint makes the same images.
  */
@@ -222,7 +191,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   const m = engine.manifest;
   for (const note of engine.notes) opts.onWarning?.(note);
   const manifest = await openManifest(opts.out);
-  const stale = await removeStaleTempFiles(opts.out);
+  const stale = (await removeStaleTemps(opts.out)).length;
   if (stale) opts.onWarning?.(`removed ${stale} partial image file(s) left by an interrupted run`);
   const perPrompt = opts.imagesPerPrompt ?? 1;
   const output: ImageOutput =

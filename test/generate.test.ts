@@ -181,6 +181,17 @@ describe('generate (library)', function () {
     assert.equal((await generateImages(promptFile, options(out, { batchSize: 4, resume: true }))).skipped_existing, 8);
   });
 
+  it('a file in the output folder that the manifest does not record is never overwritten by a colliding name', async () => {
+    const out = path.join(work, 'foreign');
+    fs.mkdirSync(out);
+    fs.writeFileSync(path.join(out, '000000-1234.png'), 'the user\'s own file');
+    await generateImages(promptFile, options(out, { batchSize: 4 }));
+    assert.equal(fs.readFileSync(path.join(out, '000000-1234.png'), 'utf8'), 'the user\'s own file');
+    const first = readManifest(out).find((e) => e.index === 0)!;
+    assert.equal(first.file, '000000-1234-0.png');
+    assert.ok(fs.statSync(path.join(out, first.file)).size > 100);
+  });
+
   it('an aborted signal stops reading: the batches in flight finish and are recorded', async () => {
     const out = path.join(work, 'abort');
     const source = new PassThrough();

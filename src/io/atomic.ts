@@ -1,6 +1,7 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { mkdir, open, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { OnestepError } from '../errors.js';
 
@@ -55,8 +56,56 @@ export function pendingTempPathCount(): number {
   return pendingTempPaths.size;
 }
 
+/** 8 hex digits naming this host, so a cleanup on a shared file system only judges its own host's processes. */
+const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+
+/** `<pid>-<host tag><random>`: the end of every temp name, which says whose it is. */
+export function tempSuffix(): string {
+  return `${process.pid}-${HOST_TAG}${randomBytes(4).toString('hex')}`;
+}
+
 function tempSibling(path: string, tag: string): string {
-  return join(dirname(path), `.${basename(path)}.${tag}-${process.pid}-${randomBytes(4).toString('hex')}`);
+  return join(dirname(path), `.${basename(path)}.${tag}-${tempSuffix()}`);
+}
+
+/**
+ * Temp names this project writes: `.<name>.tmp|building|old-<suffix>` (this file) and `<name>.tmp-<suffix>` (the
+ * safetensors writer). Older versions wrote the suffix without a host tag (`<pid>-<8 or 12 hex>`).
+ */
+const TEMP_NAME = /^(?:\..+\.(?:tmp|building|old)|.+\.tmp)-(\d+)-([0-9a-f]{8,16})$/;
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temp files and folders that processes killed before their cleanup could run (SIGKILL, the OOM killer)
+ * left in `dir`: only those of this host's processes that are no longer alive, so a concurrent run keeps its own.
+ * Returns the names removed.
+ */
+export async function removeStaleTemps(dir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const m = TEMP_NAME.exec(name);
+    if (!m) continue;
+    const hostTag = m[2].length === 16 ? m[2].slice(0, 8) : HOST_TAG;
+    if (hostTag !== HOST_TAG || isAlive(Number(m[1]))) continue;
+    await rm(join(dir, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -122,6 +171,7 @@ export async function withAtomicDir(
     throw new OnestepError(`${finalDir} already exists.`, 'Pass --force to replace it, or choose another output folder.');
   }
   await mkdir(dirname(resolve(finalDir)), { recursive: true });
+  await removeStaleTemps(dirname(resolve(finalDir)));
   const temp = tempSibling(finalDir, 'building');
   const unregister = registerTempPath(temp);
   try {

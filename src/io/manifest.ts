@@ -180,6 +180,8 @@ export class Manifest {
     readonly repairedBytes: number,
     /** index -> fingerprint of its (last) line's resume fields. */
     private readonly fingerprints: Map<number, string> = new Map(),
+    /** Names in the folder that no line records (the user's files): never to be overwritten by an image. */
+    readonly unrecorded: readonly string[] = [],
   ) {}
 
   /**
@@ -208,9 +210,10 @@ export class Manifest {
     return found;
   }
 
-  /** Entries as { index, file } for NameAllocator. */
+  /** Entries as { index, file } for NameAllocator; files no line records come with index -1 (taken by no prompt). */
   *existing(): Iterable<{ index: number; file: string }> {
     for (const [index, file] of this.files) yield { index, file };
+    for (const file of this.unrecorded) yield { index: -1, file };
   }
 
   /** Appends one line. Appends are written in call order; await it to know the line is written. */
@@ -298,8 +301,10 @@ export async function openManifest(outDir: string): Promise<Manifest> {
     if (present) completed.add(index);
   }
 
+  const recorded = new Set([...files.values()]);
+  const unrecorded = [...names].filter((n) => n !== MANIFEST_FILE && !recorded.has(n));
   const handle = await open(path, 'a');
-  return new Manifest(path, handle, files, completed, shards, repairedBytes, fingerprints);
+  return new Manifest(path, handle, files, completed, shards, repairedBytes, fingerprints, unrecorded);
 }
 
 async function fileExists(path: string): Promise<boolean> {

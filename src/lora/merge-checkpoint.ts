@@ -148,8 +148,13 @@ async function rewriteWeightFile(
       };
     });
     // No metadata block when the input had none, so that a header stays as it was.
-    await writeSafetensors(output, tensors, Object.keys(file.metadata).length ? { ...file.metadata } : undefined, (done, total) =>
-      opts.onProgress?.(done, total),
+    await writeSafetensors(
+      output,
+      tensors,
+      Object.keys(file.metadata).length ? { ...file.metadata } : undefined,
+      (done, total) => opts.onProgress?.(done, total),
+      // Without --force an output that another run finished meanwhile is not replaced (the check at the start is long past).
+      { noReplace: !opts.force },
     );
   } finally {
     await file.close();

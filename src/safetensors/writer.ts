@@ -1,10 +1,11 @@
 /** Streaming safetensors writer: at most two tensors in memory (one being written, the next being produced), atomic (temp file + rename), deterministic bytes. */
-import { randomBytes } from 'node:crypto';
-import { open as openFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { link, open as openFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { OnestepError } from '../errors.js';
 import { DTYPE_SIZES, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
 import { MAX_HEADER_BYTES } from './reader.js';
-import { registerTempPath } from '../io/atomic.js';
+import { registerTempPath, removeStaleTemps, tempSuffix } from '../io/atomic.js';
 
 export interface TensorToWrite {
   name: string;
@@ -53,11 +54,14 @@ export async function writeSafetensors(
   tensors: Iterable<TensorToWrite>,
   metadata?: Record<string, string>,
   onProgress?: (done: number, total: number, bytes: number) => void,
+  options: { noReplace?: boolean } = {},
 ): Promise<void> {
   const list = [...tensors];
   const header = encodeHeader(path, list, metadata);
 
-  const tempPath = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  // A run killed before its cleanup (SIGKILL, OOM) left a multi-GB temp file here: the next write removes it.
+  await removeStaleTemps(dirname(resolve(path)));
+  const tempPath = `${path}.tmp-${tempSuffix()}`;
   // Removed on Ctrl-C / SIGTERM too, not only on errors: a multi-GB temp file must not outlive an interrupted run.
   const unregister = registerTempPath(tempPath);
   let handle: FileHandle | undefined;
@@ -100,7 +104,8 @@ export async function writeSafetensors(
     await handle.sync();
     await handle.close();
     handle = undefined;
-    await rename(tempPath, path);
+    if (options.noReplace) await renameNoReplace(tempPath, path);
+    else await rename(tempPath, path);
   } catch (e) {
     await next?.catch(() => undefined);
     await handle?.close().catch(() => undefined);
@@ -109,6 +114,25 @@ export async function writeSafetensors(
   } finally {
     unregister();
   }
+}
+
+/**
+ * Moves a finished temp file to `path` unless something is there by now (another run that wrote the same output):
+ * a hard link fails with EEXIST instead of replacing it. Where hard links are not supported, a check then a rename.
+ */
+async function renameNoReplace(temp: string, path: string): Promise<void> {
+  const appeared = () => new OnestepError(`${path} appeared while it was being written (another run writing the same output?); it was left as it is.`, 'Pass --force to replace it, or choose another output path.');
+  try {
+    await link(temp, path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw appeared();
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'EXDEV') throw err;
+    if (await stat(path).then(() => true, () => false)) throw appeared();
+    await rename(temp, path);
+    return;
+  }
+  await rm(temp, { force: true });
 }
 
 function byteLengthOf(path: string, t: TensorToWrite): number {

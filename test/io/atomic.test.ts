@@ -5,7 +5,8 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { OnestepError } from '../../src/errors.js';
-import { pendingTempPathCount, registerTempPath, withAtomicDir, writeFileAtomic } from '../../src/io/atomic.js';
+import { pendingTempPathCount, registerTempPath, removeStaleTemps, tempSuffix, withAtomicDir, writeFileAtomic } from '../../src/io/atomic.js';
+import { writeSafetensors } from '../../src/safetensors/writer.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -105,6 +106,58 @@ describe('io/atomic', () => {
       assert.equal(existsSync(tmp), false, 'temp folder removed');
       assert.equal(existsSync(final), false);
     }
+  });
+
+  it('SIGKILL leaves temp folders and files; the next atomic write in that folder removes those of dead processes only', async () => {
+    const script = join(dir, 'killed.mts');
+    await writeFile(
+      script,
+      `import { writeFile } from 'node:fs/promises';\n` +
+        `import { join } from 'node:path';\n` +
+        `import { withAtomicDir } from ${JSON.stringify(resolve('src/io/atomic.ts'))};\n` +
+        `import { writeSafetensors } from ${JSON.stringify(resolve('src/safetensors/writer.ts'))};\n` +
+        `const forever = new Promise(() => setInterval(() => {}, 1000));\n` +
+        `let started = 0;\n` +
+        `const ready = () => ++started === 2 && console.log('ready');\n` +
+        `withAtomicDir(${JSON.stringify(join(dir, 'model'))}, async (tmp) => { await writeFile(join(tmp, 'unet.onnx.data'), 'x'.repeat(1 << 16)); ready(); await forever; }, { force: false });\n` +
+        `writeSafetensors(${JSON.stringify(join(dir, 'merged.safetensors'))}, [\n` +
+        `  { name: 'a', dtype: 'F32', shape: [4], data: () => new Uint8Array(16) },\n` +
+        `  { name: 'b', dtype: 'F32', shape: [4], data: () => (ready(), forever) },\n` +
+        `]);\n`,
+    );
+    const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((res) => child.stdout.on('data', (d) => String(d).includes('ready') && res()));
+    child.kill('SIGKILL');
+    await new Promise((res) => child.on('exit', res));
+    const left = (await readdir(dir)).filter((n) => n !== 'killed.mts').sort();
+    assert.equal(left.length, 2, left.join(', '));
+    assert.match(left[0], /^\.model\.building-\d+-[0-9a-f]{16}$/);
+    assert.match(left[1], /^merged\.safetensors\.tmp-\d+-[0-9a-f]{16}$/);
+    // Kept: this (live) process's own temp, and one whose host tag is another host's (a shared file system).
+    const mine = `.other.building-${tempSuffix()}`;
+    const otherHost = `.other.building-${2 ** 22 + 1}-ffffffff00000000`;
+    // Removed too: an older version's name (no host tag) of a dead pid.
+    const legacy = `.old-style.png.tmp-${2 ** 22 + 1}-0123abcd`;
+    for (const n of [mine, otherHost, legacy]) await mkdir(join(dir, n));
+
+    await withAtomicDir(join(dir, 'next-model'), async (tmp) => writeFile(join(tmp, 'x'), 'y'), { force: false });
+    assert.deepEqual((await readdir(dir)).filter((n) => n !== 'killed.mts').sort(), [mine, otherHost, 'next-model'].sort());
+    // The safetensors writer cleans up as well (here: nothing stale is left, the planted ones stay).
+    await writeSafetensors(join(dir, 'b.safetensors'), [{ name: 'a', dtype: 'F32', shape: [1], data: () => new Uint8Array(4) }]);
+    assert.deepEqual(await removeStaleTemps(dir), []);
+    assert.ok(existsSync(join(dir, mine)) && existsSync(join(dir, otherHost)));
+  });
+
+  it('writeSafetensors with noReplace leaves a file that appeared meanwhile (a concurrent run) and removes its temp', async () => {
+    const out = join(dir, 'merged.safetensors');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const slow = writeSafetensors(out, [{ name: 'a', dtype: 'F32', shape: [1], data: async () => (await gate, new Uint8Array(4)) }], undefined, undefined, { noReplace: true });
+    await writeFile(out, 'the other run');
+    release();
+    await assert.rejects(slow, (e: unknown) => e instanceof OnestepError && /appeared while it was being written/.test(e.message));
+    assert.equal(await readFile(out, 'utf8'), 'the other run');
+    assert.deepEqual(await readdir(dir), ['merged.safetensors']);
   });
 
   it('with the program\'s own signal listener, temp paths survive the signal (in-flight work goes on) and go at exit', async () => {

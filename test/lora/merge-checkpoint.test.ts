@@ -168,6 +168,19 @@ describe('lora/merge-checkpoint', () => {
       assert.equal(rawSafetensors(out).names.length, rawSafetensors(SINGLE).names.length);
     });
 
+    it('two concurrent merges to one output without --force: one writes it, the other fails and replaces nothing', async () => {
+      for (const [base, name] of [[SINGLE, 'same.safetensors'], [FOLDER, 'same-folder']] as const) {
+        const out = join(tmp.dir, name);
+        const opts = { base, loras: [{ path: lora('peft'), scale: 1 }], out };
+        const results = await Promise.allSettled([mergeLorasIntoCheckpoint(opts), mergeLorasIntoCheckpoint({ ...opts, loras: [{ path: lora('peft'), scale: 0.5 }] })]);
+        const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+        assert.equal(failed.length, 1, `${name}: ${results.map((r) => r.status).join(', ')}`);
+        assert.ok(failed[0].reason instanceof OnestepError, String(failed[0].reason));
+        assert.match(failed[0].reason.message, /appeared while it was being/);
+        assert.deepEqual(readdirSync(tmp.dir).filter((n) => n.includes(name)), [name], "no temp left");
+      }
+    });
+
     it('an output that is an input, inside the base folder or holding it, even with --force', async () => {
       // On copies: a broken check must not be able to damage the fixtures.
       const folder = join(tmp.dir, 'base');
