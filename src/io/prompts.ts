@@ -93,7 +93,9 @@ async function openSource(
   try {
     const info = await stat(source);
     if (info.isDirectory()) throw new BadInputError(source, 'is a folder, not a prompt file.');
-    if (!info.isFile()) {
+    // A named pipe is a stream with a path (mkfifo, a shell's <(...)), read as it comes like stdin; a socket or a
+    // device (/dev/zero never ends) is refused.
+    if (!info.isFile() && !info.isFIFO()) {
       throw new BadInputError(source, `is ${fileKind(info)}, not a regular file.`, `To stream prompts, pipe them into stdin: onestep generate - < ${source}`);
     }
   } catch (err) {
