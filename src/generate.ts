@@ -13,7 +13,7 @@ import { lockFolder } from './io/lock.js';
 import { MANIFEST_FILE, openManifest, resumeDifferences, toManifestEntry, type ManifestEntry, type ManifestInput } from './io/manifest.js';
 import { FilesOutput, type ImageOutput, type OutputFormat } from './io/outputs.js';
 import { WebDatasetOutput } from './io/webdataset.js';
-import { imageOrdinal, imagesOf } from './plan.js';
+import { imageOrdinal, imagesOf, type ImageRecord } from './plan.js';
 import { writeGrid } from './grid.js';
 import { NameAllocator } from './io/names.js';
 import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
@@ -340,8 +340,9 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   };
 
   /** Queues one image (or skips it on --resume); false when the run must stop. */
-  const add = async (r: PromptRecord): Promise<boolean> => {
-    const initFile = initImages.fileFor(r.index, r.image);
+  const add = async (r: ImageRecord): Promise<boolean> => {
+    // A folder of init images pairs with prompts (all images of prompt i start from its i-th file).
+    const initFile = initImages.fileFor(r.promptIndex, r.image);
     const req = toRequest(r, initFile ? await initImageSize(initFile, downscale) : undefined);
     if (opts.resume && output.isDone(r.index)) {
       const now: ManifestInput = {

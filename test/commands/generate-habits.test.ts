@@ -80,4 +80,30 @@ describe('onestep generate: CLI habits', function () {
     assert.equal(none.code, 1);
     assert.match(none.stderr, /Error: No prompts given/);
   });
+
+  it('--images-per-prompt with a folder of init images: every image of prompt i starts from its i-th file', async () => {
+    const inits = path.join(dir, 'inits');
+    fs.mkdirSync(inits);
+    for (const [k, name] of ['a.png', 'b.png'].entries()) {
+      const px = Buffer.alloc(64 * 64 * 3, 0);
+      for (let i = 0; i < px.length; i++) px[i] = (i * (k + 3) * 37) % 251;
+      await sharp(px, { raw: { width: 64, height: 64, channels: 3 } }).png().toFile(path.join(inits, name));
+    }
+    const common = ['--model', model, '--device', 'cpu', '--quiet', '--strength', '0.6'];
+    const txt = path.join(dir, 'two.txt');
+    fs.writeFileSync(txt, 'a cat\na dog\n');
+    const a = await onestep('generate', txt, '--init-image', inits, '-n', '2', '--seed', '20', '-o', path.join(dir, 'init-a'), ...common);
+    assert.equal(a.code, 0, a.stderr);
+    // The same four images, one line each, naming its init image and seed.
+    const jsonl = path.join(inits, '..', 'four.jsonl');
+    fs.writeFileSync(jsonl, [['a cat', 'a.png', 20], ['a cat', 'a.png', 21], ['a dog', 'b.png', 22], ['a dog', 'b.png', 23]].map(([prompt, image, seed]) => JSON.stringify({ prompt, image: `inits/${image}`, seed })).join('\n') + '\n');
+    const b = await onestep('generate', jsonl, '--seed', '0', '--name', '{index:06}', '-o', path.join(dir, 'init-b'), ...common);
+    assert.equal(b.code, 0, b.stderr);
+    const pixels = async (f: string) => (await sharp(f).raw().toBuffer()).toString('base64');
+    for (let i = 0; i < 4; i++) {
+      const fa = path.join(dir, 'init-a', `${String(i).padStart(6, '0')}-${20 + i}.png`);
+      const fb = path.join(dir, 'init-b', `${String(i).padStart(6, '0')}.png`);
+      assert.equal(await pixels(fa), await pixels(fb), `image ${i}`);
+    }
+  });
 });
