@@ -23,6 +23,7 @@
  * text_encoder_2 (SDXL) and any other weight folder of a diffusers pipeline (e.g. safety_checker).
  * Counts of convertible checkpoints are over the canonical tensors onestep uses; of other files over raw key prefixes.
  */
+import { numel } from './checkpoint/weight-source.js';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openCheckpoint, type Checkpoint } from './checkpoint/open.js';
@@ -123,10 +124,6 @@ class Tally {
       examples: rest.slice(0, EXAMPLES).map((t) => t.label),
     };
   }
-}
-
-function numel(shape: readonly number[]): number {
-  return shape.reduce((a, b) => a * b, 1);
 }
 
 function storedTensors(set: TensorSet, labelPrefix = ''): StoredTensor[] {

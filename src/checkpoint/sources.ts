@@ -2,7 +2,7 @@
 import { BadInputError } from '../errors.js';
 import type { TensorSet } from '../safetensors/tensor-set.js';
 import type { SourceRef } from './keymap-sd.js';
-import type { TensorMeta, WeightSource } from './weight-source.js';
+import { numel, type TensorMeta, type WeightSource } from './weight-source.js';
 
 interface Entry {
   set: TensorSet;
@@ -124,7 +124,7 @@ export class MappedSource implements WeightSource {
     const stored = set.info(ref.key).shape;
     let data = await set.readF32(ref.key);
     if (ref.rows) {
-      const rowSize = stored.slice(1).reduce((a, b) => a * b, 1);
+      const rowSize = numel(stored.slice(1));
       data = data.slice(ref.rows[0] * rowSize, ref.rows[1] * rowSize);
     }
     if (ref.transpose) data = transpose2d(data, stored[0], stored[1]);

@@ -1,5 +1,10 @@
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
 
+/** Elements of a tensor of this shape (1 for a scalar). */
+export function numel(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
 /** What a stored tensor is, without reading it. */
 export interface TensorMeta {
   shape: number[];

@@ -6,15 +6,16 @@ import os from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { OnestepError } from '../errors.js';
 import { encodeModel } from '../onnx/proto.js';
+import { IR_VERSION, OPSET } from '../onnx/write-model.js';
 
 let session: Promise<ort.InferenceSession> | undefined;
 
 function matmulModel(): Uint8Array {
   return encodeModel({
-    irVersion: 10,
+    irVersion: IR_VERSION,
     producerName: 'onestep',
     producerVersion: '1',
-    opsets: [{ domain: '', version: 21 }],
+    opsets: [{ domain: '', version: OPSET }],
     graph: {
       name: 'matmul',
       nodes: [{ name: '/MatMul', opType: 'MatMul', domain: '', inputs: ['a', 'b'], outputs: ['c'], attributes: [] }],

@@ -5,6 +5,7 @@
  * are in memory (writeSafetensors produces the next while it writes the current); the output appears only when
  * complete (temp file or temp sibling folder, then rename).
  */
+import { numel } from '../checkpoint/weight-source.js';
 import { cp, mkdir, realpath, stat } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { openCheckpoint, type Checkpoint } from '../checkpoint/open.js';
@@ -168,7 +169,7 @@ async function mergeInPlace(stored: Float32Array, storedShape: number[], ref: So
     await applyLoras(stored, ref.squeeze ? storedShape.slice(0, 2) : storedShape, apps, name);
     return;
   }
-  const rowSize = storedShape.slice(1).reduce((a, b) => a * b, 1);
+  const rowSize = numel(storedShape.slice(1));
   const [start, end] = ref.rows ?? [0, storedShape[0]];
   let part: Float32Array = stored.slice(start * rowSize, end * rowSize);
   let shape = [end - start, ...storedShape.slice(1)];

@@ -8,7 +8,7 @@
  */
 import { BadInputError, OnestepError } from '../errors.js';
 import { isFloatDType } from '../safetensors/dtypes.js';
-import type { TensorMeta, WeightSource } from '../checkpoint/weight-source.js';
+import { numel, type TensorMeta, type WeightSource } from '../checkpoint/weight-source.js';
 import { LoraFile, LoraModule, buildTargetIndex, guessLoraFamily, resolveTarget, type LoraComponent } from './parse.js';
 
 export interface LoraSpec {
@@ -163,22 +163,18 @@ function shapeMisfit(module: LoraModule, meta: TensorMeta): string | undefined {
   const t = meta.shape;
   if (!isFloatDType(meta.dtype)) return `the weight is ${meta.dtype}, not a float tensor`;
   const deltaShape = `[${module.outFeatures}, ${module.inFlat}${module.kernel ? ` = in x ${module.kernel.join('x')}` : ''}]`;
-  if (t.length < 2 || t[0] !== module.outFeatures || product(t) / t[0] !== module.inFlat) {
+  if (t.length < 2 || t[0] !== module.outFeatures || numel(t) / t[0] !== module.inFlat) {
     return `weight shape ${JSON.stringify(t)} vs LoRA delta ${deltaShape}`;
   }
-  if (module.kernel && t.length === 4 && product(module.kernel) !== 1 && (t[2] !== module.kernel[0] || t[3] !== module.kernel[1])) {
+  if (module.kernel && t.length === 4 && numel(module.kernel) !== 1 && (t[2] !== module.kernel[0] || t[3] !== module.kernel[1])) {
     return `weight kernel ${t[2]}x${t[3]} vs LoRA kernel ${module.kernel.join('x')}`;
   }
   const dora = module.doraKey;
   if (dora !== undefined) {
-    const n = product(module.store.tensors.get(dora)!.shape);
+    const n = numel(module.store.tensors.get(dora)!.shape);
     if (n !== t[0] && n !== t[1]) return `DoRA magnitude of ${n} values fits neither ${t[0]} outputs nor ${t[1]} inputs`;
   }
   return undefined;
-}
-
-function product(s: readonly number[]): number {
-  return s.reduce((a, b) => a * b, 1);
 }
 
 /**

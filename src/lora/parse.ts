@@ -8,6 +8,7 @@
  * `inspect`); `resolveTarget` then finds each module's canonical target in a base's `buildTargetIndex`.
  * Every delta is computed in float32 as a matrix [out, in * kh * kw] (the row-major flattening of the target weight).
  */
+import { numel } from '../checkpoint/weight-source.js';
 import { familiesByContextWidth, type FamilyId } from '../families/index.js';
 import { BadInputError } from '../errors.js';
 import { matmul } from './matmul.js';
@@ -185,7 +186,7 @@ export class LoraModule {
     const shapeOf = (key: string) => this.store.tensors.get(key)!.shape;
     if (full !== undefined) {
       const s = shapeOf(full);
-      return [await this.read(full), s[0], product(s) / s[0]];
+      return [await this.read(full), s[0], numel(s) / s[0]];
     }
     const aKey = k.get(`lokr_w${i}_a`)!;
     const bKey = k.get(`lokr_w${i}_b`)!;
@@ -201,7 +202,7 @@ export class LoraModule {
     }
     const rows = shapeOf(aKey)[0];
     const r = shapeOf(aKey)[1];
-    const cols = product(shapeOf(bKey)) / r;
+    const cols = numel(shapeOf(bKey)) / r;
     return [await matmul(a, b, rows, r, cols), rows, cols];
   }
 }
@@ -407,7 +408,7 @@ async function buildModule(store: LoraTensorStore, g: LoraModuleGroup, peft: Pef
       return module('lora', rank, alpha, alpha / rank, up[0], down[1] * spatial(mid), mid.slice(2));
     }
     const alpha = alphaFor(rank);
-    return module('lora', rank, alpha, alpha / rank, up[0], product(down) / rank, kernelOf(down));
+    return module('lora', rank, alpha, alpha / rank, up[0], numel(down) / rank, kernelOf(down));
   }
   if (has('hada_w1_a', 'hada_w1_b', 'hada_w2_a', 'hada_w2_b')) {
     const rank = shape('hada_w1_b')[0];
@@ -421,10 +422,10 @@ async function buildModule(store: LoraTensorStore, g: LoraModuleGroup, peft: Pef
     const w1b = shape('hada_w1_b');
     const w2a = shape('hada_w2_a');
     const w2b = shape('hada_w2_b');
-    if (w1a[1] !== rank || w2a[1] !== w2b[0] || w1a[0] !== w2a[0] || product(w1b) / rank !== product(w2b) / w2b[0]) {
+    if (w1a[1] !== rank || w2a[1] !== w2b[0] || w1a[0] !== w2a[0] || numel(w1b) / rank !== numel(w2b) / w2b[0]) {
       return `LoHa factor shapes ${JSON.stringify([w1a, w1b, w2a, w2b])} do not fit together`;
     }
-    return module('loha', rank, alpha, alpha / rank, w1a[0], product(w1b) / rank, kernelOf(w1b));
+    return module('loha', rank, alpha, alpha / rank, w1a[0], numel(w1b) / rank, kernelOf(w1b));
   }
   if ((has('lokr_w1') || has('lokr_w1_a', 'lokr_w1_b')) && (has('lokr_w2') || has('lokr_w2_a', 'lokr_w2_b'))) {
     let rows1: number, cols1: number, rows2: number, cols2: number;
@@ -433,14 +434,14 @@ async function buildModule(store: LoraTensorStore, g: LoraModuleGroup, peft: Pef
     if (has('lokr_w1')) {
       const s = shape('lokr_w1');
       if (spatial(s) !== 1) return `LoKr lokr_w1 ${JSON.stringify(s)} has a kernel; only lokr_w2 may`;
-      [rows1, cols1] = [s[0], product(s) / s[0]];
+      [rows1, cols1] = [s[0], numel(s) / s[0]];
     } else {
       rank = shape('lokr_w1_b')[0];
-      [rows1, cols1] = [shape('lokr_w1_a')[0], product(shape('lokr_w1_b')) / rank];
+      [rows1, cols1] = [shape('lokr_w1_a')[0], numel(shape('lokr_w1_b')) / rank];
     }
     if (has('lokr_w2')) {
       const s = shape('lokr_w2');
-      [rows2, cols2] = [s[0], product(s) / s[0]];
+      [rows2, cols2] = [s[0], numel(s) / s[0]];
       kernel = kernelOf(s);
     } else if (has('lokr_t2')) {
       const t = shape('lokr_t2');
@@ -449,7 +450,7 @@ async function buildModule(store: LoraTensorStore, g: LoraModuleGroup, peft: Pef
       kernel = t.slice(2);
     } else {
       rank = shape('lokr_w2_b')[0];
-      [rows2, cols2] = [shape('lokr_w2_a')[0], product(shape('lokr_w2_b')) / rank];
+      [rows2, cols2] = [shape('lokr_w2_a')[0], numel(shape('lokr_w2_b')) / rank];
       kernel = kernelOf(shape('lokr_w2_b'));
     }
     // Neither factor decomposed: LyCORIS applies the product at scale 1.
@@ -459,7 +460,7 @@ async function buildModule(store: LoraTensorStore, g: LoraModuleGroup, peft: Pef
   }
   if (has('diff')) {
     const s = shape('diff');
-    return module('full', 0, 0, 1, s[0], product(s) / s[0], kernelOf(s));
+    return module('full', 0, 0, 1, s[0], numel(s) / s[0], kernelOf(s));
   }
   const roles = [...k.keys()].sort().join(', ');
   return `incomplete or unsupported module (tensors: ${roles})`;
@@ -605,12 +606,8 @@ export async function describeLora(path: string): Promise<LoraDescription> {
 // ---------------------------------------------------------------------------------------------------------------
 // Small dense math, float32 out, float64 accumulation where it is free
 
-function product(s: number[]): number {
-  return s.reduce((a, b) => a * b, 1);
-}
-
 function spatial(s: number[]): number {
-  return product(s.slice(2));
+  return numel(s.slice(2));
 }
 
 /** Kronecker product of a [ra, ca] and b [rb, cb] -> [ra*rb, ca*cb]. */

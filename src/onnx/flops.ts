@@ -10,6 +10,7 @@
  * Elementwise ops, norms and softmax are not counted (a few percent of a diffusion model's total). Nodes whose shapes
  * cannot be resolved are listed, so a count is never silently short.
  */
+import { numel } from '../checkpoint/weight-source.js';
 import type { AttrValue, NodeProtoData } from './proto.js';
 import type { ModelStructure } from './read-model.js';
 
@@ -47,7 +48,7 @@ function attrString(node: NodeProtoData, name: string): string | undefined {
   return a && a.type === 'string' ? a.value : undefined;
 }
 
-const prod = (xs: number[]): number => xs.reduce((a, b) => a * b, 1);
+const prod = numel;
 const axisOf = (axis: number, rank: number): number => (axis < 0 ? axis + rank : axis);
 
 function broadcast(shapes: number[][]): number[] | undefined {

@@ -12,6 +12,7 @@
  * standard normal floats (torch's generator, seed 0) times a per-input scale, the one-step timestep 999, SDXL time ids
  * of a 1024 x 1024 image, token id 1 everywhere and a full attention mask.
  */
+import { numel } from '../checkpoint/weight-source.js';
 import { rm } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
 import { torchRandn } from '../runtime/noise.js';
@@ -27,7 +28,7 @@ export type ReferenceScales = Record<string, number>;
 
 function referenceTensor(input: ValueInfoData, scales: ReferenceScales): ort.Tensor {
   const dims = (input.dims ?? []).map((d) => (typeof d === 'number' ? d : (DYNAMIC[d] ?? 8)));
-  const size = dims.reduce((a, b) => a * b, 1);
+  const size = numel(dims);
   if (input.type === 'int64') {
     // Token id 1 exists in every vocabulary; an attention mask of ones keeps every position.
     return new ort.Tensor('int64', new BigInt64Array(size).fill(1n), dims);

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import type { WeightSource } from '../checkpoint/weight-source.js';
+import { numel, type WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
 import { f32ToF16Bits } from '../safetensors/dtypes.js';
-import type { AttrValue, ElemType, NodeProtoData, ValueInfoData } from './proto.js';
+import { ELEM_TYPES, type AttrValue, type ElemType, type NodeProtoData, type ValueInfoData } from './proto.js';
 
 /** A typed handle on a tensor in the graph being built. */
 export interface Value {
@@ -139,8 +139,8 @@ export class Graph {
   weight(key: string, view: WeightView = {}, type: ElemType = this.dtype): Value {
     let dims = view.reshape ?? this.weightShape(key);
     if (view.reshape) {
-      const a = this.weightShape(key).reduce((x, y) => x * y, 1);
-      const b = view.reshape.reduce((x, y) => x * y, 1);
+      const a = numel(this.weightShape(key));
+      const b = numel(view.reshape);
       if (a !== b) throw new OnestepError(`weight ${key}: cannot view shape [${this.weightShape(key)}] as [${view.reshape}]`);
     }
     if (view.transpose) {
@@ -248,8 +248,7 @@ export class Graph {
   }
   cast(x: Value, to: ElemType): Value {
     if (x.type === to) return x;
-    const codes = { float32: 1, uint8: 2, int8: 3, int32: 6, int64: 7, bool: 9, float16: 10, float64: 11 } as const;
-    return this.op('Cast', [x], { to: codes[to] }, to);
+    return this.op('Cast', [x], { to: ELEM_TYPES[to] }, to);
   }
   reshape(x: Value, shape: number[]): Value {
     return this.op('Reshape', [x, this.ints(shape)]);

@@ -6,6 +6,7 @@
  *   tokenize -> conditioning graphs [negatives of guided requests..., prompts...] -> noise per image from its own seed
  *   -> denoiser at the recipe timestep -> guidance -> x0 -> VAE decoder (x0 / scaling_factor + shift_factor) -> uint8 HWC
  */
+import { numel } from '../checkpoint/weight-source.js';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
@@ -125,7 +126,7 @@ interface Collected {
 function concatLastAxis(parts: { data: Float32Array; dims: number[] }[]): { data: Float32Array; dims: number[] } {
   if (parts.length === 1) return parts[0];
   const lead = parts[0].dims.slice(0, -1);
-  const outer = lead.reduce((a, b) => a * b, 1);
+  const outer = numel(lead);
   const widths = parts.map((p) => p.dims[p.dims.length - 1]);
   const total = widths.reduce((a, b) => a + b, 0);
   for (const p of parts) {
