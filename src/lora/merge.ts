@@ -9,7 +9,11 @@
 import { BadInputError, OnestepError } from '../errors.js';
 import { isFloatDType } from '../safetensors/dtypes.js';
 import { numel, type TensorMeta, type WeightSource } from '../checkpoint/weight-source.js';
-import { LoraFile, LoraModule, buildTargetIndex, guessLoraFamily, resolveTarget, type LoraComponent } from './parse.js';
+import { guessLoraFamily } from './family.js';
+import type { LoraComponent } from './keys.js';
+import type { LoraModule } from './kinds.js';
+import { LoraFile } from './parse.js';
+import { buildTargetIndex, resolveTarget } from './targets.js';
 
 export interface LoraSpec {
   path: string;

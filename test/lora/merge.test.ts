@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { FIXTURES, folderWeights, readSafetensors } from '../support/fixtures.js';
 import { BadInputError } from '../../src/errors.js';
-import { guessLoraFamily, LoraFile } from '../../src/lora/parse.js';
+import { guessLoraFamily } from '../../src/lora/family.js';
+import { LoraFile } from '../../src/lora/parse.js';
 import { LoraMergedSource, applyLoras, formatMergeReport, planLoraMerge } from '../../src/lora/merge.js';
 import { maxRelDiff, scalar, seeded, tempDir, tensor, writeF32File } from './helpers.js';
 
