@@ -71,6 +71,8 @@ export interface GenerateSummary {
   seed: string;
   images: number;
   dropped: number;
+  /** Images the model gave NaN/Inf for: reported, not written, not recorded. */
+  non_finite: number;
   skipped_existing: number;
   bad_lines: number;
   prompts_read: number;
@@ -212,6 +214,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   let images = 0;
   let skippedExisting = 0;
   let dropped = 0;
+  let nonFinite = 0;
   let summary: PromptSummary | undefined;
   let failure: unknown;
 
@@ -325,8 +328,18 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
           stageMs.denoiser += img.ms.denoiser / out.length;
           stageMs.decoder += img.ms.decoder / out.length;
         }
-        const parameters = await Promise.all(out.map((img) => write(img).then((p) => (written++, p))));
-        if (opts.grid && out.length > 1) await writeGrid(opts.out, out[0].index, out, parameters[0]);
+        // NaN/Inf from the model is never written as a (black) image nor recorded as done: reported per prompt.
+        const good = out.filter((img) => {
+          if (!img.nonFinite) return true;
+          const r = records.get(img.index)!;
+          records.delete(img.index);
+          nonFinite++;
+          written++;
+          opts.onWarning?.(`prompt ${img.index} (line ${r.line}): ${img.nonFinite}; the image was not written (a later --resume tries it again)`);
+          return false;
+        });
+        const parameters = await Promise.all(good.map((img) => write(img).then((p) => (written++, p))));
+        if (opts.grid && good.length > 1) await writeGrid(opts.out, good[0].index, good, parameters[0]);
       } catch (err) {
         // After an interrupt, atomic writes in flight may have had their temp files removed: those images are dropped.
         if (opts.signal?.aborted) dropped += batch.length - written;
@@ -442,6 +455,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     seed: opts.seed.toString(),
     images,
     dropped,
+    non_finite: nonFinite,
     skipped_existing: skippedExisting,
     bad_lines: summary?.skipped ?? 0,
     prompts_read: summary?.prompts ?? images + skippedExisting,

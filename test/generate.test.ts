@@ -192,6 +192,17 @@ describe('generate (library)', function () {
     assert.ok(fs.statSync(path.join(out, first.file)).size > 100);
   });
 
+  it('NaN/Inf from the model: reported per prompt, never written nor recorded (guidance 1e38 overflows float32)', async () => {
+    const out = path.join(work, 'non-finite');
+    const warnings: string[] = [];
+    const summary = await generateImages(promptFile, options(out, { batchSize: 3, guidance: 1e38, onWarning: (w) => warnings.push(w) }));
+    assert.equal(summary.images, 0);
+    assert.equal(summary.non_finite, 8);
+    assert.equal(warnings.filter((w) => /^prompt \d+ \(line \d+\): the (denoiser|decoder) gave NaN or Inf.*not written/.test(w)).length, 8, warnings.join('\n'));
+    assert.equal(fs.readFileSync(path.join(out, 'manifest.jsonl'), 'utf8'), '');
+    assert.deepEqual(fs.readdirSync(out).filter((f) => f.endsWith('.png')), []);
+  });
+
   it('an aborted signal stops reading: the batches in flight finish and are recorded', async () => {
     const out = path.join(work, 'abort');
     const source = new PassThrough();

@@ -240,10 +240,17 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
       const line = `${summary.images} images in ${summary.seconds} s (${summary.images_per_second} img/s) on ${summary.device} -> ${summary.out}` +
         (summary.skipped_existing ? `, ${summary.skipped_existing} already done` : '') +
         (summary.bad_lines ? `, ${summary.bad_lines} bad lines skipped` : '') +
-        (summary.dropped ? `, ${summary.dropped} dropped at the interrupt` : '');
+        (summary.dropped ? `, ${summary.dropped} dropped at the interrupt` : '') +
+        (summary.non_finite ? `, ${summary.non_finite} not written (NaN/Inf)` : '');
       progress.succeed(line);
       if (flags.json) this.log(JSON.stringify(summary));
       if (summary.interrupted) this.exit(130);
+      if (summary.non_finite) {
+        throw new OnestepError(
+          `${summary.non_finite} image(s) came out of the model as NaN/Inf and were not written (see the warnings above).`,
+          'Check the model (onestep inspect), the guidance and the LoRA scales; --resume retries only those images.',
+        );
+      }
     } finally {
       process.off('SIGINT', onSigint);
       process.off('SIGTERM', onSigint);

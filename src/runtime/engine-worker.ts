@@ -52,6 +52,11 @@ export interface GeneratedImage {
   /** HWC RGB */
   rgb: Uint8Array;
   warnings: string[];
+  /**
+   * Set when the model gave NaN or Inf for this image (in the latents it decodes, or in the decoded sample): rgb is
+   * then empty, and the image must not be written (it would be black or noise, not the image asked for).
+   */
+  nonFinite?: string;
   /** Milliseconds of the batch this image was made in (shared by every image of the batch). */
   ms: StageTimes;
 }
@@ -84,6 +89,11 @@ export type FromWorker =
   | { type: 'ready'; device: Device; notes: string[]; loads: SessionLoad[] }
   | { type: 'done'; id: number; images: GeneratedImage[] }
   | { type: 'failed'; id?: number; error: WorkerFailure };
+
+function allFinite(values: Float32Array): boolean {
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return false;
+  return true;
+}
 
 /**
  * Decoded sample NCHW in [-1, 1] -> uint8 HWC per image, as diffusers' VaeImageProcessor + numpy in float32:
@@ -351,6 +361,9 @@ export class InferencePipeline {
       for (let k = 0; k < latentSize; k++) decoderInput[i * latentSize + k] = x0[k] / scale + shift;
     });
     const t3 = performance.now();
+    const nonFinite: (string | undefined)[] = batch.map((_, i) =>
+      allFinite(decoderInput.subarray(i * latentSize, (i + 1) * latentSize)) ? undefined : 'the denoiser gave NaN or Inf latents',
+    );
 
     const decoded = await this.vaeDecoder.run({ latent_sample: new ort.Tensor('float32', decoderInput, [n, C, h, w]) });
     let rgb: Uint8Array[];
@@ -361,13 +374,18 @@ export class InferencePipeline {
       rgb = batch.map((_, i) => bytes.slice(i * size, (i + 1) * size));
     } else {
       const s = decoded.sample;
-      rgb = sampleToRgb(s.data as Float32Array, n, s.dims[1] as number, s.dims[2] as number, s.dims[3] as number);
+      const data = s.data as Float32Array;
+      const per = data.length / n;
+      batch.forEach((_, i) => (nonFinite[i] ??= allFinite(data.subarray(i * per, (i + 1) * per)) ? undefined : 'the decoder gave NaN or Inf'));
+      rgb = sampleToRgb(data, n, s.dims[1] as number, s.dims[2] as number, s.dims[3] as number);
     }
     for (const t of [denoised, decoded]) for (const v of Object.values(t)) v.dispose();
     const t4 = performance.now();
 
     const ms: StageTimes = { tokenize: t1 - t0, textEncoder: t2 - t1, denoiser: t3 - t2, decoder: t4 - t3, total: t4 - t0 };
-    return batch.map((r, i) => ({ index: r.index, width, height, rgb: rgb[i], warnings: warnings[i], ms }));
+    return batch.map((r, i) =>
+      nonFinite[i] ? { index: r.index, width, height, rgb: new Uint8Array(0), warnings: warnings[i], nonFinite: nonFinite[i], ms } : { index: r.index, width, height, rgb: rgb[i], warnings: warnings[i], ms },
+    );
   }
 }
 

@@ -14,6 +14,8 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { PredictionType, SchedulerConfig } from '../checkpoint/configs.js';
 import { BadInputError } from '../errors.js';
+import { requireRegularFile } from '../io/files.js';
+import { checkModelManifest } from './model-check.js';
 
 export const MODEL_FORMAT = 'onestep-model';
 export const MODEL_FORMAT_VERSION = 2;
@@ -102,6 +104,7 @@ export interface ModelManifest {
 export async function readModelManifest(dir: string): Promise<ModelManifest> {
   const file = path.join(dir, 'model.json');
   let text: string;
+  requireRegularFile(file, 'model.json');
   try {
     text = await readFile(file, 'utf8');
   } catch {
@@ -126,5 +129,6 @@ export async function readModelManifest(dir: string): Promise<ModelManifest> {
       'Convert the checkpoint again with `onestep convert <checkpoint> -o <folder> --force`.',
     );
   }
+  checkModelManifest(m, dir, file);
   return m;
 }
