@@ -103,11 +103,15 @@ function truncateUtf8(text: string, maxBytes: number): string {
 export function safeFileStem(text: string): string {
   let s = text
     .normalize('NFC')
-    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, '')
+    // Controls, line separators and bidi controls (an RLO makes `x\u202Egnp.exe` display as `xexe.png`).
+    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]/g, '')
     .replace(/[/\\<>:"|?*]/g, '_')
     .replace(/\.{2,}/g, '.');
   s = truncateUtf8(s, MAX_STEM_BYTES);
   s = s.replace(/^[.\s]+/, '').replace(/[.\s]+$/, '');
+  // Windows reserves device names, with any extension after them (`nul.png` is the null device there).
+  const device = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$)(?=$|[.\s])/i.exec(s);
+  if (device) s = `${device[1]}_${s.slice(device[1].length)}`;
   return s;
 }
 

@@ -11,6 +11,9 @@ export const DTYPE_SIZES = {
   I32: 4,
   I16: 2,
   I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
   U8: 1,
   BOOL: 1,
 } as const;
@@ -172,6 +175,12 @@ export function bytesToF32(dtype: SafetensorsDType, bytes: Uint8Array): Float32A
       return Float32Array.from(new Int16Array(buffer, byteOffset, byteLength / 2));
     case 'I8':
       return Float32Array.from(new Int8Array(buffer, byteOffset, byteLength));
+    case 'U64':
+      return Float32Array.from(new BigUint64Array(buffer, byteOffset, byteLength / 8), Number);
+    case 'U32':
+      return Float32Array.from(new Uint32Array(buffer, byteOffset, byteLength / 4));
+    case 'U16':
+      return Float32Array.from(new Uint16Array(buffer, byteOffset, byteLength / 2));
     case 'U8':
     case 'BOOL':
       return Float32Array.from(new Uint8Array(buffer, byteOffset, byteLength));

@@ -64,6 +64,23 @@ describe('io/names', () => {
     }
   });
 
+  it('avoids Windows reserved device names (con, nul, com1, ... also with an extension after them) and bidi controls', () => {
+    for (const reserved of ['con', 'CON', 'nul', 'Aux', 'prn', 'com1', 'COM9', 'lpt1', 'con.tar', 'nul .x', 'conin$', 'conout$']) {
+      const stem = safeFileStem(reserved);
+      const device = stem.split('.')[0].trim().toLowerCase();
+      assert.ok(!/^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/.test(device), `${reserved} -> ${stem}`);
+      assert.ok(stem.length > 0);
+    }
+    // Not reserved: longer words that start like one.
+    assert.equal(safeFileStem('console'), 'console');
+    assert.equal(safeFileStem('com10'), 'com10');
+    // Bidi controls (RLO and friends) would make a name display as another: removed.
+    assert.equal(safeFileStem('evil\u202Egnp.exe'), 'evilgnp.exe');
+    for (const c of ['\u200E', '\u200F', '\u061C', '\u202A', '\u202B', '\u202C', '\u202D', '\u2066', '\u2067', '\u2068', '\u2069']) assert.equal(safeFileStem(`a${c}b`), 'ab', escape(c));
+    const t = new NameTemplate('{prompt:40}');
+    assert.equal(t.render({ index: 3, seed: 1n, prompt: 'NUL', width: 8, height: 8 }), 'nul_');
+  });
+
   it('avoids collisions within a run and with the manifest, keeping an index its own name on resume', () => {
     const names = new NameAllocator('{prompt:10}', 'png', [
       { index: 0, file: 'a-cat.png' },

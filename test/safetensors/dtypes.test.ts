@@ -26,6 +26,17 @@ describe('safetensors/dtypes', () => {
     assert.equal(isFloatDType('I32'), false);
   });
 
+  it('U16, U32 and U64 are valid dtypes (the safetensors spec has them) and decode as unsigned integers', () => {
+    assert.equal(DTYPE_SIZES.U16, 2);
+    assert.equal(DTYPE_SIZES.U32, 4);
+    assert.equal(DTYPE_SIZES.U64, 8);
+    for (const d of ['U16', 'U32', 'U64']) assert.equal(isSafetensorsDType(d), true, d);
+    assert.equal(isFloatDType('U32'), false);
+    assert.deepEqual([...bytesToF32('U16', bytesOf(Uint16Array.of(0, 1, 65535)))], [0, 1, 65535]);
+    assert.deepEqual([...bytesToF32('U32', bytesOf(Uint32Array.of(0, 7, 4294967295)))], [0, 7, 4294967296]);
+    assert.deepEqual([...bytesToF32('U64', bytesOf(BigUint64Array.of(0n, 9n, 2n ** 64n - 1n)))], [0, 9, 2 ** 64]);
+  });
+
   it('decodes float16 known values', () => {
     const cases: [number, number][] = [
       [0x3c00, 1],

@@ -177,6 +177,9 @@ describe('safetensors/reader', () => {
           I32: () => Math.fround(dv.getInt32(at, true)),
           I16: () => dv.getInt16(at, true),
           I8: () => dv.getInt8(at),
+          U64: () => Math.fround(Number(dv.getBigUint64(at, true))),
+          U32: () => Math.fround(dv.getUint32(at, true)),
+          U16: () => dv.getUint16(at, true),
           U8: () => dv.getUint8(at),
           BOOL: () => dv.getUint8(at),
         }[dtype]();
