@@ -203,6 +203,18 @@ describe('generate (library)', function () {
     assert.deepEqual(fs.readdirSync(out).filter((f) => f.endsWith('.png')), []);
   });
 
+  it('a 1 MB prompt line with --format jpeg: generated (CLIP keeps its first 77 tokens), written, the run goes on', async () => {
+    const out = path.join(work, 'huge-prompt');
+    const file = path.join(work, 'huge.txt');
+    const huge = 'a watercolor painting of a lighthouse, '.repeat(27_000);
+    fs.writeFileSync(file, ['a photo of a cat', huge, 'a red car'].join('\n') + '\n');
+    const warnings: string[] = [];
+    const summary = await generateImages(file, options(out, { batchSize: 2, format: 'jpeg', onWarning: (w) => warnings.push(w) }));
+    assert.equal(summary.images, 3);
+    assert.deepEqual(readManifest(out).map((e) => e.index).sort(), [0, 1, 2]);
+    assert.ok(warnings.some((w) => /^prompt 1 \(line 2\): .*longer than 77 tokens/.test(w)), warnings.join('\n'));
+  });
+
   it('an aborted signal stops reading: the batches in flight finish and are recorded', async () => {
     const out = path.join(work, 'abort');
     const source = new PassThrough();

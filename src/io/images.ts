@@ -157,6 +157,24 @@ export function exifUserComment(text: string): Buffer {
 
 const MAX_JPEG_SEGMENT = 0xffff - 2;
 
+/** The overhead of exifUserComment's block around the UTF-16 text, plus the Exif header: what a segment holds beside it. */
+const JPEG_EXIF_OVERHEAD = EXIF_HEADER.length + exifUserComment('').length;
+
+/**
+ * Parameters text that fits a JPEG's 64 KiB EXIF segment (a prompt over ~32k characters does not): the prompt part is
+ * cut, with an ellipsis, and the last line (steps, seed, size, model: what a reader of the metadata needs) is kept.
+ */
+export function fitJpegParameters(text: string): string {
+  const maxUnits = Math.floor((MAX_JPEG_SEGMENT - JPEG_EXIF_OVERHEAD) / 2);
+  if (text.length <= maxUnits) return text;
+  const cut = text.lastIndexOf('\n');
+  const tail = cut >= 0 && text.length - cut < maxUnits / 2 ? text.slice(cut) : '';
+  let head = text.slice(0, maxUnits - tail.length - 1);
+  // Not half a surrogate pair.
+  if (/[\ud800-\udbff]$/.test(head)) head = head.slice(0, -1);
+  return `${head}\u2026${tail}`;
+}
+
 /** Inserts an APP1 Exif segment (after SOI and a JFIF APP0, where one is). */
 export function insertJpegExif(jpeg: Buffer, tiff: Buffer): Buffer {
   if (jpeg.length < 4 || jpeg[0] !== 0xff || jpeg[1] !== 0xd8) throw new Error('not a JPEG');
@@ -254,7 +272,7 @@ export async function encodeImage(pixels: Uint8Array, width: number, height: num
     }
     case 'jpeg': {
       const jpeg = await input.jpeg({ quality }).toBuffer();
-      return opts.parameters === undefined ? jpeg : insertJpegExif(jpeg, exifUserComment(opts.parameters));
+      return opts.parameters === undefined ? jpeg : insertJpegExif(jpeg, exifUserComment(fitJpegParameters(opts.parameters)));
     }
     case 'webp': {
       const webp = await input.webp({ quality }).toBuffer();

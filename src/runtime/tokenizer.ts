@@ -195,6 +195,13 @@ function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
+/**
+ * Prompt text tokenized per piece, at most: every token covers at least one character, so this holds far more than
+ * the 77 tokens a CLIP encoder takes (and the counts past it only feed the "tokens were dropped" warning).
+ */
+const MAX_TOKENIZED_CHARS = 16384;
+const MAX_USEFUL_TOKENS = 4096;
+
 export class ClipTokenizer {
   private readonly specialSplit: RegExp;
   private readonly specialIds: Map<string, number>;
@@ -253,9 +260,17 @@ export class ClipTokenizer {
         ids.push(special);
         continue;
       }
-      const cleaned = cleanClipText(piece);
+      let cleaned = cleanClipText(piece);
       if (cleaned.length === 0) continue;
-      ids.push(...this.tokenizer.encode(cleaned, { add_special_tokens: false }).ids);
+      if (ids.length > MAX_USEFUL_TOKENS) break;
+      // Only the first tokens are used (77 with BOS/EOS): a 1 MB prompt is cut at a word boundary far past them, so
+      // the kept tokens are the same, instead of running BPE over a megabyte (20 s for a 1 MB word).
+      if (cleaned.length > MAX_TOKENIZED_CHARS) {
+        const space = cleaned.lastIndexOf(' ', MAX_TOKENIZED_CHARS);
+        cleaned = cleaned.slice(0, space > MAX_TOKENIZED_CHARS / 2 ? space : MAX_TOKENIZED_CHARS);
+      }
+      // A loop, not push(...ids): a 1 MB prompt has ~250k ids, more arguments than the stack holds.
+      for (const id of this.tokenizer.encode(cleaned, { add_special_tokens: false }).ids) ids.push(id);
     }
     return ids;
   }

@@ -8,7 +8,9 @@ import { OnestepError } from '../../src/errors.js';
 import {
   crc32,
   encodeImage,
+  exifUserComment as buildUserComment,
   formatParameters,
+  insertJpegExif,
   writeImage,
   type GenerationParameters,
 } from '../../src/io/images.js';
@@ -160,12 +162,18 @@ describe('io/images', () => {
     });
   }
 
-  it('rejects wrong sizes and a JPEG EXIF over 64 KiB with an OnestepError', async () => {
+  it('rejects wrong sizes with an OnestepError; a JPEG EXIF over 64 KiB gets its prompt cut, keeping the settings line', async () => {
     await assert.rejects(encodeImage(new Uint8Array(10), 4, 4, { format: 'png' }), OnestepError);
     await assert.rejects(encodeImage(testImage(8, 8), 8, 8, { format: 'jpeg', quality: 0 }), OnestepError);
-    await assert.rejects(encodeImage(testImage(8, 8), 8, 8, { format: 'jpeg', parameters: 'x'.repeat(40000) }),
-      (err: unknown) => err instanceof OnestepError && /64 KiB/.test(err.message) && /--format png/.test(err.hint ?? ''),
-    );
+    assert.throws(() => insertJpegExif(Buffer.from([0xff, 0xd8, 0xff, 0xd9]), buildUserComment('x'.repeat(40000))), (err: unknown) => err instanceof OnestepError && /64 KiB/.test(err.message));
+    const settings = 'Steps: 1, Sampler: Euler, CFG scale: 0, Seed: 5, Size: 8x8';
+    for (const prompt of ['x'.repeat(40000), '\u{1F600}'.repeat(70000)]) {
+      const jpeg = await encodeImage(testImage(8, 8), 8, 8, { format: 'jpeg', parameters: `${prompt}\n${settings}` });
+      const text = exifUserComment((await sharp(jpeg).metadata()).exif!);
+      assert.ok(text.endsWith(`\u2026\n${settings}`), text.slice(-80));
+      assert.ok(prompt.startsWith(text.slice(0, text.length - settings.length - 2)));
+      assert.ok(text.length > 30000);
+    }
     const png = await encodeImage(testImage(8, 8), 8, 8, { format: 'png', parameters: 'x'.repeat(40000) });
     assert.equal(pngText(pngChunks(png).find((c) => c.type === 'tEXt')!).text.length, 40000);
   });

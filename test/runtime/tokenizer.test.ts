@@ -67,6 +67,21 @@ describe('runtime/tokenizer', () => {
         assert.equal(r.truncated, false);
       });
 
+      it('a 1 MB prompt (a phrase repeated, or one 1 MB word) keeps the ids of its start, truncated, without overflowing the stack', async () => {
+        const tok = await folderTokenizer(model);
+        for (const [huge, start] of [
+          ['a photo of a cat, '.repeat(60_000), 'a photo of a cat, '.repeat(100)],
+          ['x y '.repeat(250_000), 'x y '.repeat(200)],
+        ]) {
+          const r = tok.encode(huge);
+          assert.equal(r.truncated, true);
+          assert.deepEqual([...r.ids], [...tok.encode(start).ids]);
+        }
+        const word = tok.encode('a'.repeat(1 << 20));
+        assert.equal(word.truncated, true);
+        assert.equal(word.ids.length, 77);
+      });
+
       it('round-trips through save/load', async () => {
         const dir = await mkdtemp(path.join(tmpdir(), 'onestep-tok-'));
         try {
