@@ -1,6 +1,6 @@
 /**
  * `npm run bench [-- <names...>] [-- --model <dir>]`: runs the benchmarks and prints figures; never fails on them.
- * Names: safetensors, convert, lora, generate, gallery (default: all). Big files go to bench/.work/ (git-ignored).
+ * Names: safetensors, convert, lora, generate, gallery, model (`onestep bench`'s figures), writer (default: all). Big files go to bench/.work/ (git-ignored).
  */
 export {};
 
@@ -8,7 +8,7 @@ const argv = process.argv.slice(2);
 const modelAt = argv.indexOf('--model');
 const modelDir = modelAt >= 0 ? argv[modelAt + 1] : undefined;
 const names = argv.filter((a, i) => !a.startsWith('--') && (modelAt < 0 || i !== modelAt + 1));
-const all = ['safetensors', 'convert', 'lora', 'generate', 'gallery'];
+const all = ['safetensors', 'convert', 'lora', 'generate', 'gallery', 'model', 'writer'];
 const selected = names.length ? names : all;
 for (const name of selected) if (!all.includes(name)) throw new Error(`unknown benchmark "${name}" (known: ${all.join(', ')})`);
 
@@ -20,5 +20,7 @@ for (const name of selected) {
   if (name === 'lora') await (await import('./lora.js')).benchLoraMerge({});
   if (name === 'generate') await (await import('./generate.js')).benchGenerate({ modelDir });
   if (name === 'gallery') await (await import('./gallery.js')).benchGallery({});
+  if (name === 'model') await (await import('./model.js')).benchModel({ modelDir });
+  if (name === 'writer') await (await import('./writer.js')).benchWriter({});
   console.log(`(${name}: ${((performance.now() - started) / 1000).toFixed(0)} s)`);
 }

@@ -365,21 +365,30 @@ export class InferencePipeline {
       allFinite(decoderInput.subarray(i * latentSize, (i + 1) * latentSize)) ? undefined : 'the denoiser gave NaN or Inf latents',
     );
 
-    const decoded = await this.vaeDecoder.run({ latent_sample: new ort.Tensor('float32', decoderInput, [n, C, h, w]) });
-    let rgb: Uint8Array[];
-    if (decoded.image) {
-      // A decoder graph built with its uint8 tail already gives NHWC bytes.
-      const bytes = decoded.image.data as Uint8Array;
-      const size = height * width * 3;
-      rgb = batch.map((_, i) => bytes.slice(i * size, (i + 1) * size));
-    } else {
-      const s = decoded.sample;
-      const data = s.data as Float32Array;
-      const per = data.length / n;
-      batch.forEach((_, i) => (nonFinite[i] ??= allFinite(data.subarray(i * per, (i + 1) * per)) ? undefined : 'the decoder gave NaN or Inf'));
-      rgb = sampleToRgb(data, n, s.dims[1] as number, s.dims[2] as number, s.dims[3] as number);
+    // On CPU the decoder runs one image at a time: its activations grow with the batch (about 1 GB per 512x512 image
+    // for SD's VAE, the largest allocation of the whole pipeline) while its time per image does not. A GPU decodes
+    // the whole batch at once, for throughput.
+    const slice = this.device.kind === 'cpu' ? 1 : n;
+    const rgb: Uint8Array[] = [];
+    for (let at = 0; at < n; at += slice) {
+      const k = Math.min(slice, n - at);
+      const input = decoderInput.subarray(at * latentSize, (at + k) * latentSize);
+      const decoded = await this.vaeDecoder.run({ latent_sample: new ort.Tensor('float32', input, [k, C, h, w]) });
+      if (decoded.image) {
+        // A decoder graph built with its uint8 tail already gives NHWC bytes.
+        const bytes = decoded.image.data as Uint8Array;
+        const size = height * width * 3;
+        for (let i = 0; i < k; i++) rgb.push(bytes.slice(i * size, (i + 1) * size));
+      } else {
+        const s = decoded.sample;
+        const data = s.data as Float32Array;
+        const per = data.length / k;
+        for (let i = 0; i < k; i++) nonFinite[at + i] ??= allFinite(data.subarray(i * per, (i + 1) * per)) ? undefined : 'the decoder gave NaN or Inf';
+        rgb.push(...sampleToRgb(data, k, s.dims[1] as number, s.dims[2] as number, s.dims[3] as number));
+      }
+      for (const v of Object.values(decoded)) v.dispose();
     }
-    for (const t of [denoised, decoded]) for (const v of Object.values(t)) v.dispose();
+    for (const v of Object.values(denoised)) v.dispose();
     const t4 = performance.now();
 
     const ms: StageTimes = { tokenize: t1 - t0, textEncoder: t2 - t1, denoiser: t3 - t2, decoder: t4 - t3, total: t4 - t0 };
