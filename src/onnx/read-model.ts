@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { BadInputError } from '../errors.js';
+import type { Graph } from './graph.js';
 import { ELEM_TYPES, type AttrValue, type ElemType, type NodeProtoData, type ValueInfoData } from './proto.js';
 
 const ELEM_NAMES = new Map<number, ElemType>(Object.entries(ELEM_TYPES).map(([k, v]) => [v, k as ElemType]));
@@ -326,4 +327,20 @@ export async function readModelStructure(file: string): Promise<ModelStructure> 
   } catch (e) {
     throw new BadInputError(file, `not a readable ONNX model (${(e as Error).message})`, 'Convert the checkpoint again.');
   }
+}
+
+/** The structure of a graph being built, as readModelStructure would read it once written (small constants' values). */
+export function graphStructure(g: Graph): ModelStructure {
+  const initializers = new Map<string, InitializerInfo>();
+  for (const i of g.initializers.values()) {
+    let values: number[] | undefined;
+    if (i.raw && i.raw.length <= SMALL_BYTES) {
+      const buf = i.raw.slice().buffer;
+      if (i.type === 'int64') values = Array.from(new BigInt64Array(buf), Number);
+      else if (i.type === 'float32') values = Array.from(new Float32Array(buf));
+      else if (i.type === 'int32') values = Array.from(new Int32Array(buf));
+    }
+    initializers.set(i.name, { name: i.name, type: i.type, dims: i.dims, values });
+  }
+  return { irVersion: 0, producer: 'onestep', opsets: [], graphName: g.name, nodes: g.nodes, inputs: g.inputs, outputs: g.outputs, initializers };
 }
