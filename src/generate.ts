@@ -222,10 +222,13 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   const defaultWidth = opts.width ?? m.default_size.width;
   const defaultHeight = opts.height ?? m.default_size.height;
   const downscale = m.latent.downscale;
-  // Three batches per worker in flight: one running, one ready (a worker never waits on the prompt reader), one being
-  // encoded and written. A batch holds its slot until its images are written, so slow writes hold back the reader
-  // (memory stays flat) instead of piling up decoded images.
-  const inflight = new Semaphore(3 * (opts.workers ?? 1));
+  // Batches in flight: per worker one running and one ready (a worker never waits on the prompt reader), plus enough
+  // being encoded and written to keep libuv's thread pool busy (sharp's encoders and fs writes run there, one image
+  // per thread): with small batches from a fast GPU, one batch being written would cap writing at batch-size encodes
+  // at a time. A batch holds its slot until its images are written, so slow writes hold back the reader (memory stays
+  // flat) instead of piling up decoded images.
+  const writeThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+  const inflight = new Semaphore(2 * (opts.workers ?? 1) + Math.ceil(writeThreads / opts.batchSize));
   const pending = new Set<Promise<void>>();
   const batches = new Map<string, ImageRequest[]>();
   const records = new Map<number, PromptRecord>();
