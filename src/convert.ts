@@ -4,7 +4,8 @@
  */
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { buildTaesdDecoderGraph, openTaesd, taesdUpscale, type OpenedTaesd } from './architectures/taesd.js';
+import { buildTaesdDecoderGraph, taesdUpscale } from './architectures/taesd.js';
+import { openTaesd, type OpenedTaesd } from './checkpoint/taesd.js';
 import type { PredictionType } from './checkpoint/configs.js';
 import { sha256Path } from './checkpoint/hash.js';
 import { openCheckpoint } from './checkpoint/open.js';
