@@ -1,5 +1,6 @@
 /**
- * `onestep gallery` on a 10k-image folder (ONESTEP_BENCH_GALLERY_IMAGES to change): the first build (10k WebP
+ * `onestep gallery` on a 10k-image folder (ONESTEP_BENCH_GALLERY_IMAGES and ONESTEP_BENCH_GALLERY_SIDE to change, e.g.
+ * 100000 images of 64x64 to time the page on 100k cards): the first build (10k WebP
  * thumbnails from 512x512 PNGs) and a rebuild (thumbnails kept), then the page opened in headless Chromium when it
  * is installed. The folder is 16 distinct PNGs hard-linked under 10k names (every thumbnail is still decoded and
  * encoded; the disk holds 16 images), with a manifest as generate writes it.
@@ -18,7 +19,7 @@ export async function benchGallery(opts: { images?: number } = {}): Promise<void
   const dir = path.join(ROOT, 'bench', '.work', 'gallery');
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
-  const side = 512;
+  const side = Number(process.env.ONESTEP_BENCH_GALLERY_SIDE ?? 512);
   const sources: string[] = [];
   for (let k = 0; k < 16; k++) {
     // Smooth colour waves plus a little noise: about what a photo-like 512x512 PNG weighs.
@@ -26,9 +27,10 @@ export async function benchGallery(opts: { images?: number } = {}): Promise<void
     for (let y = 0; y < side; y++) {
       for (let x = 0; x < side; x++) {
         const p = (y * side + x) * 3;
-        px[p] = 128 + 100 * Math.sin((x + 13 * k) / 37);
-        px[p + 1] = 128 + 100 * Math.sin((y + 7 * k) / 23);
-        px[p + 2] = 128 + 100 * Math.sin((x + y + k) / 51) + ((x * 31 + y * 17 + k) % 9);
+        const [u, v] = [(x * 512) / side, (y * 512) / side];
+        px[p] = 128 + 100 * Math.sin((u + 13 * k) / 37);
+        px[p + 1] = 128 + 100 * Math.sin((v + 7 * k) / 23);
+        px[p + 2] = 128 + 100 * Math.sin((u + v + k) / 51) + ((x * 31 + y * 17 + k) % 9);
       }
     }
     const file = path.join(dir, `.source-${k}.png`);
@@ -43,7 +45,7 @@ export async function benchGallery(opts: { images?: number } = {}): Promise<void
   }
   fs.writeFileSync(path.join(dir, 'manifest.jsonl'), lines.join('\n') + '\n');
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  console.log(`gallery of ${count} images (512x512 PNG) on ${cpu}, ${os.cpus().length} cores`);
+  console.log(`gallery of ${count} images (${side}x${side} PNG) on ${cpu}, ${os.cpus().length} cores`);
 
   const first = await buildGallery({ dir });
   console.log(`  first build: ${first.seconds} s (${first.thumbnails_made} thumbnails, ${(count / first.seconds).toFixed(0)} images/s)`);

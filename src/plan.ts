@@ -10,6 +10,7 @@ import { createReadStream } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { ImageFormat } from './io/images.js';
+import { InitImages, initImageSize } from './io/init-image.js';
 import { splitLines } from './io/lines.js';
 import { MANIFEST_FILE } from './io/manifest.js';
 import { NameAllocator } from './io/names.js';
@@ -63,6 +64,9 @@ export interface PlanOptions {
   strict: boolean;
   nameTemplate: string;
   format: ImageFormat;
+  /** --init-image, and the prompt file (its folder resolves a JSONL line's `image`), as generate takes them. */
+  initImage?: string;
+  promptFile?: string;
   /** Images listed one by one in the plan. */
   list?: number;
   onIssue?: (line: number, message: string) => void;
@@ -90,6 +94,8 @@ export interface Plan {
   images: number;
   already_done: number;
   to_generate: number;
+  /** Of those, how many start from an init image (image-to-image). */
+  image_to_image: number;
   /** "WxH" (or "model default" while the model is not converted) -> images to generate. */
   sizes: Record<string, number>;
   seed_min: string | null;
@@ -146,6 +152,7 @@ export async function planRun(source: string | NodeJS.ReadableStream, opts: Plan
     images: 0,
     already_done: 0,
     to_generate: 0,
+    image_to_image: 0,
     sizes: {},
     seed_min: null,
     seed_max: null,
@@ -154,6 +161,8 @@ export async function planRun(source: string | NodeJS.ReadableStream, opts: Plan
   };
   let min: bigint | undefined;
   let max: bigint | undefined;
+  const inits = await InitImages.open(opts.initImage, opts.promptFile);
+  const initSizes = new Map<string, { width: number; height: number }>();
   const prompts = readPrompts(source, { strict: opts.strict, shard: opts.shard, onIssue: (i) => opts.onIssue?.(i.line, i.message) });
   for (;;) {
     const next = await prompts.next();
@@ -172,8 +181,16 @@ export async function planRun(source: string | NodeJS.ReadableStream, opts: Plan
       const seed = resolveSeed(image, opts.seed);
       min = min === undefined || seed < min ? seed : min;
       max = max === undefined || seed > max ? seed : max;
-      const width = image.width ?? opts.width ?? opts.defaultSize?.width;
-      const height = image.height ?? opts.height ?? opts.defaultSize?.height;
+      // An init image gives its own size (floored to a multiple of 8) when neither the line nor the flags give one.
+      const initFile = inits.fileFor(image.promptIndex, image.image);
+      let initSize: { width: number; height: number } | undefined;
+      if (initFile) {
+        plan.image_to_image++;
+        initSize = initSizes.get(initFile) ?? (await initImageSize(initFile, 8));
+        initSizes.set(initFile, initSize);
+      }
+      const width = image.width ?? opts.width ?? initSize?.width ?? opts.defaultSize?.width;
+      const height = image.height ?? opts.height ?? initSize?.height ?? opts.defaultSize?.height;
       const size = width !== undefined && height !== undefined ? `${width}x${height}` : MODEL_DEFAULT;
       plan.sizes[size] = (plan.sizes[size] ?? 0) + 1;
       const tar = shardFileName(Math.floor(imageOrdinal(image.index, n, opts.shard) / opts.shardSize));
@@ -202,7 +219,8 @@ export function formatPlan(plan: Plan): string {
     `dry run: nothing generated, no model loaded`,
     `prompts: ${plan.prompts}${plan.bad_lines ? ` (${plan.bad_lines} bad lines skipped)` : ''}${plan.shard ? ` in shard ${plan.shard}` : ''}`,
     `images: ${plan.images}${plan.images_per_prompt > 1 ? ` (${plan.images_per_prompt} per prompt)` : ''}` +
-      `${plan.already_done ? `, ${plan.already_done} already done` : ''}, ${plan.to_generate} to generate`,
+      `${plan.already_done ? `, ${plan.already_done} already done` : ''}, ${plan.to_generate} to generate` +
+      `${plan.image_to_image ? ` (${plan.image_to_image} from init images)` : ''}`,
     `sizes: ${Object.entries(plan.sizes).map(([s, c]) => `${s} x${c}`).join(', ') || '-'}`,
     `seeds: ${plan.seed_min === null ? '-' : plan.seed_min === plan.seed_max ? plan.seed_min : `${plan.seed_min} .. ${plan.seed_max}`}`,
     `output: ${plan.out} as ${plan.output_format}` +

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import sharp from 'sharp';
 import { imageOrdinal, imagesOf, planRun, type PlanOptions } from '../src/plan.js';
 import { resolveSeed } from '../src/io/prompts.js';
 import { runCli } from './support/cli.js';
@@ -73,6 +74,18 @@ describe('plan', () => {
       fs.writeFileSync(path.join(out, 'manifest.jsonl'), [1, 5, 9, 13].map((i) => line(i, '00000.tar')).join('') + line(17, '00001.tar'));
       const resumed = await planRun(jsonl(prompts), base({ out, resume: true, outputFormat: 'webdataset', shardSize: 4, shard: { index: 1, count: 4 } }));
       assert.deepEqual([resumed.already_done, resumed.to_generate, resumed.tar_shards], [4, 6, ['00001.tar', '00002.tar']]);
+    });
+
+    it('image-to-image: an init image gives its size (floored to 8) unless the line or flags give one', async () => {
+      const img = path.join(dir, 'init.png');
+      await sharp({ create: { width: 100, height: 76, channels: 3, background: '#808080' } }).png().toFile(img);
+      const promptFile = path.join(dir, 'i2i.jsonl');
+      fs.writeFileSync(promptFile, [{ prompt: 'a', image: 'init.png' }, { prompt: 'b', image: 'init.png', width: 64 }, { prompt: 'c' }].map((l) => JSON.stringify(l)).join('\n') + '\n');
+      const plan = await planRun(promptFile, base({ promptFile, defaultSize: { width: 32, height: 32 } }));
+      assert.equal(plan.image_to_image, 2);
+      assert.deepEqual(plan.first.map((f) => f.size), ['96x72', '64x72', '32x32']);
+      const all = await planRun(promptFile, base({ promptFile, initImage: img, width: 48 }));
+      assert.deepEqual([all.image_to_image, all.first.map((f) => f.size)], [3, ['48x72', '64x72', '48x72']]);
     });
 
     it('the CLI: --dry-run loads and converts nothing and writes nothing', async function () {

@@ -160,6 +160,8 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
         strict: flags.strict,
         nameTemplate: flags.name,
         format: flags.format,
+        initImage: flags['init-image'],
+        promptFile: typeof source === 'string' ? source : undefined,
         onIssue: (line, message) => warn(`${args.prompts ?? '--prompt'}:${line}: ${message} (skipped)`),
       });
       if (flags.seed === undefined && !flags.quiet) progress.note(`seed: ${seed} (random; pass --seed ${seed} to get these seeds)`);
