@@ -69,7 +69,9 @@ export interface ClipTextConfig {
 }
 
 export type BetaSchedule = 'scaled_linear' | 'linear' | 'squaredcos_cap_v2';
-export type PredictionType = 'epsilon' | 'v_prediction' | 'sample' | 'flow';
+/** What a denoiser predicts (runtime/one-step.ts turns each into x0). */
+export const PREDICTION_TYPES = ['epsilon', 'v_prediction', 'sample', 'flow'] as const;
+export type PredictionType = (typeof PREDICTION_TYPES)[number];
 
 export interface SchedulerConfig {
   num_train_timesteps: number;

@@ -6,6 +6,7 @@
  */
 import { BadInputError, OnestepError } from '../errors.js';
 import {
+  PREDICTION_TYPES,
   SD_SCHEDULER,
   type ClipTextConfig,
   type PredictionType,
@@ -189,7 +190,6 @@ export function clipTextConfigFromJson(raw: Json, base?: ClipTextConfig): ClipTe
   };
 }
 
-const PREDICTION_TYPES: readonly PredictionType[] = ['epsilon', 'v_prediction', 'sample', 'flow'];
 const BETA_SCHEDULES = ['scaled_linear', 'linear', 'squaredcos_cap_v2'] as const;
 
 /** diffusers scheduler_config.json -> SchedulerConfig (the fields one-step generation needs). */

@@ -2,8 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../cli/base-command.js';
 import { formatBytes, Progress } from '../cli/progress.js';
 import { convertCheckpoint } from '../convert.js';
-import { RECIPE_NAMES } from '../runtime/recipes.js';
-import { parseLoraArg } from '../lora/args.js';
+import { precision, sharedFlags } from '../cli/flags.js';
 
 export default class Convert extends OnestepCommand {
   static description =
@@ -16,27 +15,24 @@ export default class Convert extends OnestepCommand {
   static args = { checkpoint: Args.string({ description: 'a .safetensors checkpoint or a diffusers folder', required: true }) };
   static flags = {
     out: Flags.string({ char: 'o', description: 'model directory to write', required: true }),
-    dtype: Flags.string({ description: 'weight and compute precision (default: fp32; fp16 with --target cuda)', options: ['fp32', 'fp16'] }),
-    target: Flags.string({
+    dtype: sharedFlags.precision('weight and compute precision (default: fp32; fp16 with --target cuda)'),
+    target: Flags.option({
       description: 'cpu: standard ops that run anywhere; cuda: ONNX Runtime\'s CUDA-only fused ops (NHWC GroupNorm, NhwcConv, packed QKV attention, ...), for --device cuda only',
-      options: ['cpu', 'cuda'],
-      default: 'cpu',
-    }),
+      options: ['cpu', 'cuda'] as const,
+      default: 'cpu' as const,
+    })(),
     force: Flags.boolean({ description: 'replace an existing output directory' }),
-    prediction: Flags.string({
-      description: 'what the UNet predicts (a single file cannot tell; SD 2.x 768 models are v_prediction)',
-      options: ['epsilon', 'v_prediction', 'sample', 'flow'],
-    }),
+    prediction: sharedFlags.prediction('what the UNet predicts (a single file cannot tell; SD 2.x 768 models are v_prediction)'),
     config: Flags.string({
       description: 'for a single file: a diffusers folder with its configs (head counts are not in tensor shapes); default: a same-named folder beside the file, if any',
     }),
-    recipe: Flags.string({ description: 'one-step recipe of the model family', options: RECIPE_NAMES }),
-    lora: Flags.string({ description: 'LoRA file[:scale] merged on the fly (repeatable)', multiple: true }),
+    recipe: sharedFlags.recipe,
+    lora: sharedFlags.lora('LoRA file[:scale] merged on the fly (repeatable)'),
     taesd: Flags.string({
       description: 'write vae_decoder.onnx from TAESD (an AutoencoderTiny folder or taesd_decoder.safetensors): ~18x fewer FLOPs than the VAE decoder, softer details',
     }),
     'allow-unmatched': Flags.boolean({ description: 'skip LoRA keys that match no module instead of failing' }),
-    quiet: Flags.boolean({ char: 'q', description: 'no progress output' }),
+    quiet: sharedFlags.quiet,
   };
 
   async run(): Promise<void> {
@@ -45,13 +41,13 @@ export default class Convert extends OnestepCommand {
     const started = Date.now();
     const result = await convertCheckpoint(args.checkpoint, {
       out: flags.out,
-      dtype: flags.dtype === undefined ? undefined : flags.dtype === 'fp16' ? 'float16' : 'float32',
-      target: flags.target as 'cpu' | 'cuda',
+      dtype: precision(flags.dtype),
+      target: flags.target,
       force: flags.force,
-      prediction: flags.prediction as never,
+      prediction: flags.prediction,
       recipe: flags.recipe,
       configDir: flags.config,
-      loras: (flags.lora ?? []).map(parseLoraArg),
+      loras: flags.lora ?? [],
       allowUnmatched: flags['allow-unmatched'],
       taesd: flags.taesd,
       onProgress: (p) => {

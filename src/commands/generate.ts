@@ -1,3 +1,4 @@
+import { precision, sharedFlags } from '../cli/flags.js';
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -13,7 +14,6 @@ import { OUTPUT_FORMATS } from '../io/outputs.js';
 import { DEFAULT_NAME_TEMPLATE } from '../io/names.js';
 import { countPrompts } from '../io/prompts.js';
 import { resolveShard } from '../io/shard.js';
-import { parseLoraArg } from '../lora/args.js';
 import { findModelDir, resolveModel } from '../models.js';
 import { formatPlan, planRun } from '../plan.js';
 import { seededRandomSeed } from '../runtime/noise.js';
@@ -77,7 +77,7 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     prompt: Flags.string({ char: 'p', description: 'a prompt (repeatable), instead of a prompt file', multiple: true }),
     'images-per-prompt': Flags.integer({ char: 'n', description: 'images per prompt: image j of prompt i gets seed base + i*n + j', default: 1, min: 1 }),
     model: Flags.string({ char: 'm', description: 'model directory, or a checkpoint to convert on first use (default: $ONESTEP_MODEL, else the bundled demo model)' }),
-    lora: Flags.string({ description: 'LoRA file[:scale] merged when converting a checkpoint (repeatable)', multiple: true }),
+    lora: sharedFlags.lora('LoRA file[:scale] merged when converting a checkpoint (repeatable)'),
     out: Flags.string({ char: 'o', description: 'output folder', default: './outputs' }),
     'batch-size': Flags.integer({ char: 'b', description: 'prompts per tensor batch (different prompts share a batch)', default: 1, min: 1 }),
     seed: Flags.string({ description: 'base seed: prompt i gets seed + i (random and recorded when unset)' }),
@@ -90,7 +90,7 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     guidance: Flags.string({ description: 'classifier-free guidance scale (> 1 runs a negative pass; default: the model recipe\'s)' }),
     'negative-prompt': Flags.string({ description: 'negative prompt for guidance > 1 (default empty)', exclusive: ['negative-prompt-file'] }),
     'negative-prompt-file': Flags.string({ description: 'a text file whose content is the negative prompt (trailing newlines dropped)' }),
-    prediction: Flags.string({ description: 'override what the model predicts', options: ['epsilon', 'v_prediction', 'sample', 'flow'] }),
+    prediction: sharedFlags.prediction('override what the model predicts'),
     timestep: Flags.string({ description: 'override the one-step timestep (may be fractional, e.g. 1000.0)' }),
     latents: Flags.string({ description: 'safetensors with one float32 tensor [N, C, H/8, W/8]: row i is the initial noise of prompt i' }),
     'init-image': Flags.string({ description: 'image-to-image: an init image for every prompt, or a folder of them (prompt i takes the i-th file by name); JSONL lines may give their own "image"' }),
@@ -117,8 +117,8 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     strict: Flags.boolean({ description: 'a bad prompt line is fatal instead of reported and skipped' }),
     shard: Flags.string({ description: 'i/N: take the prompts with index % N == i (default: from SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX)' }),
     'shard-count': Flags.integer({ description: 'shard count to pair with JOB_COMPLETION_INDEX (or ONESTEP_SHARD_COUNT)', min: 1 }),
-    dtype: Flags.string({ description: 'precision when a checkpoint is converted on the fly', options: ['fp32', 'fp16'], default: 'fp32' }),
-    quiet: Flags.boolean({ char: 'q', description: 'no progress output' }),
+    dtype: sharedFlags.precision('precision when a checkpoint is converted on the fly', 'fp32'),
+    quiet: sharedFlags.quiet,
     json: Flags.boolean({ description: 'print the final summary (or the --dry-run plan) as JSON on stdout' }),
     'dry-run': Flags.boolean({ description: 'print what would be generated (counts, sizes, seeds, shard, first images) without loading a model' }),
   };
@@ -136,7 +136,7 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     if (guidance !== undefined && !Number.isFinite(guidance)) throw new OnestepError(`--guidance must be a number, got "${flags.guidance}"`);
     const timestep = flags.timestep === undefined ? undefined : Number(flags.timestep);
     if (timestep !== undefined && !(timestep >= 0 && timestep <= 1000)) throw new OnestepError(`--timestep must be within 0..1000, got "${flags.timestep}"`);
-    const loras = (flags.lora ?? []).map(parseLoraArg);
+    const loras = flags.lora ?? [];
     const shard = resolveShard(flags.shard, process.env, flags['shard-count']);
     const seed = flags.seed === undefined ? seededRandomSeed() : parseSeed(flags.seed);
     // Flag mistakes are reported before a model is loaded or converted (which can take a minute).
@@ -144,7 +144,7 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     parseDevice(flags.device);
 
     if (flags['dry-run']) {
-      const found = await findModelDir({ model: flags.model, loras, dtype: flags.dtype === 'fp16' ? 'float16' : 'float32' });
+      const found = await findModelDir({ model: flags.model, loras, dtype: precision(flags.dtype) });
       for (const n of found.notes) if (!flags.quiet) progress.note(n);
       const plan = await planRun(source === '-' ? process.stdin : source, {
         seed,
@@ -172,7 +172,7 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     const resolved = await resolveModel({
       model: flags.model,
       loras,
-      dtype: flags.dtype === 'fp16' ? 'float16' : 'float32',
+      dtype: precision(flags.dtype),
       onConvertProgress: (p) => progress.update(`converting: ${p.component} ${p.tensors}/${p.totalTensors} tensors`),
     });
     for (const n of resolved.notes) if (!flags.quiet) progress.note(n);
@@ -210,7 +210,7 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
         height: flags.height,
         guidance,
         negativePrompt,
-        prediction: flags.prediction as never,
+        prediction: flags.prediction,
         timestep,
         format: flags.format,
         outputFormat: flags['output-format'],

@@ -5,12 +5,12 @@
  */
 import { realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { PREDICTION_TYPES } from '../checkpoint/configs.js';
 import { BadInputError } from '../errors.js';
 import { fileKind } from '../io/files.js';
 import { MAX_SIDE } from '../io/prompts.js';
 
 const HINT = 'Convert the checkpoint again (onestep convert <checkpoint> -o <folder> --force); model.json is written by onestep, not by hand.';
-const PREDICTIONS = ['epsilon', 'v_prediction', 'sample', 'flow'];
 
 type Json = Record<string, unknown>;
 
@@ -67,7 +67,7 @@ export function checkModelManifest(m: unknown, dir: string, file: string): void 
     if (v % downscale) fail(`default_size.${side}`, `${v} is not a multiple of latent.downscale ${downscale}`);
   }
   const recipe = obj(root.recipe, 'recipe');
-  if (!PREDICTIONS.includes(recipe.prediction_type as string)) fail('recipe.prediction_type', `must be one of ${PREDICTIONS.join(', ')}, got ${JSON.stringify(recipe.prediction_type)}`);
+  if (!(PREDICTION_TYPES as readonly string[]).includes(recipe.prediction_type as string)) fail('recipe.prediction_type', `must be one of ${PREDICTION_TYPES.join(', ')}, got ${JSON.stringify(recipe.prediction_type)}`);
   num(recipe.timestep, 'recipe.timestep', (x) => x >= 0 && x <= 1000, 'within 0..1000');
   num(recipe.guidance, 'recipe.guidance', (x) => x >= 0, 'a number >= 0');
   const source = obj(root.source, 'source');

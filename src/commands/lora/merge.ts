@@ -1,5 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { OnestepCommand } from '../../cli/base-command.js';
+import { sharedFlags } from '../../cli/flags.js';
 import { Progress } from '../../cli/progress.js';
 import { OnestepError } from '../../errors.js';
 import { parseLoraArg } from '../../lora/args.js';
@@ -25,7 +26,7 @@ export default class LoraMerge extends OnestepCommand {
     dtype: Flags.string({ description: 'store float tensors in this dtype (default: as in the base)', options: Object.keys(DTYPES) }),
     'allow-unmatched': Flags.boolean({ description: 'skip LoRA keys that match no weight of the base instead of failing' }),
     force: Flags.boolean({ description: 'replace an existing output' }),
-    quiet: Flags.boolean({ char: 'q', description: 'no progress output' }),
+    quiet: sharedFlags.quiet,
   };
 
   async run(): Promise<void> {
