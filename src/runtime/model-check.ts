@@ -30,9 +30,17 @@ export function checkModelManifest(m: unknown, dir: string, file: string): void 
     const full = path.resolve(dir, rel);
     const within = (root: string, p: string) => p === root || p.startsWith(root + path.sep);
     if (path.isAbsolute(rel) || !within(path.resolve(dir), full)) fail(field, `${JSON.stringify(rel)} points outside the model folder`);
-    const st = statSync(full, { throwIfNoEntry: false });
-    if (!st) fail(field, `names ${JSON.stringify(rel)}, which does not exist in ${dir}`);
-    if (!within(realDir, realpathSync(full))) fail(field, `${JSON.stringify(rel)} is a symlink out of the model folder`);
+    let st: ReturnType<typeof statSync>;
+    let real: string;
+    try {
+      st = statSync(full, { throwIfNoEntry: false });
+      if (!st) return fail(field, `names ${JSON.stringify(rel)}, which does not exist in ${dir}`);
+      real = realpathSync(full);
+    } catch (e) {
+      // ENAMETOOLONG, ELOOP, EACCES...: a path no converter writes.
+      return fail(field, `${JSON.stringify(rel.length > 80 ? `${rel.slice(0, 77)}...` : rel)} cannot be used (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    if (!within(realDir, real)) fail(field, `${JSON.stringify(rel)} is a symlink out of the model folder`);
     if (kind === 'file' ? !st!.isFile() : !st!.isDirectory()) fail(field, `${JSON.stringify(rel)} is ${fileKind(st!)}, not a ${kind === 'file' ? 'regular file' : 'folder'}`);
   };
 

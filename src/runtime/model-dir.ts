@@ -116,6 +116,9 @@ export async function readModelManifest(dir: string): Promise<ModelManifest> {
   } catch (e) {
     throw new BadInputError(file, `invalid JSON (${(e as Error).message})`, 'Convert the checkpoint again.');
   }
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) {
+    throw new BadInputError(file, `holds ${m === null ? 'null' : Array.isArray(m) ? 'a list' : typeof m}, not a model manifest object`, 'Convert the checkpoint again.');
+  }
   if (m.format !== MODEL_FORMAT) {
     throw new BadInputError(file, `format is ${JSON.stringify(m.format)}, expected "${MODEL_FORMAT}"`, 'Pass a folder written by onestep convert.');
   }

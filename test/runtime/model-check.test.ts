@@ -74,10 +74,16 @@ describe('runtime/model-check', function () {
       [(m) => (m.recipe.timestep = 5000), /recipe\.timestep must be within 0\.\.1000/],
       [(m) => (m.denoiser = null), /denoiser must be an object/],
       [(m) => (m.dtype = 'int8'), /dtype must be "float32" or "float16"/],
+      // Found by the fuzz test: a raw ENAMETOOLONG from stat, and a TypeError for a model.json of `null`.
+      [(m) => (m.denoiser.graph = 'x'.repeat(70_000)), /denoiser\.graph "x{77}\.\.\." cannot be used \(ENAMETOOLONG\)/],
     ];
     for (const [change, pattern] of cases) {
       edit(change);
       await refused(pattern);
+    }
+    for (const text of ['null', '[]', '42']) {
+      fs.writeFileSync(path.join(model, 'model.json'), text);
+      await refused(/not a model manifest object/);
     }
   });
 });
