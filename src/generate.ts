@@ -16,7 +16,7 @@ import { WebDatasetOutput } from './io/webdataset.js';
 import { imageOrdinal, imagesOf, type ImageRecord } from './plan.js';
 import { writeGrid } from './grid.js';
 import { NameAllocator } from './io/names.js';
-import { readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
+import { parseSide, readPrompts, resolveSeed, type PromptRecord, type PromptSummary } from './io/prompts.js';
 import type { Shard } from './io/shard.js';
 import type { PredictionType } from './checkpoint/configs.js';
 import { openTensorFile } from './safetensors/tensor-file.js';
@@ -155,13 +155,9 @@ function resumeMismatch(out: string, r: PromptRecord, old: ManifestEntry, now: M
   );
 }
 
-/** --width / --height: positive multiples of 8 (checked before any model is loaded or converted). */
+/** --width / --height: the JSONL lines' rule (io/prompts.ts parseSide), checked before any model is loaded or converted. */
 export function checkImageSize(width: number | undefined, height: number | undefined): void {
-  for (const [flag, side] of [['width', width], ['height', height]] as const) {
-    if (side !== undefined && !(Number.isInteger(side) && side >= 8 && side % 8 === 0)) {
-      throw new OnestepError(`--${flag} ${side} must be a positive multiple of 8`);
-    }
-  }
+  for (const [flag, side] of [['width', width], ['height', height]] as const) if (side !== undefined) parseSide(`--${flag}`, side);
 }
 
 export async function generateImages(source: string | NodeJS.ReadableStream, opts: GenerateOptions): Promise<GenerateSummary> {

@@ -1,3 +1,4 @@
+import { parseSeed } from '../io/prompts.js';
 import { precision, sharedFlags } from '../cli/flags.js';
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -17,13 +18,6 @@ import { resolveShard } from '../io/shard.js';
 import { findModelDir, resolveModel } from '../models.js';
 import { formatPlan, planRun } from '../plan.js';
 import { seededRandomSeed } from '../runtime/noise.js';
-
-function parseSeed(text: string): bigint {
-  if (!/^\d+$/.test(text)) throw new OnestepError(`--seed must be a non-negative integer, got "${text}"`);
-  const seed = BigInt(text);
-  if (seed >= 1n << 64n) throw new OnestepError(`--seed must be below 2^64, got ${text}`);
-  return seed;
-}
 
 /** The prompt file (or `-`), or the -p prompts as a JSONL stream (so a prompt starting with # or { is just text). */
 function promptSource(file: string | undefined, prompts: string[] | undefined): string | Readable {
@@ -138,7 +132,7 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     if (timestep !== undefined && !(timestep >= 0 && timestep <= 1000)) throw new OnestepError(`--timestep must be within 0..1000, got "${flags.timestep}"`);
     const loras = flags.lora ?? [];
     const shard = resolveShard(flags.shard, process.env, flags['shard-count']);
-    const seed = flags.seed === undefined ? seededRandomSeed() : parseSeed(flags.seed);
+    const seed = flags.seed === undefined ? seededRandomSeed() : parseSeed(flags.seed, '--seed');
     // Flag mistakes are reported before a model is loaded or converted (which can take a minute).
     checkImageSize(flags.width, flags.height);
     parseDevice(flags.device);

@@ -109,7 +109,8 @@ async function openSource(
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-class LineError extends Error {}
+/** A problem with one prompt line (or one flag's value): reported for its line, or as a clear error. */
+export class LineError extends OnestepError {}
 
 function decodeLine(raw: RawLine): string {
   if (raw.tooLong) throw new LineError('line is too long (over 4 MiB); skipped.');
@@ -127,27 +128,32 @@ function describe(value: unknown): string {
   return `${typeof value} ${JSON.stringify(value)}`;
 }
 
-function parseSeed(value: unknown): bigint {
+/**
+ * A seed, the one rule for JSONL lines and --seed: a whole number 0 .. 2^64-1, as a number (up to 2^53, where JSON
+ * numbers stay exact) or a string of digits. `what` names it in the message (`"seed"`, `--seed`).
+ */
+export function parseSeed(value: unknown, what = '"seed"'): bigint {
   let seed: bigint;
   if (typeof value === 'number') {
-    if (!Number.isInteger(value) || value < 0) throw new LineError(`"seed" must be a non-negative whole number, got ${describe(value)}.`);
+    if (!Number.isInteger(value) || value < 0) throw new LineError(`${what} must be a non-negative whole number, got ${describe(value)}.`);
     if (!Number.isSafeInteger(value)) {
-      throw new LineError(`"seed" ${value} is above 2^53 and has lost digits as a JSON number; write it as a string of digits.`);
+      throw new LineError(`${what} ${value} is above 2^53 and has lost digits as a JSON number; write it as a string of digits.`);
     }
     seed = BigInt(value);
   } else if (typeof value === 'string' && /^\d+$/.test(value)) {
     seed = BigInt(value);
   } else {
-    throw new LineError(`"seed" must be a whole number or a string of digits, got ${describe(value)}.`);
+    throw new LineError(`${what} must be a whole number or a string of digits, got ${describe(value)}.`);
   }
-  if (seed > MAX_SEED) throw new LineError(`"seed" ${seed} does not fit in 64 bits.`);
+  if (seed > MAX_SEED) throw new LineError(`${what} ${seed} does not fit in 64 bits.`);
   return seed;
 }
 
-function parseSide(key: 'width' | 'height', value: unknown): number {
-  if (typeof value !== 'number' || !Number.isInteger(value)) throw new LineError(`"${key}" must be a whole number, got ${describe(value)}.`);
-  if (value < 8 || value > MAX_SIDE) throw new LineError(`"${key}" must be between 8 and ${MAX_SIDE}, got ${value}.`);
-  if (value % 8 !== 0) throw new LineError(`"${key}" must be a multiple of 8, got ${value}.`);
+/** The one rule for image sides (JSONL width/height and --width/--height): whole, 8 .. MAX_SIDE, a multiple of 8. */
+export function parseSide(key: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isInteger(value)) throw new LineError(`${key} must be a whole number, got ${describe(value)}.`);
+  if (value < 8 || value > MAX_SIDE) throw new LineError(`${key} must be between 8 and ${MAX_SIDE}, got ${value}.`);
+  if (value % 8 !== 0) throw new LineError(`${key} must be a multiple of 8, got ${value}.`);
   return value;
 }
 
@@ -183,8 +189,8 @@ function parseJsonLine(text: string, index: number, line: number): PromptRecord 
     record.negativePrompt = obj.negative_prompt;
   }
   if (obj.seed != null) record.seed = parseSeed(obj.seed);
-  if (obj.width != null) record.width = parseSide('width', obj.width);
-  if (obj.height != null) record.height = parseSide('height', obj.height);
+  if (obj.width != null) record.width = parseSide('"width"', obj.width);
+  if (obj.height != null) record.height = parseSide('"height"', obj.height);
   if (obj.guidance != null) {
     if (typeof obj.guidance !== 'number' || !Number.isFinite(obj.guidance) || obj.guidance < 0) {
       throw new LineError(`"guidance" must be a number >= 0, got ${describe(obj.guidance)}.`);
