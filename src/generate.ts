@@ -441,7 +441,10 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     if (summary && !failure) await output.inputEnded();
   } finally {
     while (pending.size) await Promise.allSettled([...pending]);
-    await output.close();
+    // Images of a webdataset shard left incomplete by an interrupt are not kept: they count as dropped.
+    const discarded = await output.close();
+    images -= discarded;
+    dropped += discarded;
     await manifest.close();
     await engine.close();
   }

@@ -31,8 +31,8 @@ export interface ImageOutput {
   write(image: OutputImage): Promise<void>;
   /** No more `expect` calls: the prompt source is read to its end (not called after an interrupt). */
   inputEnded(): Promise<void>;
-  /** Finishes what is complete, drops what is not (an interrupted run), and closes the manifest. */
-  close(): Promise<void>;
+  /** Finishes what is complete, drops what is not (an interrupted run), and closes the manifest. Returns how many images it dropped. */
+  close(): Promise<number>;
 }
 
 /** Image files in the output folder, as today; `metadata.jsonl` is rewritten from the manifest on close. */
@@ -58,9 +58,10 @@ export class FilesOutput implements ImageOutput {
   async inputEnded(): Promise<void> {}
 
   /** Closes the manifest (its appends flushed), then rewrites metadata.jsonl from it. */
-  async close(): Promise<void> {
+  async close(): Promise<number> {
     await this.manifest.close();
     await writeImageFolderMetadata(this.out);
+    return 0;
   }
 }
 

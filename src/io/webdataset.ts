@@ -137,17 +137,21 @@ export class WebDatasetOutput implements ImageOutput {
     await Promise.all([...this.open.values()].map((s) => s.chain));
   }
 
-  async close(): Promise<void> {
+  async close(): Promise<number> {
     await Promise.allSettled([...this.open.values()].map((s) => s.chain));
+    let dropped = 0;
     for (const s of this.open.values()) {
-      if (s.finished || !s.handle) continue;
+      if (s.finished) continue;
       // Incomplete (interrupted or failed): the next --resume regenerates its prompts.
+      dropped += s.next + s.ready.size;
+      if (!s.handle) continue;
       await s.handle.close().catch(() => undefined);
       await unlink(s.temp!).catch(() => undefined);
       s.unregister!();
     }
     this.open.clear();
     await this.opts.manifest.close();
+    return dropped;
   }
 
   private endInput(shard: OpenShard): void {

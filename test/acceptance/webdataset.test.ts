@@ -144,6 +144,23 @@ describe('acceptance: dataset outputs on the demo model', function () {
     for (const name of names.slice(0, 1)) assert.ok(fs.readFileSync(path.join(whole, name)).equals(fs.readFileSync(path.join(out, name))), `${name} differs`);
   });
 
+  it('webdataset, SIGINT: the incomplete shard is dropped (counted), complete shards and their manifest lines stay', async () => {
+    const prompts = path.join(dir, 'sigint.txt');
+    fs.writeFileSync(prompts, Array.from({ length: 400 }, (_, i) => `sigint ${i}\n`).join(''));
+    const out = path.join(dir, 'wds-sigint');
+    const run = start([prompts, '-o', out, '--seed', '1', '--batch-size', '4', '--device', 'cpu', '--output-format', 'webdataset', '--shard-size', '40', '--json'], cache);
+    await waitFor(() => tars(out).length >= 1 && temps(out).length > 0, run.child, 'a shard and a half');
+    run.child.kill('SIGINT');
+    const res = await run.done;
+    assert.equal(res.code, 130, res.stderr);
+    const summary = JSON.parse(res.stdout);
+    assert.ok(summary.dropped > 0, `dropped ${summary.dropped}`);
+    assert.equal(summary.images, tars(out).length * 40, `${summary.images} images kept in ${tars(out).length} shards`);
+    assert.deepEqual(temps(out), []);
+    const lines = fs.readFileSync(path.join(out, 'manifest.jsonl'), 'utf8').trimEnd().split('\n');
+    assert.equal(lines.length, summary.images);
+  });
+
   it('files, SIGKILLed then resumed: metadata.jsonl has one row per image file (file_name, text = its prompt), nothing else', async () => {
     const total = 60;
     const prompts = path.join(dir, 'files.jsonl');

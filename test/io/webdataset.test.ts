@@ -17,14 +17,15 @@ function image(index: number): Buffer {
 }
 
 /** Runs a writer over `indices` (reading order), writing the images in `writeOrder`, then ends the input unless `interrupt`. */
-async function run(out: string, indices: number[], writeOrder: number[], shardSize: number, interrupt = false): Promise<void> {
+/** Returns how many images the writer dropped (those of incomplete shards). */
+async function run(out: string, indices: number[], writeOrder: number[], shardSize: number, interrupt = false): Promise<number> {
   fs.mkdirSync(out, { recursive: true });
   const manifest = await openManifest(out);
   const output = await WebDatasetOutput.open({ out, shardSize, manifest, ordinal: (i) => i });
   for (const i of indices) if (!output.isDone(i)) output.expect(i);
   await Promise.all(writeOrder.filter((i) => !output.isDone(i)).map((i) => output.write({ entry: entry(i), data: image(i) })));
   if (!interrupt) await output.inputEnded();
-  await output.close();
+  return output.close();
 }
 
 function shuffled(n: number, seed: number): number[] {
@@ -81,7 +82,7 @@ describe('io/webdataset', () => {
     const indices = Array.from({ length: 25 }, (_, i) => i);
     const out = path.join(dir, 'resume');
     // Images 0-9 and 10-13 written, then the run stops: shard 0 is complete, shard 1 is not.
-    await run(out, indices.slice(0, 14), indices.slice(0, 14), 10, true);
+    assert.equal(await run(out, indices.slice(0, 14), indices.slice(0, 14), 10, true), 4, 'images 10-13 dropped');
     assert.deepEqual(fs.readdirSync(out).sort(), ['00000.tar', 'manifest.jsonl']);
     const stamp = fs.statSync(path.join(out, '00000.tar'));
     const manifest = await openManifest(out);
