@@ -269,7 +269,7 @@ describe('generate (library)', function () {
     const out = path.join(work, 'width');
     await assert.rejects(generateImages(promptFile, options(out, { width: 60 })), (e: unknown) => {
       assert.ok(e instanceof OnestepError);
-      assert.match(e.message, /width 60 .*multiple of 8/);
+      assert.match(e.message, /width must be a multiple of 8, got 60/);
       return true;
     });
     assert.ok(!fs.existsSync(path.join(out, 'manifest.jsonl')) || readManifest(out).length === 0);
