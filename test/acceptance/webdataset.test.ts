@@ -161,6 +161,21 @@ describe('acceptance: dataset outputs on the demo model', function () {
     assert.equal(lines.length, summary.images);
   });
 
+  it('webdataset with mixed sizes: every shard holds its own prompts in index order, whatever batch they ran in', async () => {
+    const prompts = path.join(dir, 'mixed.jsonl');
+    fs.writeFileSync(prompts, Array.from({ length: 10 }, (_, i) => JSON.stringify({ prompt: `mixed ${i}`, ...(i % 3 === 0 ? { width: 128 } : {}) }) + '\n').join(''));
+    const out = path.join(dir, 'wds-mixed');
+    const res = await start([prompts, '-o', out, '--seed', '3', '--batch-size', '4', '--device', 'cpu', '--output-format', 'webdataset', '--shard-size', '4', '--quiet'], cache).done;
+    assert.equal(res.code, 0, res.stderr);
+    assert.deepEqual(tars(out), ['00000.tar', '00001.tar', '00002.tar']);
+    for (const [n, name] of tars(out).entries()) {
+      const members = readTarMembers(fs.readFileSync(path.join(out, name))).filter((m) => m.name.endsWith('.json'));
+      const rows = members.map((m) => JSON.parse(m.data.toString()));
+      const want = [0, 1, 2, 3].map((k) => n * 4 + k).filter((i) => i < 10);
+      assert.deepEqual(rows.map((r) => [r.index, r.width]), want.map((i) => [i, i % 3 === 0 ? 128 : 64]), name);
+    }
+  });
+
   it('files, SIGKILLed then resumed: metadata.jsonl has one row per image file (file_name, text = its prompt), nothing else', async () => {
     const total = 60;
     const prompts = path.join(dir, 'files.jsonl');
