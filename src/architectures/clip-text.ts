@@ -5,7 +5,8 @@
 import type { ClipTextConfig } from '../checkpoint/configs.js';
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
-import { Graph, type Value } from '../onnx/graph.js';
+import { Graph, type Module, type Value } from '../onnx/graph.js';
+import { attention } from './blocks.js';
 
 export interface ClipTextOutputs {
   hiddenState: Value;
@@ -50,28 +51,22 @@ export function normalizeClipTextConfig(json: Record<string, any>): ClipTextConf
   };
 }
 
-function attention(g: Graph, cfg: ClipTextConfig, x: Value, causalBias: Value, prefix: string): Value {
-  return g.scope('self_attn', () => {
-    const q = g.linear(x, `${prefix}.q_proj`);
-    const k = g.linear(x, `${prefix}.k_proj`);
-    const v = g.linear(x, `${prefix}.v_proj`);
-    const o = g.attention(q, k, v, cfg.num_attention_heads, { attentionBias: causalBias });
-    return g.linear(o, `${prefix}.out_proj`);
-  });
-}
+const CLIP_ATTENTION = { q: 'q_proj', k: 'k_proj', v: 'v_proj', out: 'out_proj' };
 
-function mlp(g: Graph, cfg: ClipTextConfig, x: Value, prefix: string): Value {
-  return g.scope('mlp', () => {
-    const h = g.linear(x, `${prefix}.fc1`);
-    const a = cfg.hidden_act === 'gelu' ? g.gelu(h) : g.quickGelu(h);
-    return g.linear(a, `${prefix}.fc2`);
-  });
-}
-
-function encoderLayer(g: Graph, cfg: ClipTextConfig, x: Value, causalBias: Value, prefix: string): Value {
+/** CLIPEncoderLayer: pre-norm causal self-attention and MLP, each residual. */
+function encoderLayer(m: Module, cfg: ClipTextConfig, x: Value, causalBias: Value): Value {
+  const { g } = m;
   const eps = cfg.layer_norm_eps;
-  const h = g.add(x, attention(g, cfg, g.layerNorm(x, `${prefix}.layer_norm1`, eps), causalBias, `${prefix}.self_attn`));
-  return g.add(h, mlp(g, cfg, g.layerNorm(h, `${prefix}.layer_norm2`, eps), `${prefix}.mlp`));
+  const norm1 = m.layerNorm(x, 'layer_norm1', eps);
+  const h = g.add(x, m.with('self_attn', (a) => attention(a, norm1, cfg.num_attention_heads, { bias: causalBias, names: CLIP_ATTENTION })));
+  const norm2 = m.layerNorm(h, 'layer_norm2', eps);
+  return g.add(
+    h,
+    m.with('mlp', (mlp) => {
+      const fc1 = mlp.linear(norm2, 'fc1');
+      return mlp.linear(cfg.hidden_act === 'gelu' ? g.gelu(fc1) : g.quickGelu(fc1), 'fc2');
+    }),
+  );
 }
 
 /** Additive causal mask [1, 1, S, S] for the first S positions (0 on and below the diagonal, a large negative above). */
@@ -98,19 +93,20 @@ export function clipTextEncoder(
   output: ClipTextOutput = SD_TEXT_OUTPUT,
   component = 'text_encoder',
 ): ClipTextOutputs {
-  const prefix = `${component}.text_model`;
   const hiddenLayers = layersFor(cfg, output.layer);
   return g.scope(component, () => {
+    const root = g.module(component);
+    const m = root.at('text_model');
     const seqLen = g.shape(inputIds, 1, 2);
-    const tokens = g.gather(g.weight(`${prefix}.embeddings.token_embedding.weight`), inputIds);
-    const positions = g.node('Slice', [g.weight(`${prefix}.embeddings.position_embedding.weight`), g.ints([0]), seqLen, g.ints([0])])[0];
+    const tokens = g.gather(m.weight('embeddings.token_embedding.weight'), inputIds);
+    const positions = g.node('Slice', [m.weight('embeddings.position_embedding.weight'), g.ints([0]), seqLen, g.ints([0])])[0];
     let x = g.add(tokens, positions);
     const bias = causalMask(g, cfg, seqLen);
     const layer = (i: number): void => {
-      x = g.scope(`layers.${i}`, () => encoderLayer(g, cfg, x, bias, `${prefix}.encoder.layers.${i}`));
+      x = m.with(`encoder.layers.${i}`, (l) => encoderLayer(l, cfg, x, bias));
     };
     for (let i = 0; i < hiddenLayers; i++) layer(i);
-    const finalNorm = (t: Value): Value => g.layerNorm(t, `${prefix}.final_layer_norm`, cfg.layer_norm_eps);
+    const finalNorm = (t: Value): Value => m.layerNorm(t, 'final_layer_norm', cfg.layer_norm_eps);
     const hiddenState = output.finalNorm ? finalNorm(x) : x;
     let pooled: Value | undefined;
     if (output.pooled === 'pooler_output') {
@@ -118,7 +114,7 @@ export function clipTextEncoder(
     } else if (output.pooled === 'text_embeds') {
       for (let i = hiddenLayers; i < cfg.num_hidden_layers; i++) layer(i);
       const last = finalNorm(x);
-      pooled = g.linear(g.scope('pooler', () => eosRow(g, cfg, inputIds, seqLen, last)), `${component}.text_projection`, { bias: false });
+      pooled = root.linear(g.scope('pooler', () => eosRow(g, cfg, inputIds, seqLen, last)), 'text_projection', { bias: false });
     }
     return { hiddenState, pooled };
   });
