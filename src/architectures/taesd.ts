@@ -22,7 +22,7 @@
  */
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { BadInputError, OnestepError } from '../errors.js';
-import { Graph, type Value } from '../onnx/graph.js';
+import { Graph, type Module, type Value } from '../onnx/graph.js';
 import { toUint8Image } from './vae.js';
 
 /** The decoder half of diffusers' AutoencoderTiny config (same field names). */
@@ -98,11 +98,12 @@ function relu(g: Graph, x: Value): Value {
 }
 
 /** AutoencoderTinyBlock: relu(conv(relu(conv(relu(conv(x))))) + skip(x)), skip a 1x1 conv when channels change. */
-function autoencoderTinyBlock(g: Graph, x: Value, prefix: string): Value {
-  let h = relu(g, g.conv2d(x, `${prefix}.conv.0`));
-  h = relu(g, g.conv2d(h, `${prefix}.conv.2`));
-  h = g.conv2d(h, `${prefix}.conv.4`);
-  const skip = g.hasWeight(`${prefix}.skip.weight`) ? g.conv2d(x, `${prefix}.skip`) : x;
+function autoencoderTinyBlock(m: Module, x: Value): Value {
+  const { g } = m;
+  let h = relu(g, m.conv2d(x, 'conv.0'));
+  h = relu(g, m.conv2d(h, 'conv.2'));
+  h = m.conv2d(h, 'conv.4');
+  const skip = m.has('skip.weight') ? m.conv2d(x, 'skip') : x;
   return relu(g, g.add(h, skip));
 }
 
@@ -118,22 +119,21 @@ function upsampleNearest(g: Graph, x: Value, factor: number): Value {
  */
 export function taesdDecoder(g: Graph, cfg: TaesdDecoderConfig, latents: Value, prefix = TAESD_PREFIX): Value {
   return g.scope('decoder', () => {
+    const m = g.module(prefix);
     const three = g.scalar(3, latents.type);
     let h = g.mul(g.node('Tanh', [g.div(latents, three)])[0], three);
-    h = g.scope('layers.0', () => relu(g, g.conv2d(h, `${prefix}.layers.0`)));
+    // nn.Sequential: a layer with weights is itself a conv (`layers.N.weight`), so its scope is opened around the leaf op.
+    h = g.scope('layers.0', () => relu(g, m.conv2d(h, 'layers.0')));
     let index = 2;
     cfg.num_decoder_blocks.forEach((count, stage) => {
-      for (let b = 0; b < count; b++, index++) {
-        const i = index;
-        h = g.scope(`layers.${i}`, () => autoencoderTinyBlock(g, h, `${prefix}.layers.${i}`));
-      }
+      for (let b = 0; b < count; b++, index++) h = m.with(`layers.${index}`, (block) => autoencoderTinyBlock(block, h));
       const last = stage === cfg.num_decoder_blocks.length - 1;
       if (!last) {
         h = g.scope(`layers.${index}`, () => upsampleNearest(g, h, cfg.upsampling_scaling_factor));
         index++;
       }
       const i = index++;
-      h = g.scope(`layers.${i}`, () => g.conv2d(h, `${prefix}.layers.${i}`));
+      h = g.scope(`layers.${i}`, () => m.conv2d(h, `layers.${i}`));
     });
     return g.sub(g.mul(h, g.scalar(2, h.type)), g.scalar(1, h.type));
   });
