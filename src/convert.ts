@@ -2,12 +2,13 @@
  * `onestep convert`: a checkpoint (single file or diffusers folder) -> a model directory of ONNX graphs built from
  * the weights (runtime/model-dir.ts describes the result).
  */
-import { writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buildTaesdDecoderGraph, taesdUpscale } from './architectures/taesd.js';
 import { openTaesd, type OpenedTaesd } from './checkpoint/taesd.js';
 import type { PredictionType } from './checkpoint/configs.js';
 import { sha256Path } from './checkpoint/hash.js';
+import { withReplacedComponents, type ReplacedComponent } from './checkpoint/components.js';
 import { openCheckpoint } from './checkpoint/open.js';
 import { convertibleLabels } from './families/index.js';
 import type { WeightSource } from './checkpoint/weight-source.js';
@@ -16,7 +17,8 @@ import { BadInputError } from './errors.js';
 import { withAtomicDir } from './io/atomic.js';
 import type { Graph } from './onnx/graph.js';
 import { fuseForCuda } from './onnx/cuda-fusions.js';
-import { writeModel } from './onnx/write-model.js';
+import { float16Overflows } from './onnx/fp16-check.js';
+import { writeModel, type WriteProgress, type WrittenModel } from './onnx/write-model.js';
 import { MODEL_FORMAT, MODEL_FORMAT_VERSION, type ModelManifest } from './runtime/model-dir.js';
 import { detectRecipe, resolveRecipe } from './runtime/recipes.js';
 
@@ -42,6 +44,10 @@ export interface ConvertOptions {
   target?: 'cpu' | 'cuda';
   /** A TAESD decoder (AutoencoderTiny folder or taesd_decoder.safetensors) written as vae_decoder.onnx instead of the VAE's. */
   taesd?: string;
+  /** A UNet alone (file or folder, diffusers or LDM keys) used instead of the checkpoint's (checkpoint/components.ts). */
+  unet?: string;
+  /** A VAE alone used instead of the checkpoint's (sdxl-vae-fp16-fix, ...). */
+  vae?: string;
   onProgress?: (p: ConvertProgress) => void;
 }
 
@@ -61,6 +67,42 @@ export interface ConvertResult {
   loraReport?: string;
 }
 
+/** float16 graphs up to this much weight data are evaluated once (onnx/fp16-check.ts); larger ones would not fit in memory. */
+const FP16_CHECK_MAX_BYTES = 512 * 2 ** 20;
+
+/**
+ * Whether a written float16 graph holds NaN/Inf on the reference input: the overflowing values (empty when it is
+ * safe), or 'unchecked' for a graph too large to load here. A CUDA-target graph holds ops the CPU cannot run: its
+ * plain float16 twin is written beside it under a scratch name, probed and removed.
+ */
+async function float16Verdict(
+  graph: Graph,
+  written: WrittenModel,
+  target: 'cpu' | 'cuda',
+  plain: () => Graph,
+  dir: string,
+  name: string,
+  latentScale: number,
+): Promise<string[] | 'unchecked'> {
+  if (written.dataBytes > FP16_CHECK_MAX_BYTES) return 'unchecked';
+  const scales = { latent_sample: 1 / latentScale };
+  if (target === 'cpu') return float16Overflows(graph, written, scales);
+  const twin = plain();
+  const scratch = `${name}.fp16-check`;
+  try {
+    return await float16Overflows(twin, await writeModel(twin, dir, scratch), scales);
+  } finally {
+    await Promise.all([rm(path.join(dir, `${scratch}.onnx`), { force: true }), rm(path.join(dir, `${scratch}.onnx.data`), { force: true })]);
+  }
+}
+
+/** The names a component input is known by: its own, and its parent's for a component folder (`sdxl-lightning/unet`). */
+function telling(input: string): string[] {
+  const abs = path.resolve(input);
+  const base = path.basename(abs);
+  return base === 'unet' || base === 'vae' ? [path.basename(path.dirname(abs)), base] : [base];
+}
+
 export async function convertCheckpoint(input: string, opts: ConvertOptions): Promise<ConvertResult> {
   const target = opts.target ?? 'cpu';
   const dtype = opts.dtype ?? (target === 'cuda' ? 'float16' : 'float32');
@@ -68,7 +110,16 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     if (target === 'cuda') fuseForCuda(g);
     return g;
   };
-  const ckpt = await openCheckpoint(input, { predictionType: opts.prediction, configDir: opts.configDir });
+  let ckpt = await openCheckpoint(input, { predictionType: opts.prediction, configDir: opts.configDir });
+  let replaced: ReplacedComponent[] = [];
+  if (opts.unet || opts.vae) {
+    try {
+      ({ ckpt, replaced } = await withReplacedComponents(ckpt, { unet: opts.unet, vae: opts.vae }));
+    } catch (e) {
+      await ckpt.weights.close();
+      throw e;
+    }
+  }
   let weights: WeightSource = ckpt.weights;
   let taesd: OpenedTaesd | undefined;
   try {
@@ -86,11 +137,13 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
       loraReport = formatMergeReport(merged.report);
     }
     const loras = await Promise.all(loraSpecs.map(async (l) => ({ name: path.basename(l.path), sha256: await sha256Path(l.path), scale: l.scale })));
+    const components = await Promise.all(replaced.map(async (r) => ({ component: r.component, name: path.basename(path.resolve(r.input)), sha256: await sha256Path(r.path) })));
     // Before any graph is built: a recipe that does not fit the family must not cost a whole conversion.
     const recipe = resolveRecipe({
       family: family.id,
       explicit: opts.recipe,
-      detected: detectRecipe([path.basename(path.resolve(input))], ckpt.metadata),
+      // A replacement UNet names the model (Hyper-SDXL-1step-Unet on an SDXL base) before the base does.
+      detected: detectRecipe([...replaced.filter((r) => r.component === 'unet').flatMap((r) => telling(r.input)), path.basename(path.resolve(input))], ckpt.metadata),
       schedulerPrediction: ckpt.scheduler.prediction_type,
       predictionFlag: opts.prediction,
     });
@@ -110,23 +163,37 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     const taesdDecoder = taesd;
     // The CUDA target rewrites the denoiser and the VAE graphs; text encoders keep standard ops (no fusions apply).
     const fused = new Set(['unet', 'vae_decoder', 'vae_encoder']);
-    const graphs = family.graphs(ckpt).map((spec): [string, () => Graph] => {
+    const graphs = family.graphs(ckpt).map((spec): [string, (dt: typeof dtype, forTargetToo?: boolean) => Graph] => {
       const build =
         spec.name === 'vae_decoder' && taesdDecoder
-          ? () => buildTaesdDecoderGraph(taesdDecoder.weights, taesdDecoder.config, dtype, { latentScale: latent.scaling_factor, latentShift: latent.shift_factor })
-          : () => spec.build(weights, dtype);
-      return [spec.name, fused.has(spec.name) ? () => forTarget(build()) : build];
+          ? (dt: typeof dtype) => buildTaesdDecoderGraph(taesdDecoder.weights, taesdDecoder.config, dt, { latentScale: latent.scaling_factor, latentShift: latent.shift_factor })
+          : (dt: typeof dtype) => spec.build(weights, dt);
+      return [spec.name, (dt, forTargetToo = true) => (fused.has(spec.name) && forTargetToo ? forTarget(build(dt)) : build(dt))];
     });
+    const notes = [...ckpt.notes];
     let bytes = 0;
     let manifest!: ModelManifest;
     await withAtomicDir(
       opts.out,
       async (tmp) => {
+        const float32Graphs: string[] = [];
+        const unchecked: string[] = [];
         for (const [name, build] of graphs) {
-          const graph = build();
-          const { dataBytes } = await writeModel(graph, tmp, name, (p) => opts.onProgress?.({ component: name, ...p }));
-          bytes += dataBytes;
+          const progress = (p: WriteProgress) => opts.onProgress?.({ component: name, ...p });
+          const graph = build(dtype);
+          let written = await writeModel(graph, tmp, name, progress);
+          if (dtype === 'float16') {
+            const verdict = await float16Verdict(graph, written, target, () => build('float16', false), tmp, name, latent.scaling_factor);
+            if (verdict === 'unchecked') unchecked.push(name);
+            else if (verdict.length) {
+              written = await writeModel(build('float32'), tmp, name, progress);
+              float32Graphs.push(`${name} (NaN/Inf at ${verdict[0]})`);
+            }
+          }
+          bytes += written.dataBytes;
         }
+        if (float32Graphs.length) notes.push(`kept in float32, as float16 gives NaN/Inf on a reference input: ${float32Graphs.join(', ')}`);
+        if (unchecked.length) notes.push(`not evaluated in float16 (over ${FP16_CHECK_MAX_BYTES / 2 ** 20} MiB of weights, too large to load within convert's memory): ${unchecked.join(', ')}`);
         await family.writeTokenizers!(ckpt, tmp);
         const names = new Set(graphs.map(([name]) => name));
         const decoderKind = (name: string) => (name === 'vae_decoder' && (taesd || inference.decoder === 'taesd') ? 'taesd' : 'autoencoder-kl');
@@ -135,7 +202,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
           version: MODEL_FORMAT_VERSION,
           family: family.id,
           dtype,
-          source: { name: path.basename(path.resolve(input)), layout: ckpt.layout, sha256: await hashPromise, loras },
+          source: { name: path.basename(path.resolve(input)), layout: ckpt.layout, sha256: await hashPromise, loras, ...(components.length ? { components } : {}) },
           conditioning: inference.conditioning,
           negative: inference.negative,
           denoiser: inference.denoiser,
@@ -152,7 +219,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
       },
       { force: !!opts.force },
     );
-    return { out: opts.out, manifest, notes: ckpt.notes, bytes, loraReport };
+    return { out: opts.out, manifest, notes, bytes, loraReport };
   } finally {
     await Promise.all([weights.close(), taesd?.weights.close()]);
   }

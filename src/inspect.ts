@@ -5,7 +5,7 @@
  * JSON shape (`onestep inspect --json`), stable:
  * {
  *   path: string,
- *   kind: 'checkpoint' | 'lora',
+ *   kind: 'checkpoint' | 'lora' | 'component',   // component: a UNet or VAE alone (convert <base> --unet / --vae)
  *   layout: 'single-file' | 'diffusers' | 'lora',
  *   family: a family id of src/families (sd1, sd2, sdxl, sdxs, pixart-alpha) or 'unknown' (a LoRA that fits several: 'sd1|sd2'),
  *   convertible: boolean,                  // whether `onestep convert` takes it as it is

@@ -3,7 +3,7 @@
  * the converted graphs, run with onnxruntime on the goldens' inputs, must reproduce the goldens diffusers computed.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync, existsSync, mkdirSync, mkdtempSync, copyFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync, existsSync, mkdirSync, mkdtempSync, copyFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -13,6 +13,7 @@ import type { ModelManifest } from '../src/runtime/model-dir.js';
 import { ClipTokenizer } from '../src/runtime/tokenizer.js';
 import type { SafetensorsDType } from '../src/safetensors/dtypes.js';
 import { writeSafetensors, type TensorToWrite } from '../src/safetensors/writer.js';
+import { rewriteSafetensors } from './checkpoint/helpers.js';
 import { caseBound, ulpSensitivity } from './support/bounds.js';
 import { FIXTURES, goldens, relErr, type Tensor } from './support/fixtures.js';
 
@@ -211,6 +212,8 @@ describe('convertCheckpoint (tiny fixtures, goldens through onnxruntime)', funct
         // f16 weights take half the bytes of the f32 conversion's.
         const ratio = converted.get(`${short}-folder-fp16`)!.bytes / converted.get(`${short}-folder`)!.bytes;
         assert.ok(ratio > 0.45 && ratio < 0.55, `fp16/fp32 weight bytes ${ratio}`);
+        // Every graph was evaluated once in float16 and none overflows (no float32 kept).
+        assert.ok(!converted.get(`${short}-folder-fp16`)!.notes.some((n) => /kept in float32/.test(n)));
       });
 
       it('the single file and the folder give byte-identical graphs and weight files', () => {
@@ -327,5 +330,31 @@ describe('convertCheckpoint refuses bad input, leaving nothing behind', function
   it('a recipe for another family', async () => {
     await refuses(join(FIXTURES, 'tiny-sd21'), /recipe "instaflow" is for sd1 models, not sd2/, { recipe: 'instaflow' });
     assert.deepEqual(readdirSync(outParent), []);
+  });
+});
+
+describe('convert --dtype fp16: each float16 graph evaluated once, float32 kept where float16 overflows', function () {
+  this.timeout(300_000);
+  const work = mkdtempSync(join(tmpdir(), 'onestep-fp16-safety-'));
+  after(() => rmSync(work, { recursive: true, force: true }));
+
+  it('a VAE whose decoder activations pass 65504 keeps vae_decoder in float32 (identical to the fp32 conversion), the rest in float16', async () => {
+    // tiny-sd15 with decoder.conv_in scaled by 3e5: its weights still fit float16 (max 5.5e4), its output reaches ~1e5-1e6.
+    const hot = join(work, 'sd15-hot-vae');
+    cpSync(join(FIXTURES, 'tiny-sd15'), hot, { recursive: true });
+    const vaeFile = join(hot, 'vae', 'diffusion_pytorch_model.safetensors');
+    await rewriteSafetensors(join(FIXTURES, 'tiny-sd15', 'vae', 'diffusion_pytorch_model.safetensors'), vaeFile, { scale: (k) => (k === 'decoder.conv_in.weight' ? 3e5 : undefined) });
+    const fp16 = await convertCheckpoint(hot, { out: join(work, 'fp16'), dtype: 'float16' });
+    const fp32 = await convertCheckpoint(hot, { out: join(work, 'fp32'), dtype: 'float32' });
+    assert.ok(fp16.notes.some((n) => /^kept in float32, as float16 gives NaN\/Inf on a reference input: vae_decoder \(NaN\/Inf at /.test(n)), fp16.notes.join('; '));
+    const bytes = (dir: string, g: string) => readFileSync(join(dir, `${g}.onnx.data`));
+    assert.ok(bytes(join(work, 'fp16'), 'vae_decoder').equals(bytes(join(work, 'fp32'), 'vae_decoder')));
+    assert.ok(bytes(join(work, 'fp16'), 'unet').length < 0.51 * bytes(join(work, 'fp32'), 'unet').length, 'the UNet stays float16');
+    assert.ok(!fp32.notes.some((n) => /float16/.test(n)));
+    assert.deepEqual(readdirSync(join(work, 'fp16')).filter((f) => /probe|fp16-check/.test(f)), []);
+    // The CUDA target (fp16 by default, fused ops the CPU cannot run) is judged by its plain float16 twin.
+    const cuda = await convertCheckpoint(hot, { out: join(work, 'cuda'), target: 'cuda' });
+    assert.ok(cuda.notes.some((n) => /kept in float32, .*vae_decoder/.test(n)), cuda.notes.join('; '));
+    assert.deepEqual(readdirSync(join(work, 'cuda')).filter((f) => /probe|fp16-check/.test(f)), []);
   });
 });

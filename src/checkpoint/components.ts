@@ -10,9 +10,11 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { BadInputError } from '../errors.js';
+import type { Checkpoint } from '../families/types.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
 import type { UNetConfig, VaeConfig } from './configs.js';
 import { checkTensors, expectedUnetTensors, expectedVaeTensors } from './expected.js';
+import { unetConfigFromJson, unsupportedUnetFeatures, vaeConfigFromJson } from './infer-config.js';
 import { buildLdmKeyMap, isKnownIgnorableKey, UNET_PREFIX, VAE_PREFIX } from './keymap-sd.js';
 import { MappedSource } from './sources.js';
 import type { TensorMeta, WeightSource } from './weight-source.js';
@@ -171,13 +173,83 @@ export function checkComponentFits(opened: OpenedComponent, config: UNetConfig |
     if (c.addition_embed_type && c.projection_class_embeddings_input_dim !== b.projection_class_embeddings_input_dim) {
       throw mismatch('projection_class_embeddings_input_dim', c.projection_class_embeddings_input_dim, b.projection_class_embeddings_input_dim);
     }
-    checkTensors(opened.weights, expectedUnetTensors(c), opened.path);
+    checkOnly(opened, expectedUnetTensors(c));
   } else {
     const [c, b] = [config as VaeConfig, base as VaeConfig];
     if (c.latent_channels !== b.latent_channels) throw mismatch('latent_channels', c.latent_channels, b.latent_channels);
     if (c.block_out_channels.length !== b.block_out_channels.length) throw mismatch('downscale levels', c.block_out_channels.length, b.block_out_channels.length);
-    checkTensors(opened.weights, expectedVaeTensors(c), opened.path);
+    checkOnly(opened, expectedVaeTensors(c));
   }
+}
+
+/** The component holds exactly the expected tensors: none missing or misshapen, none the config does not build. */
+function checkOnly(opened: OpenedComponent, expected: Map<string, number[]>): void {
+  checkTensors(opened.weights, expected, opened.path);
+  const extra = opened.weights.names().filter((n) => !expected.has(n));
+  if (extra.length) {
+    throw new BadInputError(
+      opened.path,
+      `has ${extra.length} tensor(s) the ${LABEL[opened.component]} config does not build: ${extra.slice(0, 5).join('; ')}${extra.length > 5 ? `; and ${extra.length - 5} more` : ''}`,
+      `Pass a ${LABEL[opened.component]} folder with its config.json, or one made for the base model's architecture.`,
+    );
+  }
+}
+
+export interface ReplacedComponent {
+  component: ComponentName;
+  /** What the user named (file, component folder or pipeline folder). */
+  input: string;
+  /** The file or component folder read. */
+  path: string;
+  style: KeyStyle;
+}
+
+/**
+ * The checkpoint with its UNet and / or VAE replaced by component files, each checked against the base first (so a
+ * wrong one is refused before anything is written). Takes ownership of the opened files: closing the result's
+ * weights closes them.
+ */
+export async function withReplacedComponents(
+  ckpt: Checkpoint,
+  replacements: Partial<Record<ComponentName, string>>,
+): Promise<{ ckpt: Checkpoint; replaced: ReplacedComponent[] }> {
+  let weights = ckpt.weights;
+  const configs = { ...ckpt.configs };
+  const notes = [...ckpt.notes];
+  const replaced: ReplacedComponent[] = [];
+  const opened: OpenedComponent[] = [];
+  try {
+    for (const component of ['unet', 'vae'] as const) {
+      const input = replacements[component];
+      if (!input) continue;
+      const base = configs[component] as UNetConfig | VaeConfig | undefined;
+      // A UNet family's config has up_block_types; an AutoencoderKL's block_out_channels (SDXS's tiny VAE has neither).
+      const fits = component === 'unet' ? Array.isArray((base as UNetConfig | undefined)?.up_block_types) : Array.isArray((base as VaeConfig | undefined)?.block_out_channels);
+      if (!base || !fits) {
+        throw new BadInputError(input, `cannot replace the ${LABEL[component]} of ${ckpt.path}: ${ckpt.family.label} has no ${component === 'unet' ? 'UNet' : 'AutoencoderKL VAE'}`, `--${component} applies to SD 1.x, SD 2.x and SDXL bases.`);
+      }
+      const c = await openComponent(input, component);
+      opened.push(c);
+      let config: UNetConfig | VaeConfig = base;
+      if (c.config && component === 'unet') {
+        const unsupported = unsupportedUnetFeatures(c.config);
+        if (unsupported.length) throw new BadInputError(path.join(c.path, 'config.json'), `uses UNet features onestep does not build: ${unsupported.join(', ')}`);
+        config = unetConfigFromJson(c.config);
+      } else if (c.config) {
+        config = vaeConfigFromJson(c.config);
+      }
+      checkComponentFits(c, config, base, ckpt.path);
+      if (c.unmapped.length) notes.push(`${c.path}: ${c.unmapped.length} key(s) map to nothing and are ignored, e.g. ${c.unmapped.slice(0, 3).join(', ')}`);
+      weights = withComponent(weights, component, c.weights);
+      (configs as Record<string, object | undefined>)[component] = config;
+      notes.push(`${LABEL[component]} from ${c.path} (${c.style} keys${c.config ? ', its config.json' : `, the base's ${component} config`})`);
+      replaced.push({ component, input, path: c.path, style: c.style });
+    }
+  } catch (e) {
+    await Promise.all(opened.map((c) => c.weights.close()));
+    throw e;
+  }
+  return { ckpt: { ...ckpt, weights, configs, notes }, replaced };
 }
 
 /** `base` with every `<component>.*` weight taken from `replacement` instead. Closing it closes both. */

@@ -3,6 +3,7 @@
  * in the registry and lets the family open it (src/families/).
  */
 import { BadInputError } from '../errors.js';
+import { detectComponentKeys } from './components.js';
 import { convertibleLabels, type Checkpoint, type FamilyDef, type OpenOptions } from '../families/index.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
 import { detectFolderFamily, detectSingleFile, isDirectory, readFolderIndex } from './detect.js';
@@ -31,6 +32,14 @@ async function openSingleFile(path: string, opts: OpenOptions): Promise<Checkpoi
         .filter((k) => re.test(k))
         .slice(0, 3)
         .join(', ');
+    const component = kind.kind === 'lora' ? undefined : detectComponentKeys(keys);
+    if (component) {
+      throw new BadInputError(
+        path,
+        `holds ${component.component === 'unet' ? 'a UNet' : 'a VAE'} alone (${component.style} keys), not a complete checkpoint`,
+        `Convert it with the checkpoint it belongs to: onestep convert <base checkpoint> --${component.component} ${path}`,
+      );
+    }
     switch (kind.kind) {
       case 'lora':
         throw new BadInputError(path, `is a LoRA (keys like ${sample(/lora|hada|lokr/)}), not a checkpoint`, LORA_HINT);

@@ -6,11 +6,12 @@ import { precision, sharedFlags } from '../cli/flags.js';
 
 export default class Convert extends OnestepCommand {
   static description =
-    'Build ONNX graphs from a Stable Diffusion 1.x/2.x checkpoint (single .safetensors file or diffusers folder) into a model directory for `onestep generate`.';
+    'Build ONNX graphs from a checkpoint (SD 1.x/2.x, SDXL, SDXS, ...: single .safetensors file or diffusers folder) into a model directory for `onestep generate`.';
   static examples = [
     '<%= config.bin %> convert sd-turbo.safetensors -o models/sd-turbo --recipe sd-turbo',
     '<%= config.bin %> convert ./stable-diffusion-2-1 -o models/sd21 --dtype fp16',
     '<%= config.bin %> convert sd-turbo.safetensors -o models/sd-turbo-taesd --recipe sd-turbo --taesd ./taesd',
+    '<%= config.bin %> convert sd_xl_base_1.0.safetensors --unet Hyper-SDXL-1step-Unet.safetensors -o models/hyper-sdxl',
   ];
   static args = { checkpoint: Args.string({ description: 'a .safetensors checkpoint or a diffusers folder', required: true }) };
   static flags = {
@@ -31,6 +32,10 @@ export default class Convert extends OnestepCommand {
     taesd: Flags.string({
       description: 'write vae_decoder.onnx from TAESD (an AutoencoderTiny folder or taesd_decoder.safetensors): ~18x fewer FLOPs than the VAE decoder, softer details',
     }),
+    unet: Flags.string({
+      description: 'a UNet alone (file or folder, diffusers or LDM keys; Hyper-SDXL-1step-Unet, SDXL-Lightning, NitroFusion, DMD2) used instead of the checkpoint\'s',
+    }),
+    vae: Flags.string({ description: 'a VAE alone (file or folder, diffusers or LDM keys; e.g. sdxl-vae-fp16-fix) used instead of the checkpoint\'s' }),
     'allow-unmatched': Flags.boolean({ description: 'skip LoRA keys that match no module instead of failing' }),
     quiet: sharedFlags.quiet,
   };
@@ -50,6 +55,8 @@ export default class Convert extends OnestepCommand {
       loras: flags.lora ?? [],
       allowUnmatched: flags['allow-unmatched'],
       taesd: flags.taesd,
+      unet: flags.unet,
+      vae: flags.vae,
       onProgress: (p) => {
         const s = (Date.now() - started) / 1000;
         progress.update(`${p.component}: ${p.tensors}/${p.totalTensors} tensors, ${formatBytes(p.bytes)} (${formatBytes(p.bytes / Math.max(s, 1e-3))}/s)`);

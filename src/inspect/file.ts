@@ -1,9 +1,14 @@
-/** A single tensor file: a checkpoint in its original layout, a LoRA, or a file onestep cannot open (counted by key prefix). */
+/**
+ * A single tensor file: a checkpoint in its original layout, a LoRA, a UNet or VAE alone, or a file onestep cannot open
+ * (counted by key prefix).
+ */
+import { detectComponentKeys } from '../checkpoint/components.js';
 import { openCheckpoint } from '../checkpoint/open.js';
 import { detectSingleFile } from '../checkpoint/detect.js';
 import { isKnownIgnorableKey } from '../checkpoint/keymap-sd.js';
 import { convertibleLabels, FAMILIES, type FamilyDef } from '../families/index.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
+import { inspectComponent } from './component.js';
 import { inspectLora } from './lora.js';
 import { dtypeWarnings, emaWarning, finish, fromCheckpoint, isUnreadable, storedTensors, Tally, unknownKeysWarning, type InspectReport, type StoredTensor } from './report.js';
 
@@ -21,6 +26,8 @@ export async function inspectFile(path: string, pickled: string[]): Promise<Insp
     await set.close();
   }
   if (kind.kind === 'lora') return inspectLora(path, stored, metadata);
+  const component = detectComponentKeys(stored.map((t) => t.key));
+  if (component) return inspectComponent(path, component, stored, metadata);
 
   const warnings: string[] = [];
   if (kind.kind === 'checkpoint' && kind.family.convertible) {

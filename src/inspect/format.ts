@@ -75,7 +75,7 @@ function familyLabel(family: string): string {
 export function formatInspectReport(r: InspectReport): string {
   const lines: string[] = [r.path];
   const field = (name: string, value: string) => lines.push(`  ${`${name}:`.padEnd(13)}${value}`);
-  field('Kind', r.kind === 'lora' ? 'LoRA' : 'checkpoint');
+  field('Kind', r.kind === 'lora' ? 'LoRA' : r.kind === 'component' ? `${Object.keys(r.components)[0] === 'vae' ? 'VAE' : 'UNet'} alone` : 'checkpoint');
   field('Layout', r.lora ? `LoRA, ${KEY_STYLE_LABELS[r.lora.keyStyle] ?? r.lora.keyStyle}` : (LAYOUT_LABELS[r.layout] ?? r.layout));
   field('Family', familyLabel(r.family) + (r.lora ? ` (${r.lora.familyEvidence})` : ''));
   if (r.kind === 'checkpoint') field('Convertible', r.convertible ? 'yes' : 'no');

@@ -42,7 +42,7 @@ export interface LoraReport {
 
 export interface InspectReport {
   path: string;
-  kind: 'checkpoint' | 'lora';
+  kind: 'checkpoint' | 'lora' | 'component';
   layout: 'single-file' | 'diffusers' | 'lora';
   family: string;
   convertible: boolean;

@@ -81,7 +81,14 @@ export interface ModelManifest {
   /** A family id of src/families (sd1, sd2, sdxl, sdxs, pixart-alpha). */
   family: string;
   dtype: 'float32' | 'float16';
-  source: { name: string; layout: 'single-file' | 'diffusers'; sha256: string; loras: { name: string; sha256: string; scale: number }[] };
+  source: {
+    name: string;
+    layout: 'single-file' | 'diffusers';
+    sha256: string;
+    loras: { name: string; sha256: string; scale: number }[];
+    /** Components used instead of the checkpoint's own (`convert --unet / --vae`). */
+    components?: { component: string; name: string; sha256: string }[];
+  };
   conditioning: ConditioningEntry[];
   negative: NegativeConditioning;
   denoiser: DenoiserEntry;

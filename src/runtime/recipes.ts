@@ -10,14 +10,21 @@ import type { OneStepRecipe } from './model-dir.js';
 type RecipeValues = Omit<OneStepRecipe, 'name' | 'source'> & { families: FamilyId[]; about: string };
 
 export const RECIPES: Record<string, RecipeValues> = {
-  'sd-turbo': { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'SD-Turbo / SDXL-Turbo (adversarial diffusion distillation)' },
+  'sd-turbo': { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'SD-Turbo (adversarial diffusion distillation)' },
+  'sdxl-turbo': { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sdxl'], about: 'SDXL-Turbo (adversarial diffusion distillation; 512x512)' },
+  'dmd2-sdxl': { prediction_type: 'epsilon', timestep: 399, guidance: 0, informative_prior: false, families: ['sdxl'], about: 'DMD2 SDXL one-step UNet (LCM at timestep 399)' },
+  'hyper-sdxl-1step': { prediction_type: 'epsilon', timestep: 800, guidance: 0, informative_prior: false, families: ['sdxl'], about: 'Hyper-SDXL 1-step UNet (LCM at timestep 800)' },
+  'sdxl-lightning-1step': { prediction_type: 'sample', timestep: 999, guidance: 0, informative_prior: false, families: ['sdxl'], about: 'SDXL-Lightning 1-step UNet (x0 prediction)' },
+  'nitrofusion-realism': { prediction_type: 'epsilon', timestep: 249, guidance: 0, informative_prior: false, families: ['sdxl'], about: 'NitroSD-Realism (timestep shift 250: the UNet sees t=249)' },
+  'nitrofusion-vibrant': { prediction_type: 'epsilon', timestep: 499, guidance: 0, informative_prior: false, families: ['sdxl'], about: 'NitroSD-Vibrant (timestep shift 500: the UNet sees t=499)' },
+  'diffusion2gan': { prediction_type: 'sample', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sdxl'], about: 'Diffusion2GAN (x0 generator; no weights published)' },
   swiftbrush: { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'SwiftBrush v1/v2 (image-free distillation)' },
   dmd2: { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'DMD2 SD1.5 one-step generator' },
-  sdxs: { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'SDXS-512' },
+  sdxs: { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sdxs'], about: 'SDXS-512 (its AutoencoderTiny as the decoder)' },
   'hyper-sd': { prediction_type: 'epsilon', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'Hyper-SD 1-step LoRA (TCD, eta 1)' },
   yoso: { prediction_type: 'epsilon', timestep: 999, guidance: 1, informative_prior: true, families: ['sd1'], about: 'YOSO SD1.5 LoRA (LCM boundary; 1.5 with the informative prior)' },
   instaflow: { prediction_type: 'flow', timestep: 1000, guidance: 0, informative_prior: false, families: ['sd1'], about: 'InstaFlow-0.9B (rectified flow: x0 = z + v)' },
-  ufogen: { prediction_type: 'sample', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'UFOGen / Diffusion2GAN-style generators (predict x0 directly)' },
+  ufogen: { prediction_type: 'sample', timestep: 999, guidance: 0, informative_prior: false, families: ['sd1', 'sd2'], about: 'UFOGen-style generators (predict x0 directly)' },
   'pixart-dmd': { prediction_type: 'epsilon', timestep: 400, guidance: 1, informative_prior: false, families: ['pixart-alpha'], about: 'PixArt-alpha DMD (epsilon from the first 4 of 8 channels, from pure noise at t=400)' },
   'yoso-pixart-512': { prediction_type: 'v_prediction', timestep: 999, guidance: 1, informative_prior: false, families: ['pixart-alpha'], about: 'YOSO-PixArt-alpha 512' },
   'yoso-pixart-1024': { prediction_type: 'v_prediction', timestep: 999, guidance: 1, informative_prior: false, families: ['pixart-alpha'], about: 'YOSO-PixArt-alpha 1024 (micro-conditions)' },
@@ -27,17 +34,24 @@ export const RECIPE_NAMES = Object.keys(RECIPES);
 
 /** File or folder names by which published one-step models reveal themselves. */
 const NAME_PATTERNS: [RegExp, string][] = [
-  [/sd[-_]?turbo|sdxl[-_]?turbo/i, 'sd-turbo'],
+  [/sdxl[-_]?turbo|sd[-_]xl[-_]turbo/i, 'sdxl-turbo'],
+  [/sd[-_]?turbo/i, 'sd-turbo'],
   [/swift[-_]?brush/i, 'swiftbrush'],
   [/instaflow/i, 'instaflow'],
   [/^(?=.*1024)(?=.*(yoso.*pixart|pixart.*yoso))/i, 'yoso-pixart-1024'],
   [/yoso.*pixart|pixart.*yoso/i, 'yoso-pixart-512'],
   [/yoso/i, 'yoso'],
   [/pixart.*dmd|dmd.*pixart/i, 'pixart-dmd'],
+  [/^(?=.*dmd2)(?=.*sdxl)/i, 'dmd2-sdxl'],
   [/dmd2/i, 'dmd2'],
+  [/hyper[-_]?sdxl[-_]?1[-_]?step/i, 'hyper-sdxl-1step'],
   [/hyper[-_]?sd/i, 'hyper-sd'],
+  [/sdxl[-_]?lightning[-_]?1[-_]?step/i, 'sdxl-lightning-1step'],
+  [/nitro[-_]?(sd|fusion).*realism/i, 'nitrofusion-realism'],
+  [/nitro[-_]?(sd|fusion).*vibrant/i, 'nitrofusion-vibrant'],
   [/sdxs/i, 'sdxs'],
-  [/ufogen|diffusion2gan/i, 'ufogen'],
+  [/diffusion2gan/i, 'diffusion2gan'],
+  [/ufogen/i, 'ufogen'],
 ];
 
 /** A recipe named by a file's name or its safetensors metadata (modelspec.title, ss_output_name), if any. */

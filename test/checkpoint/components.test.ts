@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { copyFile, cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkComponentFits, detectComponentKeys, openComponent, withComponent, type OpenedComponent } from '../../src/checkpoint/components.js';
 import { unetConfigFromJson, vaeConfigFromJson } from '../../src/checkpoint/infer-config.js';
+import { convertCheckpoint } from '../../src/convert.js';
 import { BadInputError } from '../../src/errors.js';
 import { folderConfig, folderWeights } from '../support/fixtures.js';
 import { rewriteSafetensors } from './helpers.js';
@@ -98,5 +100,58 @@ describe('checkpoint/components', () => {
     assert.deepEqual(w.names(), [...base.names().filter((n) => n.startsWith('unet.')), ...other.names()].sort());
     assert.deepEqual(await w.readF32('vae.decoder.conv_in.weight'), await other.readF32('vae.decoder.conv_in.weight'));
     assert.deepEqual(await w.readF32('unet.conv_in.weight'), await base.readF32('unet.conv_in.weight'));
+  });
+});
+
+describe('convert --unet / --vae (withReplacedComponents)', function () {
+  this.timeout(300_000);
+  let tmp: string;
+  const graphBytes = (dir: string, g: string) => readFileSync(join(dir, `${g}.onnx.data`));
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'onestep-replace-'));
+    // A changed SD 1.5 UNet (conv_out negated), as a bare-LDM file and inside a copy of the folder.
+    await rewriteSafetensors(join(FIX, 'tiny-sd15.safetensors'), join(tmp, 'negated.safetensors'), {
+      drop: (k) => !k.startsWith('model.diffusion_model.'),
+      rename: (k) => k.slice('model.diffusion_model.'.length),
+      negate: (k) => k === 'model.diffusion_model.out.2.weight',
+    });
+    await cp(join(FIX, 'tiny-sd15'), join(tmp, 'sd15-negated'), { recursive: true });
+    await rewriteSafetensors(join(FIX, 'tiny-sd15', 'unet', 'diffusion_pytorch_model.safetensors'), join(tmp, 'sd15-negated', 'unet', 'diffusion_pytorch_model.safetensors'), {
+      negate: (k) => k === 'conv_out.weight',
+    });
+    await rewriteSafetensors(SDXL_FILE, join(tmp, 'vae-bare.safetensors'), { drop: (k) => !k.startsWith('first_stage_model.'), rename: (k) => k.slice('first_stage_model.'.length) });
+  });
+  after(() => rm(tmp, { recursive: true, force: true }));
+
+  it('SD 1.5: the base with another UNet gives exactly the graphs of a folder holding that UNet', async () => {
+    await convertCheckpoint(join(FIX, 'tiny-sd15'), { out: join(tmp, 'plain') });
+    const swapped = await convertCheckpoint(join(FIX, 'tiny-sd15'), { out: join(tmp, 'swapped'), unet: join(tmp, 'negated.safetensors') });
+    await convertCheckpoint(join(tmp, 'sd15-negated'), { out: join(tmp, 'reference') });
+    assert.ok(graphBytes(join(tmp, 'swapped'), 'unet').equals(graphBytes(join(tmp, 'reference'), 'unet')));
+    assert.ok(!graphBytes(join(tmp, 'swapped'), 'unet').equals(graphBytes(join(tmp, 'plain'), 'unet')));
+    for (const g of ['text_encoder', 'vae_decoder']) assert.ok(graphBytes(join(tmp, 'swapped'), g).equals(graphBytes(join(tmp, 'plain'), g)), g);
+    assert.deepEqual(swapped.manifest.source.components?.map((c) => [c.component, c.name]), [['unet', 'negated.safetensors']]);
+    assert.ok(swapped.notes.some((n) => /UNet from .*negated\.safetensors \(ldm keys, the base's unet config\)/.test(n)), swapped.notes.join('; '));
+  });
+
+  it('SDXL single file with --unet and --vae from the folder: the same graphs; the UNet\'s name picks the recipe', async () => {
+    await copyFile(join(FIX, 'tiny-sdxl', 'unet', 'diffusion_pytorch_model.safetensors'), join(tmp, 'sdxl_lightning_1step_unet_x0.safetensors'));
+    const r = await convertCheckpoint(SDXL_FILE, { out: join(tmp, 'xl-swapped'), unet: join(tmp, 'sdxl_lightning_1step_unet_x0.safetensors'), vae: join(tmp, 'vae-bare.safetensors') });
+    await convertCheckpoint(SDXL_FILE, { out: join(tmp, 'xl-plain') });
+    for (const g of ['text_encoder', 'text_encoder_2', 'unet', 'vae_decoder', 'vae_encoder']) assert.ok(graphBytes(join(tmp, 'xl-swapped'), g).equals(graphBytes(join(tmp, 'xl-plain'), g)), g);
+    assert.equal(r.manifest.recipe.name, 'sdxl-lightning-1step');
+    assert.match(r.manifest.recipe.source, /sdxl_lightning_1step_unet_x0/);
+    assert.equal(r.manifest.recipe.prediction_type, 'sample');
+  });
+
+  it('refuses a component of another family or shape, or the wrong kind, before any output exists', async () => {
+    const refuses = async (opts: Parameters<typeof convertCheckpoint>[1], base: string, re: RegExp) => {
+      await assert.rejects(convertCheckpoint(base, opts), (e: unknown) => e instanceof BadInputError && re.test(e.message));
+      assert.ok(!existsSync(opts.out), 'no output');
+    };
+    await refuses({ out: join(tmp, 'x1'), unet: join(FIX, 'tiny-sd15', 'unet') }, SDXL_FILE, /is a UNet with cross_attention_dim 32, but .*tiny-sdxl\.safetensors needs 24/);
+    await refuses({ out: join(tmp, 'x2'), unet: join(tmp, 'negated.safetensors') }, SDXL_FILE, /negated\.safetensors: .*(missing|wrong shape|does not build)/);
+    await refuses({ out: join(tmp, 'x3'), unet: join(tmp, 'vae-bare.safetensors') }, join(FIX, 'tiny-sd15'), /holds a VAE, not a UNet/);
+    await refuses({ out: join(tmp, 'x4'), vae: join(FIX, 'tiny-sdxl', 'vae') }, join(FIX, 'tiny-sdxs'), /SDXS has no AutoencoderKL VAE/);
   });
 });

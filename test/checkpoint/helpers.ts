@@ -1,6 +1,6 @@
 /** Test helper: writes a modified copy of a safetensors file (renamed, dropped, reshaped or added tensors, metadata). */
 import { SafetensorsFile } from '../../src/safetensors/reader.js';
-import type { SafetensorsDType } from '../../src/safetensors/dtypes.js';
+import { f16ToF32, f32ToF16, type SafetensorsDType } from '../../src/safetensors/dtypes.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/safetensors/writer.js';
 
 export interface RewriteOptions {
@@ -10,6 +10,10 @@ export interface RewriteOptions {
   /** A second copy of a tensor under another name, optionally negated (float16 / float32 sign flip). */
   extra?: (key: string) => { name: string; negate?: boolean } | undefined;
   extraPlain?: { name: string; shape: number[]; values: number[] }[];
+  /** Store these tensors negated (float16 / float32 sign flip). */
+  negate?: (key: string) => boolean;
+  /** Store these float16 tensors multiplied by the factor (rounded back to float16). */
+  scale?: (key: string) => number | undefined;
   metadata?: Record<string, string>;
 }
 
@@ -31,7 +35,16 @@ export async function rewriteSafetensors(src: string, dst: string, opts: Rewrite
         name: opts.rename ? opts.rename(key) : key,
         dtype: info.dtype,
         shape: opts.reshape?.(key) ?? info.shape,
-        data: () => file.readRaw(key),
+        data: async () => {
+          const factor = opts.scale?.(key);
+          if (factor !== undefined) {
+            if (info.dtype !== 'F16') throw new Error(`scale: ${key} is ${info.dtype}, not F16`);
+            const raw = await file.readRaw(key);
+            const h = new Uint16Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
+            return new Uint8Array(f32ToF16(f16ToF32(h).map((v) => v * factor)).buffer);
+          }
+          return opts.negate?.(key) ? negated(info.dtype, await file.readRaw(key)) : file.readRaw(key);
+        },
       });
       const extra = opts.extra?.(key);
       if (extra) {
