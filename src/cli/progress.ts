@@ -15,7 +15,8 @@ export class Progress {
   update(text: string): void {
     if (this.quiet) return;
     if (process.stderr.isTTY) {
-      if (!this.spinner) this.spinner = ora({ text, stream: process.stderr }).start();
+      // discardStdin: false, else ora puts the terminal in raw mode and a typed Ctrl-C never becomes SIGINT.
+      if (!this.spinner) this.spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
       else this.spinner.text = text;
       return;
     }

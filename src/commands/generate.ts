@@ -182,9 +182,18 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     }
     const controller = new AbortController();
     let interrupts = 0;
-    const onSigint = () => {
+    const onSigint = (signal: NodeJS.Signals) => {
       interrupts++;
-      if (interrupts > 1) process.exit(130);
+      if (interrupts > 1) {
+        // Quit now. process.exit would tear down ONNX Runtime's worker threads mid-run (SIGABRT, "Napi::Error"): the
+        // exit hooks run here instead (partial files, the folder's lock; the manifest is whole line by line), then the
+        // process ends by the signal itself (status 130 for SIGINT), which runs no teardown.
+        process.emit('exit', 128 + (signal === 'SIGTERM' ? 15 : 2));
+        process.removeAllListeners('SIGINT');
+        process.removeAllListeners('SIGTERM');
+        process.kill(process.pid, signal);
+        return;
+      }
       progress.note('interrupted: finishing the batches in flight and flushing the manifest (Ctrl-C again to quit now)');
       controller.abort();
     };

@@ -3,7 +3,7 @@
  * golden images, streaming from a named pipe, SIGKILL + --resume, SIGINT, bad prompt lines, the bundled demo model, --json.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -276,6 +276,45 @@ describe('onestep generate (spawned CLI)', function () {
     assert.ok(summary.images < 200);
     await assertCleanFolder(out, entries);
     assert.deepEqual(images(out).sort(), entries.map((e) => e.file).sort(), 'every image on disk is in the manifest');
+  });
+
+  it('Ctrl-C typed in a terminal (a pseudo-terminal, via script): the first stops and exits 130, a second quits at once by SIGINT', async function () {
+    if (spawnSync('script', ['--version']).status !== 0) this.skip(); // util-linux's script: in every Debian
+    const dir = path.join(work, 'ctrl-c');
+    fs.mkdirSync(dir);
+    const prompts = path.join(dir, 'prompts.txt');
+    fs.writeFileSync(prompts, Array.from({ length: 400 }, (_, i) => `ctrl-c prompt ${i}\n`).join(''));
+    for (const presses of [1, 2]) {
+      const out = path.join(dir, `out-${presses}`);
+      const cmd = [process.execPath, BIN, 'generate', prompts, '--model', sd15, '-o', out, '--seed', '3', '--device', 'cpu', '--width', '128', '--height', '128']
+        .map((a) => `'${a}'`)
+        .join(' ');
+      // script runs the command on a new pseudo-terminal: stderr is a TTY (the spinner runs) and a \x03 written to it is
+      // a typed Ctrl-C, which the terminal turns into SIGINT unless something put it in raw mode.
+      const child = spawn('script', ['-qfec', `stty cols 100 rows 30; exec ${cmd}`, '/dev/null'], { cwd: ROOT, env: cleanEnv(cache), stdio: ['pipe', 'pipe', 'pipe'] });
+      let tty = '';
+      child.stdout!.setEncoding('utf8').on('data', (d: string) => (tty += d));
+      const done = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      await waitFor('the spinner counting images', () => /\d+ images, /.test(tty), 240_000, child);
+      child.stdin!.write('\x03');
+      if (presses === 2) {
+        await new Promise((r) => setTimeout(r, 300));
+        child.stdin!.write('\x03');
+      }
+      const pressed = Date.now();
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      const code = await done;
+      clearTimeout(timer);
+      const plain = tty.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '');
+      // script -e gives the command's status: 130 for exit(130), 128 + 2 for death by SIGINT (not 134, SIGABRT).
+      assert.equal(code, 130, `${presses} Ctrl-C: status ${code} after ${Date.now() - pressed} ms\n${plain.slice(-2000)}`);
+      assert.match(plain, /interrupted: finishing the batches in flight/);
+      assert.doesNotMatch(plain, /Napi::Error|terminate called|Abort/);
+      if (presses === 1) assert.match(plain, /images in [\d.]+ s/);
+      const entries = readManifest(out);
+      assert.deepEqual(images(out).sort(), entries.map((e) => e.file).sort(), 'every image on disk is in the manifest');
+      assert.deepEqual(fs.readdirSync(out).filter((f) => TEMP_FILE.test(f) || f === '.onestep.lock'), [], 'no temp files, no lock left');
+    }
   });
 
   it('bad lines are reported with line numbers and skipped; --strict stops at the first naming file:line', async () => {
