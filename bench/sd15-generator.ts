@@ -73,7 +73,7 @@ export function sd15Tensors(): { key: string; canonical: string; shape: number[]
 }
 
 /** A fixed pool of N(0, 0.02^2) values (Box-Muller over xorshift32); tensors copy slices of it at their own offsets. */
-function normalPool(length: number, seed = 0x2545f491): Float32Array {
+export function normalPool(length: number, seed = 0x2545f491): Float32Array {
   const pool = new Float32Array(length);
   let s = seed >>> 0 || 1;
   const uniform = (): number => {
@@ -91,7 +91,7 @@ function normalPool(length: number, seed = 0x2545f491): Float32Array {
   return pool;
 }
 
-const isNorm = (canonical: string): boolean => /(^|\.)(norm\d?|group_norm|conv_norm_out|layer_norm\d|final_layer_norm)\.(weight|bias)$/.test(canonical);
+export const isNorm = (canonical: string): boolean => /(^|\.)(norm\d?|group_norm|conv_norm_out|layer_norm\d|final_layer_norm)\.(weight|bias)$/.test(canonical);
 
 export interface GenerateOptions {
   dtype?: 'f32' | 'f16';
@@ -142,7 +142,7 @@ export async function generateSd15(path: string, opts: GenerateOptions = {}): Pr
   return { tensors: tensors.length, dataBytes };
 }
 
-function bytesOf(a: ArrayBufferView): Uint8Array {
+export function bytesOf(a: ArrayBufferView): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
