@@ -1,6 +1,6 @@
 /** Test helper: writes a modified copy of a safetensors file (renamed, dropped, reshaped or added tensors, metadata). */
 import { SafetensorsFile } from '../../src/safetensors/reader.js';
-import { f16ToF32, f32ToF16, type SafetensorsDType } from '../../src/safetensors/dtypes.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, type SafetensorsDType } from '../../src/safetensors/dtypes.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/safetensors/writer.js';
 
 export interface RewriteOptions {
@@ -14,6 +14,10 @@ export interface RewriteOptions {
   negate?: (key: string) => boolean;
   /** Store these float16 tensors multiplied by the factor (rounded back to float16). */
   scale?: (key: string) => number | undefined;
+  /** Store every float16 tensor in this dtype instead (F32 exactly; BF16 rounded to nearest even). */
+  dtype?: 'F32' | 'BF16';
+  /** Store every bfloat16 tensor as float32 (exactly). */
+  bf16AsF32?: boolean;
   metadata?: Record<string, string>;
 }
 
@@ -31,6 +35,32 @@ export async function rewriteSafetensors(src: string, dst: string, opts: Rewrite
     const list: TensorToWrite[] = [];
     for (const [key, info] of file.tensors) {
       if (opts.drop?.(key)) continue;
+      if (opts.bf16AsF32 && info.dtype === 'BF16') {
+        list.push({
+          name: opts.rename ? opts.rename(key) : key,
+          dtype: 'F32',
+          shape: info.shape,
+          data: async () => {
+            const raw = await file.readRaw(key);
+            return new Uint8Array(bf16ToF32(new Uint16Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength))).buffer);
+          },
+        });
+        continue;
+      }
+      if (opts.dtype && info.dtype === 'F16') {
+        const to = opts.dtype;
+        list.push({
+          name: opts.rename ? opts.rename(key) : key,
+          dtype: to,
+          shape: info.shape,
+          data: async () => {
+            const raw = await file.readRaw(key);
+            const f = f16ToF32(new Uint16Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)));
+            return new Uint8Array(to === 'F32' ? f.buffer : f32ToBf16(f).buffer);
+          },
+        });
+        continue;
+      }
       list.push({
         name: opts.rename ? opts.rename(key) : key,
         dtype: info.dtype,

@@ -14,6 +14,7 @@ import { convertCheckpoint } from '../../src/convert.js';
 import { mergeLorasIntoCheckpoint } from '../../src/lora/merge-checkpoint.js';
 import { OneStepEngine, type ImageRequest } from '../../src/runtime/engine.js';
 import { readModelManifest } from '../../src/runtime/model-dir.js';
+import { rewriteSafetensors } from '../checkpoint/helpers.js';
 import { caseBound, ulpSensitivity } from '../support/bounds.js';
 import { FIXTURES, goldens, readSafetensors, relErr, type Tensor } from '../support/fixtures.js';
 
@@ -75,6 +76,27 @@ describe('families/sdxl (tiny-sdxl)', function () {
     assert.deepEqual(m.denoiser.inputs, ['sample', 'timestep', 'encoder_hidden_states', 'text_embeds', 'time_ids']);
     assert.equal(m.latent.scaling_factor, 0.13025);
     assert.equal((await readModelManifest(fileModel)).latent.scaling_factor, 0.13025);
+  });
+
+  it('SGM files in float32 and bfloat16 open too: float32 gives the same graphs, bfloat16 those of its values in float32', async () => {
+    const copy = async (name: string, opts: Parameters<typeof rewriteSafetensors>[2]) => {
+      await rewriteSafetensors(path.join(FIXTURES, 'tiny-sdxl.safetensors'), path.join(work, name), opts);
+      return path.join(work, name);
+    };
+    const configDir = path.join(FIXTURES, 'tiny-sdxl');
+    const f32File = await copy('sdxl-f32.safetensors', { dtype: 'F32' });
+    await convertCheckpoint(f32File, { out: path.join(work, 'f32'), configDir });
+    const bf16File = await copy('sdxl-bf16.safetensors', { dtype: 'BF16' });
+    await convertCheckpoint(bf16File, { out: path.join(work, 'bf16'), configDir });
+    // The bfloat16 values, stored exactly as float32.
+    await rewriteSafetensors(bf16File, path.join(work, 'sdxl-bf16-as-f32.safetensors'), { bf16AsF32: true });
+    await convertCheckpoint(path.join(work, 'sdxl-bf16-as-f32.safetensors'), { out: path.join(work, 'bf16-as-f32'), configDir });
+    const data = (dir: string, g: string) => fs.readFileSync(path.join(dir, `${g}.onnx.data`));
+    for (const g of ['text_encoder', 'text_encoder_2', 'unet', 'vae_decoder']) {
+      assert.ok(data(path.join(work, 'f32'), g).equals(data(fileModel, g)), `f32 ${g}`);
+      assert.ok(data(path.join(work, 'bf16'), g).equals(data(path.join(work, 'bf16-as-f32'), g)), `bf16 ${g}`);
+      assert.ok(!data(path.join(work, 'bf16'), g).equals(data(fileModel, g)), `bf16 ${g} really rounded`);
+    }
   });
 
   it('text encoders: hidden_states[-2] of both and the pooled text_embeds equal transformers\' (relErr <= 1e-4)', async () => {
