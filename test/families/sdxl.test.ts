@@ -14,6 +14,7 @@ import { convertCheckpoint } from '../../src/convert.js';
 import { mergeLorasIntoCheckpoint } from '../../src/lora/merge-checkpoint.js';
 import { OneStepEngine, type ImageRequest } from '../../src/runtime/engine.js';
 import { readModelManifest } from '../../src/runtime/model-dir.js';
+import { ClipTokenizer } from '../../src/runtime/tokenizer.js';
 import { rewriteSafetensors } from '../checkpoint/helpers.js';
 import { caseBound, ulpSensitivity } from '../support/bounds.js';
 import { FIXTURES, goldens, readSafetensors, relErr, type Tensor } from '../support/fixtures.js';
@@ -96,6 +97,24 @@ describe('families/sdxl (tiny-sdxl)', function () {
       assert.ok(data(path.join(work, 'f32'), g).equals(data(fileModel, g)), `f32 ${g}`);
       assert.ok(data(path.join(work, 'bf16'), g).equals(data(path.join(work, 'bf16-as-f32'), g)), `bf16 ${g}`);
       assert.ok(!data(path.join(work, 'bf16'), g).equals(data(fileModel, g)), `bf16 ${g} really rounded`);
+    }
+  });
+
+  it('both tokenizers (tokenizer pads with <|endoftext|>, tokenizer_2 with "!") match the pipeline ids of 150 prompts', async () => {
+    // A single file with no config folder beside it gets CLIP's vocabulary shipped with onestep, with SDXL's pads.
+    fs.copyFileSync(path.join(FIXTURES, 'tiny-sdxl.safetensors'), path.join(work, 'alone.safetensors'));
+    const alone = path.join(work, 'alone');
+    await convertCheckpoint(path.join(work, 'alone.safetensors'), { out: alone });
+    for (const [dir, file] of [
+      ['tokenizer', 'tiny-sdxl-tokenizer.jsonl'],
+      ['tokenizer_2', 'tiny-sdxl-tokenizer_2.jsonl'],
+    ]) {
+      const expected = fs.readFileSync(path.join(FIXTURES, 'goldens', file), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as { prompt: string; input_ids: number[] });
+      assert.equal(expected.length, 150);
+      for (const model of [folderModel, fileModel, alone]) {
+        const tok = await ClipTokenizer.load(path.join(model, dir));
+        for (const { prompt, input_ids } of expected) assert.deepEqual([...tok.encode(prompt).ids], input_ids, `${dir}: ${JSON.stringify(prompt)}`);
+      }
     }
   });
 
