@@ -322,8 +322,8 @@ describe('convertCheckpoint refuses bad input, leaving nothing behind', function
     assert.deepEqual(readdirSync(out), ['keep.txt']);
   });
 
-  it('a PixArt folder (opened, not convertible yet)', async () => {
-    await refuses(join(FIXTURES, 'tiny-pixart'), /tiny-pixart: is a PixArt-α-family pipeline folder, which onestep recognises but cannot convert yet/);
+  it('a PixArt folder with a recipe for SD', async () => {
+    await refuses(join(FIXTURES, 'tiny-pixart'), /recipe "yoso" is for sd1 models, not pixart-alpha/, { recipe: 'yoso' });
     assert.deepEqual(readdirSync(outParent), []);
   });
 

@@ -87,9 +87,12 @@ export interface PixArtInputs {
   aspectRatio?: Value;
 }
 
+/** Every linear of the transformer has a bias (attention_bias, PixArt's projections): a missing one is an error. */
+const BIAS = { bias: true };
+
 /** LayerNorm over the last axis with statistics in float32; without weights when the module has no affine part. */
-function layerNorm(g: Graph, x: Value, prefix: string, eps: number, dim: number): Value {
-  if (g.hasWeight(`${prefix}.weight`)) return g.layerNorm(x, prefix, eps);
+function layerNorm(g: Graph, x: Value, prefix: string, eps: number, dim: number, affine: boolean): Value {
+  if (affine) return g.layerNorm(x, prefix, eps);
   return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
     return g.node('LayerNormalization', [x, g.constant(new Float32Array(dim).fill(1), [dim])], { axis: -1, epsilon: { float: eps }, stash_type: 1 })[0];
   });
@@ -104,7 +107,7 @@ function sinusoidalEmbedding(g: Graph, t: Value, channels: number): Value {
 
 /** TimestepEmbedding: linear_1 -> silu -> linear_2. */
 function timestepEmbedding(g: Graph, x: Value, prefix: string): Value {
-  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => g.linear(g.silu(g.linear(x, `${prefix}.linear_1`)), `${prefix}.linear_2`));
+  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => g.linear(g.silu(g.linear(x, `${prefix}.linear_1`, BIAS)), `${prefix}.linear_2`, BIAS));
 }
 
 /**
@@ -138,16 +141,16 @@ export function positionEmbedding(g: Graph, cfg: PixArtConfig, h: Value, w: Valu
 function attention(g: Graph, x: Value, context: Value | undefined, heads: number, prefix: string, bias?: Value): Value {
   return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
     const kv = context ?? x;
-    const q = g.linear(x, `${prefix}.to_q`);
-    const k = g.linear(kv, `${prefix}.to_k`);
-    const v = g.linear(kv, `${prefix}.to_v`);
-    return g.linear(g.attention(q, k, v, heads, { attentionBias: bias }), `${prefix}.to_out.0`);
+    const q = g.linear(x, `${prefix}.to_q`, BIAS);
+    const k = g.linear(kv, `${prefix}.to_k`, BIAS);
+    const v = g.linear(kv, `${prefix}.to_v`, BIAS);
+    return g.linear(g.attention(q, k, v, heads, { attentionBias: bias }), `${prefix}.to_out.0`, BIAS);
   });
 }
 
 /** FeedForward with gelu-approximate: net.0.proj -> gelu(tanh) -> net.2. */
 function feedForward(g: Graph, x: Value, prefix: string): Value {
-  return g.scope('ff', () => g.linear(g.gelu(g.linear(x, `${prefix}.net.0.proj`), 'tanh'), `${prefix}.net.2`));
+  return g.scope('ff', () => g.linear(g.gelu(g.linear(x, `${prefix}.net.0.proj`, BIAS), 'tanh'), `${prefix}.net.2`, BIAS));
 }
 
 /**
@@ -163,10 +166,10 @@ function adaNormSingleBlock(g: Graph, cfg: PixArtConfig, x: Value, context: Valu
     const one = g.scalar(1);
     const modulate = (t: Value, shift: Value, scale: Value) => g.add(g.mul(t, g.add(one, scale)), shift);
     const heads = cfg.num_attention_heads;
-    let h = modulate(layerNorm(g, x, `${prefix}.norm1`, cfg.norm_eps, dim), shiftMsa, scaleMsa);
+    let h = modulate(layerNorm(g, x, `${prefix}.norm1`, cfg.norm_eps, dim, cfg.norm_elementwise_affine), shiftMsa, scaleMsa);
     h = g.add(g.mul(gateMsa, attention(g, h, undefined, heads, `${prefix}.attn1`)), x);
     h = g.add(attention(g, h, context, heads, `${prefix}.attn2`, contextBias), h);
-    const n = modulate(layerNorm(g, h, `${prefix}.norm2`, cfg.norm_eps, dim), shiftMlp, scaleMlp);
+    const n = modulate(layerNorm(g, h, `${prefix}.norm2`, cfg.norm_eps, dim, cfg.norm_elementwise_affine), shiftMlp, scaleMlp);
     return g.add(g.mul(gateMlp, feedForward(g, n, `${prefix}.ff`)), h);
   });
 }
@@ -206,11 +209,11 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
       }
       return emb;
     });
-    const tBlock = g.scope('adaln_single', () => g.linear(g.silu(embedded), `${prefix}.adaln_single.linear`));
+    const tBlock = g.scope('adaln_single', () => g.linear(g.silu(embedded), `${prefix}.adaln_single.linear`, BIAS));
 
     const context = g.scope('caption_projection', () => {
       const c = `${prefix}.caption_projection`;
-      return g.linear(g.gelu(g.linear(g.cast(x.encoderHiddenStates, g.dtype), `${c}.linear_1`), 'tanh'), `${c}.linear_2`);
+      return g.linear(g.gelu(g.linear(g.cast(x.encoderHiddenStates, g.dtype), `${c}.linear_1`, BIAS), 'tanh'), `${c}.linear_2`, BIAS);
     });
     // (1 - mask) * -10000 on the caption tokens, [B, 1, h*w, L] as MultiHeadAttention takes it.
     const contextBias = g.scope('encoder_attention_mask', () => {
@@ -226,8 +229,8 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
     // Final layer: LayerNorm modulated by the table plus the embedded timestep (not t_block), then the projection.
     const out = g.scope('proj_out', () => {
       const [shift, scale] = g.split(g.add(g.unsqueeze(g.weight(`${prefix}.scale_shift_table`), [0]), g.unsqueeze(embedded, [1])), [1, 1], 1);
-      const normed = layerNorm(g, hidden, `${prefix}.norm_out`, 1e-6, dim);
-      return g.linear(g.add(g.mul(normed, g.add(g.scalar(1), scale)), shift), `${prefix}.proj_out`);
+      const normed = layerNorm(g, hidden, `${prefix}.norm_out`, 1e-6, dim, false);
+      return g.linear(g.add(g.mul(normed, g.add(g.scalar(1), scale)), shift), `${prefix}.proj_out`, BIAS);
     });
 
     // Unpatchify: [B, h*w, p*p*C] -> [B, h, w, p, p, C] -> [B, C, h, p, w, p] -> [B, C, H, W].

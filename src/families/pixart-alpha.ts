@@ -1,16 +1,171 @@
 /**
  * PixArt-α (YOSO-PixArt, PixArt-DMD; PixArt-Σ transformers of the same class): a DiT (PixArtTransformer2DModel)
  * conditioned on a T5 v1.1 XXL encoder through masked cross-attention, an AutoencoderKL. Published as diffusers
- * folders.
+ * folders; the original PixArt repository's checkpoints (blocks.N.* keys) are not read.
  */
-import type { FamilyDef } from './types.js';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { buildPixArtTransformerGraph, normalizePixArtConfig, type PixArtConfig } from '../architectures/pixart-transformer.js';
+import { buildT5EncoderGraph, normalizeT5Config, type T5Config } from '../architectures/t5-encoder.js';
+import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeScaleFactor } from '../architectures/vae.js';
+import type { VaeConfig } from '../checkpoint/configs.js';
+import type { WeightSource } from '../checkpoint/weight-source.js';
+import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
+import { vaeConfigFromJson } from '../checkpoint/infer-config.js';
+import { BadInputError, OnestepError } from '../errors.js';
+import { T5Tokenizer } from '../runtime/t5-tokenizer.js';
+import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
+
+const COMPONENTS = ['transformer', 'text_encoder', 'vae'];
+/** max_sequence_length of PixArtAlphaPipeline (120) and PixArtSigmaPipeline (300). */
+const MAX_LENGTH = { PixArtAlphaPipeline: 120, PixArtSigmaPipeline: 300 } as const;
+
+interface PixArtConfigs {
+  transformer: PixArtConfig;
+  text_encoder: T5Config;
+  vae: VaeConfig;
+}
+
+const configsOf = (ckpt: Checkpoint) => ckpt.configs as unknown as PixArtConfigs;
+
+function maxLengthOf(ckpt: Checkpoint): number {
+  return ckpt.pipelineIndex._class_name === 'PixArtSigmaPipeline' ? MAX_LENGTH.PixArtSigmaPipeline : MAX_LENGTH.PixArtAlphaPipeline;
+}
+
+/** A network config, or the config.json named in a BadInputError when onestep does not build that variant. */
+function readConfig<T>(dir: string, component: string, read: () => T): T {
+  try {
+    return read();
+  } catch (e) {
+    if (e instanceof OnestepError && !(e instanceof BadInputError)) throw new BadInputError(path.join(dir, component, 'config.json'), e.message.replace(/^[^:]*: /, ''), e.hint);
+    throw e;
+  }
+}
+
+async function openPixArtFolder(folder: FolderInput, opts: OpenOptions): Promise<Checkpoint> {
+  const { dir } = folder;
+  const { weights, rawConfigs } = await openFolderComponents(dir, COMPONENTS);
+  try {
+    const notes: string[] = [];
+    const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
+    const transformer = readConfig(dir, 'transformer', () => normalizePixArtConfig(rawConfigs.transformer));
+    const textEncoder = readConfig(dir, 'text_encoder', () => normalizeT5Config(rawConfigs.text_encoder));
+    const vae = vaeConfigFromJson(rawConfigs.vae);
+    const tokenizer = path.join(dir, 'tokenizer');
+    const ckpt: Checkpoint = {
+      path: dir,
+      layout: 'diffusers',
+      family: PIXART_ALPHA,
+      weights,
+      configs: { transformer, text_encoder: textEncoder, vae },
+      scheduler,
+      rawConfigs,
+      tokenizerDirs: (await pathExists(tokenizer)) ? { tokenizer } : {},
+      pipelineIndex: folder.index,
+      notes,
+      unmappedKeys: [],
+      metadata: {},
+    };
+    if (!ckpt.tokenizerDirs.tokenizer) throw new BadInputError(dir, 'has no tokenizer/ folder', 'A PixArt folder needs its T5 tokenizer (tokenizer/spiece.model).');
+    if (transformer.caption_channels !== textEncoder.d_model) {
+      throw new BadInputError(dir, `the transformer reads ${transformer.caption_channels}-wide captions but the T5 encoder gives ${textEncoder.d_model}`, 'The transformer and text encoder do not belong together.');
+    }
+    ckpt.unmappedKeys = checkWeights(ckpt);
+    return ckpt;
+  } catch (e) {
+    await weights.close();
+    throw e;
+  }
+}
+
+/**
+ * The graphs' dry run over the folder's shapes: every weight they read must be there (all missing ones are named; a
+ * missing one is given a placeholder shape so the run goes on to find the others, and nothing is written). Returns the
+ * folder's tensors the graphs do not read (reported as unused).
+ */
+function checkWeights(ckpt: Checkpoint): string[] {
+  const used = new Set<string>();
+  const missing = new Set<string>();
+  const source = ckpt.weights;
+  const recording: WeightSource = {
+    names: () => source.names(),
+    has: (n) => source.has(n),
+    meta: (n) => {
+      if (source.has(n)) return source.meta(n);
+      missing.add(n);
+      return { shape: [1, 1], dtype: 'F32' };
+    },
+    readF32: (n) => source.readF32(n),
+    close: async () => {},
+  };
+  for (const spec of pixartGraphs(ckpt)) {
+    try {
+      const g = spec.build(recording, 'float32');
+      for (const init of g.initializers.values()) if (init.weight) used.add(init.weight.key);
+    } catch (e) {
+      if (missing.size === 0) throw e;
+    }
+  }
+  if (missing.size) {
+    const list = [...missing];
+    throw new BadInputError(
+      ckpt.path,
+      `is incomplete: ${list.length} tensor(s) missing: ${list.slice(0, 8).join('; ')}${list.length > 8 ? '; ...' : ''}`,
+      'Download the folder again: a weight file is missing or truncated.',
+    );
+  }
+  return source.names().filter((n) => !used.has(n));
+}
+
+function pixartGraphs(ckpt: Checkpoint): GraphSpec[] {
+  const { transformer, text_encoder, vae } = configsOf(ckpt);
+  return [
+    { name: 'text_encoder', build: (w, dtype) => buildT5EncoderGraph(w, text_encoder, dtype) },
+    { name: 'transformer', build: (w, dtype) => buildPixArtTransformerGraph(w, transformer, dtype) },
+    { name: 'vae_decoder', build: (w, dtype) => buildVaeDecoderGraph(w, vae, dtype) },
+    { name: 'vae_encoder', build: (w, dtype) => buildVaeEncoderGraph(w, vae, dtype) },
+  ];
+}
+
+function pixartInference(ckpt: Checkpoint): InferenceDeclaration {
+  const { transformer, vae } = configsOf(ckpt);
+  const downscale = vaeScaleFactor(vae);
+  const size = transformer.sample_size * downscale;
+  const micro = transformer.use_additional_conditions ? ['resolution', 'aspect_ratio'] : [];
+  return {
+    conditioning: [
+      {
+        tokenizer: 'tokenizer',
+        max_length: maxLengthOf(ckpt),
+        graph: 'text_encoder.onnx',
+        attention_mask: true,
+        outputs: { last_hidden_state: 'encoder_hidden_states' },
+        mask_to: 'encoder_attention_mask',
+      },
+    ],
+    negative: 'encode',
+    denoiser: { graph: 'transformer.onnx', inputs: ['sample', 'timestep', 'encoder_hidden_states', 'encoder_attention_mask', ...micro], out_channels: transformer.out_channels },
+    latent: { channels: vae.latent_channels, scaling_factor: vae.scaling_factor, shift_factor: vae.shift_factor, downscale },
+    default_size: { width: size, height: size },
+  };
+}
 
 export const PIXART_ALPHA: FamilyDef = {
   id: 'pixart-alpha',
   label: 'PixArt-α',
-  convertible: false,
-  detectFolder: ({ pipelineClass }) => /^PixArt(Alpha|Sigma)Pipeline$/.test(pipelineClass),
-  folderComponents: ['transformer', 'text_encoder', 'vae'],
+  convertible: true,
+  detectFolder: ({ pipelineClass, index }) =>
+    /^PixArt(Alpha|Sigma)Pipeline$/.test(pipelineClass) || (Array.isArray(index.transformer) && index.transformer[1] === 'PixArtTransformer2DModel'),
+  folderComponents: COMPONENTS,
   singleFilePrefixes: {},
+  openFolder: openPixArtFolder,
+  graphs: pixartGraphs,
+  writeTokenizers: async (ckpt, dir) => {
+    const out = path.join(dir, 'tokenizer');
+    await mkdir(out);
+    const tok = await T5Tokenizer.fromFolder(ckpt.tokenizerDirs.tokenizer, { maxLength: maxLengthOf(ckpt), preprocess: 'lower-strip' });
+    await tok.save(out);
+  },
+  inference: pixartInference,
   lora: { components: ['transformer'], contextWidths: [] },
 };

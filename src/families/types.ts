@@ -4,6 +4,7 @@
  * adding a file (plus its architecture files), not editing a dozen switches.
  */
 import type { ClipTextOutput } from '../architectures/clip-text.js';
+import type { T5Config } from '../architectures/t5-encoder.js';
 import type { ClipTextConfig, SchedulerConfig, UNetConfig, VaeConfig } from '../checkpoint/configs.js';
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import type { Graph } from '../onnx/graph.js';
@@ -17,7 +18,8 @@ export type Layout = 'single-file' | 'diffusers';
 export interface CheckpointConfigs {
   unet?: UNetConfig;
   vae?: VaeConfig;
-  text_encoder?: ClipTextConfig;
+  /** CLIP (SD, SDXL) or T5 (PixArt). */
+  text_encoder?: ClipTextConfig | T5Config;
   [component: string]: object | undefined;
 }
 

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { BadInputError, OnestepError } from '../errors.js';
 import { fixText } from './ftfy.js';
+import { T5Tokenizer } from './t5-tokenizer.js';
 
 /** CLIP's word pattern (the slow tokenizer's, minus its two special tokens which we split off beforehand). */
 const CLIP_SPLIT_PATTERN = "'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+";
@@ -300,6 +301,7 @@ export interface PromptTokenizer {
  */
 export const TOKENIZER_LOADERS: Record<string, (dir: string) => Promise<PromptTokenizer>> = {
   clip: (dir) => ClipTokenizer.load(dir),
+  t5: (dir) => T5Tokenizer.load(dir),
 };
 
 /** Loads a model directory's tokenizer folder, whatever its kind. */

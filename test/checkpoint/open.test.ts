@@ -161,8 +161,17 @@ describe('checkpoint/open', () => {
     }
   });
 
-  it('tiny-pixart folder: recognised as PixArt-α, refused while that family does not convert', async () => {
-    await expectError(join(FIX, 'tiny-pixart'), /PixArt-α-family pipeline folder, which onestep recognises but cannot convert yet/);
+  it('tiny-pixart folder: opened as PixArt-α (transformer, T5 encoder, VAE; the scheduler from its config)', async () => {
+    await withCheckpoint(join(FIX, 'tiny-pixart'), async (c) => {
+      assert.equal(c.family.id, 'pixart-alpha');
+      assert.equal(c.layout, 'diffusers');
+      const comps = new Set(c.weights.names().map((n) => n.slice(0, n.indexOf('.'))));
+      assert.deepEqual([...comps].sort(), ['text_encoder', 'transformer', 'vae']);
+      assert.deepEqual(Object.keys(c.configs).sort(), ['text_encoder', 'transformer', 'vae']);
+      assert.equal(c.scheduler.beta_schedule, 'linear');
+      assert.deepEqual(c.unmappedKeys, []);
+      assert.ok(c.tokenizerDirs.tokenizer?.endsWith('tokenizer'));
+    });
   });
 
   it('refuses LoRA files with a pointer to lora merge / --lora', async () => {
