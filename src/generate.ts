@@ -3,6 +3,7 @@
  * and images are encoded and written as soon as they exist, while the next batches run. Bounded in-flight work
  * keeps memory flat for any prompt file length.
  */
+import { img2imgTimestep } from './runtime/img2img.js';
 import { InitImages, initImageSize, loadInitImage } from './io/init-image.js';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
@@ -228,6 +229,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   const pending = new Set<Promise<void>>();
   const batches = new Map<string, ImageRequest[]>();
   const records = new Map<number, PromptRecord>();
+  const inits = new Map<number, { initImage: string; strength: number; timestep: number }>();
 
   const toRequest = (r: PromptRecord, imageSize?: { width: number; height: number }): ImageRequest => {
     const width = r.width ?? opts.width ?? imageSize?.width ?? defaultWidth;
@@ -300,9 +302,11 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       modelId,
       prediction,
       timestep,
+      ...inits.get(img.index),
       modelName,
       ms: Object.fromEntries(Object.entries({ ...img.ms, encode: encodeMs }).map(([k, v]) => [k, Math.round(v * 10) / 10])),
     };
+    inits.delete(img.index);
     await output.write({ entry, data });
     stageMs.write += performance.now() - writeStarted;
     images++;
@@ -356,6 +360,10 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     // A folder of init images pairs with prompts (all images of prompt i start from its i-th file).
     const initFile = initImages.fileFor(r.promptIndex, r.image);
     const req = toRequest(r, initFile ? await initImageSize(initFile, downscale) : undefined);
+    // What decides an image-to-image result besides the prompt: the init image's bytes, the strength, its timestep.
+    const strength = r.strength ?? opts.strength ?? 0.5;
+    const init = initFile ? { initImage: await initImages.sha256(initFile), strength, timestep: img2imgTimestep(strength, m.configs.scheduler.num_train_timesteps) } : undefined;
+    if (init) inits.set(r.index, init);
     if (opts.resume && output.isDone(r.index)) {
       const now: ManifestInput = {
         index: r.index,
@@ -371,6 +379,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
         modelId,
         prediction,
         timestep,
+        ...init,
       };
       const same = await manifest.matches(now);
       if (same !== true) {
@@ -380,7 +389,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
       skippedExisting++;
       return true;
     }
-    if (initFile) req.init = { image: await loadInitImage(initFile, req.width, req.height), strength: r.strength ?? opts.strength ?? 0.5 };
+    if (initFile) req.init = { image: await loadInitImage(initFile, req.width, req.height), strength };
     records.set(r.index, r);
     if (output.expect(r.index)) {
       // A new webdataset shard starts: run the partial batches (of other image sizes) so the shards before it finish.

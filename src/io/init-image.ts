@@ -8,7 +8,8 @@
  * when a size is given and differs, the image is resized to it (Lanczos 3, aspect not kept). Pixels become
  * x / 255 * 2 - 1 in float32, NCHW, as StableDiffusionImg2ImgPipeline feeds its VAE encoder.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { BadInputError } from '../errors.js';
@@ -34,6 +35,18 @@ export class InitImages {
     const files = (await readdir(flag)).filter((f) => IMAGE_FILE.test(f)).sort();
     if (files.length === 0) throw new BadInputError(flag, 'holds no .png, .jpg or .webp images', 'Put the init images in the folder, or give one image file.');
     return new InitImages(promptDir, { folder: files.map((f) => path.join(flag, f)) });
+  }
+
+  private readonly hashes = new Map<string, Promise<string>>();
+
+  /** sha256 of an init image's bytes (what --resume compares), once per file. */
+  sha256(file: string): Promise<string> {
+    let h = this.hashes.get(file);
+    if (!h) {
+      h = readFile(file).then((b) => createHash('sha256').update(b).digest('hex'));
+      this.hashes.set(file, h);
+    }
+    return h;
   }
 
   /** The init image of prompt `index` (`image`: its JSONL line's), or undefined for text-to-image. */

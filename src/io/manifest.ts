@@ -29,6 +29,9 @@ export interface ManifestInput {
   modelName?: string;
   /** The webdataset shard (`00003.tar`) holding `file` as a member; absent for a file in the folder. */
   shard?: string;
+  /** Image-to-image: sha256 of the init image file and the strength. */
+  initImage?: string;
+  strength?: number;
   /** Timings in milliseconds, e.g. { encode: 14.2, total: 830 }. */
   ms?: Record<string, number>;
 }
@@ -52,6 +55,9 @@ export interface ManifestEntry {
   prompt_sha256?: string;
   model_name?: string;
   shard?: string;
+  /** Image-to-image: sha256 of the init image file, and the strength. */
+  init_image?: string;
+  strength?: number;
   ms?: Record<string, number>;
 }
 
@@ -81,6 +87,7 @@ export function toManifestEntry(input: ManifestInput): ManifestEntry {
     prompt_sha256: promptSha256(input.prompt),
     ...(input.modelName !== undefined ? { model_name: input.modelName } : {}),
     ...(input.shard !== undefined ? { shard: input.shard } : {}),
+    ...(input.initImage !== undefined ? { init_image: input.initImage, strength: input.strength } : {}),
     ...(input.ms !== undefined ? { ms: input.ms } : {}),
   };
   return entry;
@@ -94,7 +101,7 @@ export function promptSha256(prompt: string): string {
  * What decides an image, as `--resume` compares it: a line made with other settings than this run's is not "done".
  * Fields a line does not record (older manifests) are not compared.
  */
-export const RESUME_FIELDS = ['model', 'model_id', 'prediction', 'timestep', 'seed', 'width', 'height', 'guidance', 'prompt', 'negative_prompt', 'name'] as const;
+export const RESUME_FIELDS = ['model', 'model_id', 'prediction', 'timestep', 'seed', 'width', 'height', 'guidance', 'prompt', 'negative_prompt', 'name', 'init_image', 'strength'] as const;
 type ResumeField = (typeof RESUME_FIELDS)[number];
 
 function resumeValues(e: Partial<ManifestEntry>): Partial<Record<ResumeField, string>> {
@@ -114,6 +121,9 @@ function resumeValues(e: Partial<ManifestEntry>): Partial<Record<ResumeField, st
   // A line leaves out negative_prompt and name when there are none.
   put('negative_prompt', e.negative_prompt ?? '');
   put('name', e.name ?? '');
+  // Text-to-image lines record no init image: '' then, so switching between the two is a difference.
+  put('init_image', e.init_image ?? '');
+  put('strength', e.strength ?? '');
   return v;
 }
 

@@ -81,6 +81,24 @@ describe('acceptance: image-to-image', function () {
     }
   }
 
+  it('--resume compares the init image and the strength: the same run skips, a changed strength stops and says so', async () => {
+    const out = path.join(dir, 'resume');
+    const init = path.join(G, 'tiny-sd15-img2img-init-0.png');
+    const run = (strength: string, ...more: string[]) =>
+      onestep('generate', '-p', 'a photo of a cat', '--init-image', init, '--strength', strength, '--model', path.join(dir, 'tiny-sd15'), '-o', out, '--seed', '3', '--quiet', ...more);
+    assert.equal((await run('0.5')).code, 0);
+    const line = JSON.parse(fs.readFileSync(path.join(out, 'manifest.jsonl'), 'utf8').trim());
+    assert.equal(line.strength, 0.5);
+    assert.equal(line.timestep, 499);
+    assert.match(line.init_image, /^[0-9a-f]{64}$/);
+    const again = await run('0.5', '--resume', '--json');
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(JSON.parse(again.stdout).skipped_existing, 1);
+    const changed = await run('0.25', '--resume');
+    assert.notEqual(changed.code, 0);
+    assert.match(changed.stderr, /strength/);
+  });
+
   it('a model without a VAE encoder says so for an image-to-image prompt', async () => {
     const model = path.join(dir, 'no-encoder');
     fs.cpSync(path.join(dir, 'tiny-sd15'), model, { recursive: true });
