@@ -3,7 +3,8 @@
  * 320/640/1280/1280, CLIP ViT-L/14 text encoder, VAE 128/256/512/512), for benchmarks that need real sizes without
  * downloading a model. Written one tensor at a time with the streaming safetensors writer.
  *
- * Run: node --import tsx bench/sd15-generator.ts <out.safetensors> [f32|f16]
+ * Run: node --import type { ClipTextConfig } from '../src/checkpoint/configs.js';
+import tsx bench/sd15-generator.ts <out.safetensors> [f32|f16]
  */
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -152,17 +153,18 @@ export async function verifySd15(path: string): Promise<string> {
   try {
     const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
     const problems: string[] = [];
+    const text = ckpt.configs.text_encoder as ClipTextConfig | undefined;
     if (ckpt.family.id !== 'sd1') problems.push(`family ${ckpt.family.id}`);
     for (const k of ['block_out_channels', 'layers_per_block', 'attention_head_dim', 'cross_attention_dim', 'down_block_types', 'up_block_types'] as const) {
       if (!same(ckpt.configs.unet?.[k], SD15_UNET[k])) problems.push(`unet.${k} ${JSON.stringify(ckpt.configs.unet?.[k])}`);
     }
     for (const k of ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'hidden_act'] as const) {
-      if (!same(ckpt.configs.text_encoder?.[k], SD15_TEXT[k])) problems.push(`text_encoder.${k} ${JSON.stringify(ckpt.configs.text_encoder?.[k])}`);
+      if (!same(text?.[k], SD15_TEXT[k])) problems.push(`text_encoder.${k} ${JSON.stringify(text?.[k])}`);
     }
     if (!same(ckpt.configs.vae!.block_out_channels, SD15_VAE.block_out_channels)) problems.push(`vae.block_out_channels ${ckpt.configs.vae!.block_out_channels}`);
     if (ckpt.unmappedKeys.length) problems.push(`unmapped keys: ${ckpt.unmappedKeys.slice(0, 5).join(', ')}`);
     if (problems.length) throw new Error(`${path} is not opened as SD 1.5: ${problems.join('; ')}`);
-    return `${ckpt.family.id}, ${ckpt.weights.names().length} canonical tensors, UNet ${ckpt.configs.unet!.block_out_channels} (heads ${ckpt.configs.unet!.attention_head_dim}, context ${ckpt.configs.unet!.cross_attention_dim}), text ${ckpt.configs.text_encoder!.num_hidden_layers}x${ckpt.configs.text_encoder!.hidden_size}, VAE ${ckpt.configs.vae!.block_out_channels}`;
+    return `${ckpt.family.id}, ${ckpt.weights.names().length} canonical tensors, UNet ${ckpt.configs.unet!.block_out_channels} (heads ${ckpt.configs.unet!.attention_head_dim}, context ${ckpt.configs.unet!.cross_attention_dim}), text ${text!.num_hidden_layers}x${text!.hidden_size}, VAE ${ckpt.configs.vae!.block_out_channels}`;
   } finally {
     await ckpt.weights.close();
   }
