@@ -177,3 +177,70 @@ describe('architectures/unet config and timestep frequencies', () => {
     assert.ok(Math.abs(shifted[159] - 1e-4) <= 1e-10);
   });
 });
+
+describe('architectures/unet only_cross_attention', function () {
+  this.timeout(120_000);
+  const dirs2: string[] = [];
+  after(() => dirs2.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+  /**
+   * An identity that pins only_cross_attention down: a block whose attn1 attends to the text (attn1 := attn2's
+   * weights, norm1 := norm2's) computes x + A(n(x)), then + A(n(.)), then the feed-forward. So does a pair of ordinary
+   * blocks whose first has a silent attn1 and feed-forward (zero output projections) and whose second has a silent
+   * attn1, both with that block's attn2 and norm2. The two UNets must agree.
+   */
+  it('attn1 reads the text: equals two ordinary blocks with silent self-attention', async () => {
+    const base = folderWeights('tiny-sdxs', ['unet']);
+    const json = folderConfig('tiny-sdxs', 'unet');
+    const onlyCross = normalizeUNetConfig({ ...json, only_cross_attention: true });
+    const twoBlocks = normalizeUNetConfig({ ...json, transformer_layers_per_block: 2 });
+    const tensors = new Map<string, Tensor>();
+    for (const n of base.names()) tensors.set(n, { shape: base.meta(n).shape, dtype: 'F32', data: await base.readF32(n) });
+    const a = new Map<string, Tensor>();
+    const b = new Map<string, Tensor>();
+    const zero = (t: Tensor): Tensor => ({ ...t, data: new Float32Array(t.data.length) });
+    for (const [n, t] of tensors) {
+      const m = /^(.*\.transformer_blocks)\.0\.(.*)$/.exec(n);
+      if (!m) {
+        a.set(n, t);
+        b.set(n, t);
+        continue;
+      }
+      const [, pre, rest] = m;
+      const from = (r: string) => tensors.get(`${pre}.0.${r}`)!;
+      // Only-cross UNet: attn1 and norm1 take attn2's and norm2's weights.
+      a.set(n, rest.startsWith('attn1.') ? from(rest.replace('attn1.', 'attn2.')) : rest.startsWith('norm1.') ? from(rest.replace('norm1.', 'norm2.')) : t);
+      // Two ordinary blocks: attn1 silent in both, the first block's feed-forward silent.
+      for (const k of [0, 1]) {
+        const silent = (rest.startsWith('attn1.to_out.0.') || (k === 0 && rest.startsWith('ff.net.2.')));
+        b.set(`${pre}.${k}.${rest}`, silent ? zero(t) : t);
+      }
+    }
+    const source = (m: Map<string, Tensor>) => ({
+      names: () => [...m.keys()].sort(),
+      has: (n: string) => m.has(n),
+      meta: (n: string) => ({ shape: m.get(n)!.shape, dtype: 'F32' as const }),
+      readF32: async (n: string) => m.get(n)!.data.slice(),
+      close: async () => {},
+    });
+    const outputs: Float32Array[] = [];
+    const gold = goldens('tiny-sdxs');
+    for (const [weights, cfg] of [
+      [source(a), onlyCross],
+      [source(b), twoBlocks],
+    ] as const) {
+      const dir = mkdtempSync(path.join(tmpdir(), 'onestep-onlycross-'));
+      dirs2.push(dir);
+      const { onnxPath } = await writeModel(buildUNetGraph(weights, cfg, 'float32'), dir, 'unet');
+      const s = await ort.InferenceSession.create(onnxPath);
+      const sample = gold.get('unet.sample')!;
+      const { out } = await run(s, sample.data, sample.shape, [999, 999], { encoder_hidden_states: gold.get('unet.encoder_hidden_states')! });
+      outputs.push(out.data as Float32Array);
+      await s.release();
+    }
+    const err = relErr(outputs[0], outputs[1]);
+    assert.ok(err <= 1e-5, `relErr ${err}`);
+    // And attending to the text really changed the network (the ordinary UNet differs).
+    assert.ok(relErr(outputs[0], gold.get('unet.out_t999')!.data) > 1e-3);
+  });
+});
