@@ -3,11 +3,11 @@
  * 320/640/1280/1280, CLIP ViT-L/14 text encoder, VAE 128/256/512/512), for benchmarks that need real sizes without
  * downloading a model. Written one tensor at a time with the streaming safetensors writer.
  *
- * Run: node --import type { ClipTextConfig } from '../src/checkpoint/configs.js';
-import tsx bench/sd15-generator.ts <out.safetensors> [f32|f16]
+ * Run: node --import tsx bench/sd15-generator.ts <out.safetensors> [f32|f16]
  */
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import type { ClipTextConfig } from '../src/checkpoint/configs.js';
 import { expectedClipTextTensors, expectedUnetTensors, expectedVaeTensors } from '../src/checkpoint/expected.js';
 import { clipTextConfigFromJson, unetConfigFromJson, vaeConfigFromJson } from '../src/checkpoint/infer-config.js';
 import { canonicalToLdm, CLIP_PREFIX } from '../src/checkpoint/keymap-sd.js';

@@ -6,6 +6,10 @@ import { OnestepError } from '../../src/errors.js';
 import { openCheckpoint, type Checkpoint } from '../../src/checkpoint/open.js';
 import { MappedSource } from '../../src/checkpoint/sources.js';
 import { rewriteSafetensors } from './helpers.js';
+import type { ClipTextConfig } from '../../src/checkpoint/configs.js';
+
+/** The CLIP text encoder config of an SD checkpoint (configs.text_encoder is T5's in PixArt). */
+const clip = (c: Checkpoint) => c.configs.text_encoder as ClipTextConfig | undefined;
 
 const FIX = 'test/fixtures';
 
@@ -76,8 +80,8 @@ describe('checkpoint/open', () => {
       assert.equal(c.layout, 'diffusers');
       assert.equal(c.family.id, 'sd1');
       assert.deepEqual(c.configs.unet?.attention_head_dim, [8, 8, 8, 8]);
-      assert.equal(c.configs.text_encoder?.num_attention_heads, 4);
-      assert.equal(c.configs.text_encoder?.hidden_act, 'quick_gelu');
+      assert.equal(clip(c)?.num_attention_heads, 4);
+      assert.equal(clip(c)?.hidden_act, 'quick_gelu');
       assert.equal(c.scheduler.prediction_type, 'epsilon');
       assert.equal(c.scheduler.beta_schedule, 'scaled_linear');
       assert.equal(c.tokenizerDirs.tokenizer, join(FIX, 'tiny-sd15', 'tokenizer'));
@@ -92,8 +96,8 @@ describe('checkpoint/open', () => {
       assert.equal(c.scheduler.prediction_type, 'v_prediction');
       assert.deepEqual(c.configs.unet?.attention_head_dim, [1, 2, 4, 4]);
       assert.equal(c.configs.unet?.use_linear_projection, true);
-      assert.equal(c.configs.text_encoder?.hidden_act, 'gelu');
-      assert.equal(c.configs.text_encoder?.num_hidden_layers, 2);
+      assert.equal(clip(c)?.hidden_act, 'gelu');
+      assert.equal(clip(c)?.num_hidden_layers, 2);
     });
     await withCheckpoint(join(FIX, 'tiny-sd21'), async (c) => assert.equal(c.scheduler.prediction_type, 'epsilon'), {
       predictionType: 'epsilon',
@@ -119,7 +123,7 @@ describe('checkpoint/open', () => {
         assert.equal(c.family.id, 'sd2');
         assert.deepEqual(c.unmappedKeys, []);
         assert.equal(c.scheduler.prediction_type, 'v_prediction');
-        assert.equal(c.configs.text_encoder?.num_hidden_layers, 3);
+        assert.equal(clip(c)?.num_hidden_layers, 3);
         assert.equal(c.textEncoderOutput?.layer, -2);
         assert.ok(c.notes.some((n) => /penultimate/.test(n)));
         const q = (c.weights as MappedSource).sourceOf('text_encoder.text_model.encoder.layers.1.self_attn.k_proj.bias');
@@ -137,14 +141,14 @@ describe('checkpoint/open', () => {
       await copyFile(join(FIX, 'tiny-sd21.safetensors'), lone);
       await withCheckpoint(lone, async (c) => {
         assert.deepEqual(c.configs.unet?.attention_head_dim, [1, 1, 1, 1]); // SD 2.x rule: channels / 64, at least 1
-        assert.equal(c.configs.text_encoder?.num_attention_heads, 1);
+        assert.equal(clip(c)?.num_attention_heads, 1);
         assert.equal(c.scheduler.prediction_type, 'epsilon');
         assert.equal(c.tokenizerDirs.tokenizer, undefined);
       });
       const check = async (c: Checkpoint) => {
         assert.deepEqual(c.configs.unet?.attention_head_dim, [1, 2, 4, 4]);
-        assert.equal(c.configs.text_encoder?.num_attention_heads, 2);
-        assert.equal(c.configs.text_encoder?.num_hidden_layers, 3); // the file's whole tower; the config's 2 layers = layer -2
+        assert.equal(clip(c)?.num_attention_heads, 2);
+        assert.equal(clip(c)?.num_hidden_layers, 3); // the file's whole tower; the config's 2 layers = layer -2
         assert.equal(c.textEncoderOutput?.layer, -2);
         assert.equal(c.scheduler.prediction_type, 'v_prediction');
         assert.match(c.tokenizerDirs.tokenizer ?? '', /tokenizer$/);
@@ -260,7 +264,7 @@ describe('checkpoint/open', () => {
       await withCheckpoint(path, async (c) => {
         assert.deepEqual(c.configs.unet, folder.configs.unet);
         // The file holds the 3-block tower; diffusers' folder keeps the 2 layers SD 2.x uses (hidden_states[-2] of 3).
-        assert.deepEqual({ ...c.configs.text_encoder, num_hidden_layers: 2 }, folder.configs.text_encoder);
+        assert.deepEqual({ ...clip(c), num_hidden_layers: 2 }, clip(folder));
         assert.equal(c.textEncoderOutput?.layer, -2);
         assert.deepEqual({ ...c.configs.vae, sample_size: 0 }, { ...folder.configs.vae, sample_size: 0 });
         assert.deepEqual(c.scheduler, folder.scheduler);
@@ -302,7 +306,7 @@ describe('checkpoint/open', () => {
       metadata: { 'onestep.config': JSON.stringify({ text_encoder: { num_hidden_layers: 3 } }) },
     });
     await withCheckpoint(path, async (c) => {
-      assert.equal(c.configs.text_encoder?.num_hidden_layers, 3);
+      assert.equal(clip(c)?.num_hidden_layers, 3);
       assert.equal(c.textEncoderOutput?.layer, -1);
       assert.ok(c.weights.has('text_encoder.text_model.encoder.layers.2.mlp.fc1.weight'));
       assert.ok(c.notes.some((n) => /all 3 OpenCLIP blocks used/.test(n)));
