@@ -46,6 +46,8 @@ export interface AttentionOptions {
   upcast?: boolean;
   /** Projection names: diffusers' Attention (default) or CLIP's q_proj / k_proj / v_proj / out_proj. */
   names?: { q: string; k: string; v: string; out: string };
+  /** Every projection has a bias (attention_bias): a missing one is an error instead of "no bias". */
+  projectionBias?: boolean;
 }
 
 const DIFFUSERS_ATTENTION = { q: 'to_q', k: 'to_k', v: 'to_v', out: 'to_out.0' };
@@ -55,24 +57,26 @@ export function attention(m: Module, x: Value, heads: number, o: AttentionOption
   const { g } = m;
   const names = o.names ?? DIFFUSERS_ATTENTION;
   const kv = o.context ?? x;
-  let q = m.linear(x, names.q);
-  let k = m.linear(kv, names.k);
-  let v = m.linear(kv, names.v);
+  const bias = o.projectionBias ? { bias: true } : undefined;
+  let q = m.linear(x, names.q, bias);
+  let k = m.linear(kv, names.k, bias);
+  let v = m.linear(kv, names.v, bias);
   const upcast = !!o.upcast && g.dtype === 'float16';
   if (upcast) [q, k, v] = [q, k, v].map((t) => g.cast(t, 'float32'));
   let out = g.attention(q, k, v, heads, { attentionBias: o.bias });
   if (upcast) out = g.cast(out, 'float16');
-  return m.linear(out, names.out);
+  return m.linear(out, names.out, bias);
 }
 
 /**
  * FeedForward: net.0 (GEGLU: proj to 2*inner, hidden * gelu(gate); or GELU / tanh-approximated GELU after proj), then
  * the output linear net.2.
  */
-export function feedForward(m: Module, x: Value, activation: 'geglu' | 'gelu' | 'gelu-tanh' = 'geglu'): Value {
+export function feedForward(m: Module, x: Value, activation: 'geglu' | 'gelu' | 'gelu-tanh' = 'geglu', opts: { bias?: boolean } = {}): Value {
   const { g } = m;
-  const projected = m.linear(x, 'net.0.proj');
-  if (activation !== 'geglu') return m.linear(g.gelu(projected, activation === 'gelu-tanh' ? 'tanh' : 'none'), 'net.2');
+  const bias = opts.bias ? { bias: true } : undefined;
+  const projected = m.linear(x, 'net.0.proj', bias);
+  if (activation !== 'geglu') return m.linear(g.gelu(projected, activation === 'gelu-tanh' ? 'tanh' : 'none'), 'net.2', bias);
   const inner = m.shape('net.0.proj.weight')[0] / 2;
   const [hidden, gate] = g.split(projected, [inner, inner], -1);
   return m.linear(g.mul(hidden, g.gelu(gate)), 'net.2');
@@ -88,10 +92,51 @@ export interface TransformerBlockOptions {
   eps?: number;
   /** attn1 attends to the context too (diffusers' only_cross_attention, SDXS). */
   onlyCrossAttention?: boolean;
+  /**
+   * norm_type: layer norms (absent, SD's "layer_norm") or PixArt's "ada_norm_single": the shared t_block output
+   * [B, 6 * dim] plus the block's own scale_shift_table give shift, scale and gate of the attention and the
+   * feed-forward; `affine`: whether the norms have weights (norm_elementwise_affine).
+   */
+  adaNormSingle?: { tBlock: Value; dim: number; affine: boolean };
+  /** FeedForward's activation (default GEGLU; PixArt's gelu-approximate is 'gelu-tanh'). */
+  activation?: 'geglu' | 'gelu' | 'gelu-tanh';
+  /** Every linear has a bias (attention_bias and the feed-forward's): a missing one is an error. */
+  projectionBias?: boolean;
 }
 
-/** BasicTransformerBlock with layer norms: self-attention, cross-attention, feed-forward, each pre-normed and residual. */
+/** LayerNorm over the last axis with statistics in float32, with or without the module's weight and bias. */
+export function layerNormOf(m: Module, x: Value, name: string, eps: number, dim: number, affine: boolean): Value {
+  if (affine) return m.layerNorm(x, name, eps);
+  const { g } = m;
+  return g.scope(name, () => g.node('LayerNormalization', [x, g.constant(new Float32Array(dim).fill(1), [dim])], { axis: -1, epsilon: { float: eps }, stash_type: 1 })[0]);
+}
+
+/**
+ * The ada_norm_single variant (PixArt): modulated norm1 -> gated self-attention; cross-attention on the hidden states
+ * as they are (PixArt applies no norm before it); modulated norm2 -> gated feed-forward.
+ */
+function adaNormSingleBlock(m: Module, x: Value, o: TransformerBlockOptions & { adaNormSingle: NonNullable<TransformerBlockOptions['adaNormSingle']> }): Value {
+  const { g } = m;
+  const { tBlock, dim, affine } = o.adaNormSingle;
+  const eps = o.eps ?? 1e-6;
+  const mod = g.add(g.unsqueeze(m.weight('scale_shift_table'), [0]), g.reshape(tBlock, [0, 6, dim])); // [B, 6, D]
+  const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = g.split(mod, [1, 1, 1, 1, 1, 1], 1);
+  const modulate = (t: Value, shift: Value, scale: Value) => g.add(g.mul(t, g.add(g.scalar(1), scale)), shift);
+  const norm1 = modulate(layerNormOf(m, x, 'norm1', eps, dim, affine), shiftMsa, scaleMsa);
+  const projectionBias = o.projectionBias;
+  let h = g.add(g.mul(gateMsa, m.with('attn1', (a) => attention(a, norm1, o.heads, { upcast: o.upcast, projectionBias }))), x);
+  const attended = h;
+  h = g.add(m.with('attn2', (a) => attention(a, attended, o.heads, { context: o.context, bias: o.contextBias, upcast: o.upcast, projectionBias })), h);
+  const norm2 = modulate(layerNormOf(m, h, 'norm2', eps, dim, affine), shiftMlp, scaleMlp);
+  return g.add(g.mul(gateMlp, m.with('ff', (f) => feedForward(f, norm2, o.activation ?? 'geglu', { bias: projectionBias }))), h);
+}
+
+/**
+ * BasicTransformerBlock: self-attention, cross-attention, feed-forward, each residual; pre-normed with layer norms
+ * (SD), or with PixArt's ada_norm_single modulation when `adaNormSingle` is given.
+ */
 export function basicTransformerBlock(m: Module, x: Value, o: TransformerBlockOptions): Value {
+  if (o.adaNormSingle) return adaNormSingleBlock(m, x, { ...o, adaNormSingle: o.adaNormSingle });
   const { g } = m;
   const eps = o.eps ?? 1e-5;
   const norm1 = m.layerNorm(x, 'norm1', eps);

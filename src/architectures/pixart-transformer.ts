@@ -3,11 +3,13 @@
  * embedding plus a 2D sin-cos position embedding for the actual latent size, adaLN-single (one timestep embedding
  * and t_block shared by all blocks, each block adding its own scale_shift_table), caption projection, transformer
  * blocks (self-attention, cross-attention on the caption with the tokenizer's mask, feed-forward), the final
- * modulated LayerNorm and projection, and unpatchify. Weights are read under `transformer.` as diffusers names them.
+ * modulated LayerNorm and projection, and unpatchify. The blocks are the shared BasicTransformerBlock
+ * (architectures/blocks.ts) in its ada_norm_single form. Weights are read under `transformer.` as diffusers names them.
  */
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
-import { Graph, type Value } from '../onnx/graph.js';
+import { Graph, Module, type Value } from '../onnx/graph.js';
+import { basicTransformerBlock, layerNormOf } from './blocks.js';
 import { timestepFrequencies } from './unet.js';
 
 export interface PixArtConfig {
@@ -90,14 +92,6 @@ export interface PixArtInputs {
 /** Every linear of the transformer has a bias (attention_bias, PixArt's projections): a missing one is an error. */
 const BIAS = { bias: true };
 
-/** LayerNorm over the last axis with statistics in float32; without weights when the module has no affine part. */
-function layerNorm(g: Graph, x: Value, prefix: string, eps: number, dim: number, affine: boolean): Value {
-  if (affine) return g.layerNorm(x, prefix, eps);
-  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
-    return g.node('LayerNormalization', [x, g.constant(new Float32Array(dim).fill(1), [dim])], { axis: -1, epsilon: { float: eps }, stash_type: 1 })[0];
-  });
-}
-
 /** diffusers' get_timestep_embedding(flip_sin_to_cos=True, shift 0) of [N] float32 values -> [N, channels] float32. */
 function sinusoidalEmbedding(g: Graph, t: Value, channels: number): Value {
   const freqs = timestepFrequencies(channels, 0);
@@ -134,43 +128,6 @@ export function positionEmbedding(g: Graph, cfg: PixArtConfig, h: Value, w: Valu
     const rowPart = g.node('Expand', [g.unsqueeze(rows, [1]), shape])[0];
     const emb = g.reshape(g.concat([colPart, rowPart], 2), [1, -1, dim]);
     return g.cast(emb, 'float32');
-  });
-}
-
-/** Attention with biased to_q/to_k/to_v/to_out.0; `context` is the sequence attended to (self when absent). */
-function attention(g: Graph, x: Value, context: Value | undefined, heads: number, prefix: string, bias?: Value): Value {
-  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
-    const kv = context ?? x;
-    const q = g.linear(x, `${prefix}.to_q`, BIAS);
-    const k = g.linear(kv, `${prefix}.to_k`, BIAS);
-    const v = g.linear(kv, `${prefix}.to_v`, BIAS);
-    return g.linear(g.attention(q, k, v, heads, { attentionBias: bias }), `${prefix}.to_out.0`, BIAS);
-  });
-}
-
-/** FeedForward with gelu-approximate: net.0.proj -> gelu(tanh) -> net.2. */
-function feedForward(g: Graph, x: Value, prefix: string): Value {
-  return g.scope('ff', () => g.linear(g.gelu(g.linear(x, `${prefix}.net.0.proj`, BIAS), 'tanh'), `${prefix}.net.2`, BIAS));
-}
-
-/**
- * BasicTransformerBlock with norm_type "ada_norm_single": the six modulation vectors are the block's
- * scale_shift_table plus the shared t_block output; norm2 is applied before the feed-forward only (PixArt's
- * cross-attention sees the un-normalized hidden states).
- */
-function adaNormSingleBlock(g: Graph, cfg: PixArtConfig, x: Value, context: Value, tBlock: Value, contextBias: Value, prefix: string): Value {
-  return g.scope(prefix.slice(prefix.lastIndexOf('.', prefix.lastIndexOf('.') - 1) + 1), () => {
-    const dim = cfg.num_attention_heads * cfg.attention_head_dim;
-    const mod = g.add(g.unsqueeze(g.weight(`${prefix}.scale_shift_table`), [0]), g.reshape(tBlock, [0, 6, dim])); // [B, 6, D]
-    const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = g.split(mod, [1, 1, 1, 1, 1, 1], 1);
-    const one = g.scalar(1);
-    const modulate = (t: Value, shift: Value, scale: Value) => g.add(g.mul(t, g.add(one, scale)), shift);
-    const heads = cfg.num_attention_heads;
-    let h = modulate(layerNorm(g, x, `${prefix}.norm1`, cfg.norm_eps, dim, cfg.norm_elementwise_affine), shiftMsa, scaleMsa);
-    h = g.add(g.mul(gateMsa, attention(g, h, undefined, heads, `${prefix}.attn1`)), x);
-    h = g.add(attention(g, h, context, heads, `${prefix}.attn2`, contextBias), h);
-    const n = modulate(layerNorm(g, h, `${prefix}.norm2`, cfg.norm_eps, dim, cfg.norm_elementwise_affine), shiftMlp, scaleMlp);
-    return g.add(g.mul(gateMlp, feedForward(g, n, `${prefix}.ff`)), h);
   });
 }
 
@@ -222,14 +179,18 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
       return g.node('Expand', [g.unsqueeze(bias, [1, 2]), shape])[0];
     });
 
+    const m = new Module(g, prefix);
+    const adaNormSingle = { tBlock, dim, affine: cfg.norm_elementwise_affine };
     for (let i = 0; i < cfg.num_layers; i++) {
-      hidden = adaNormSingleBlock(g, cfg, hidden, context, tBlock, contextBias, `${prefix}.transformer_blocks.${i}`);
+      hidden = m.with(`transformer_blocks.${i}`, (b) =>
+        basicTransformerBlock(b, hidden, { heads: cfg.num_attention_heads, context, contextBias, eps: cfg.norm_eps, adaNormSingle, activation: 'gelu-tanh', projectionBias: true }),
+      );
     }
 
     // Final layer: LayerNorm modulated by the table plus the embedded timestep (not t_block), then the projection.
     const out = g.scope('proj_out', () => {
       const [shift, scale] = g.split(g.add(g.unsqueeze(g.weight(`${prefix}.scale_shift_table`), [0]), g.unsqueeze(embedded, [1])), [1, 1], 1);
-      const normed = layerNorm(g, hidden, `${prefix}.norm_out`, 1e-6, dim, false);
+      const normed = layerNormOf(new Module(g, prefix), hidden, 'norm_out', 1e-6, dim, false);
       return g.linear(g.add(g.mul(normed, g.add(g.scalar(1), scale)), shift), `${prefix}.proj_out`, BIAS);
     });
 
