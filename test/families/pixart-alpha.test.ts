@@ -6,6 +6,8 @@ import * as ort from 'onnxruntime-node';
 import { convertCheckpoint } from '../../src/convert.js';
 import { BadInputError } from '../../src/errors.js';
 import { inspectPath } from '../../src/inspect.js';
+import { mergeLorasIntoCheckpoint } from '../../src/lora/merge-checkpoint.js';
+import { signedRandom } from '../support/random.js';
 import type { ModelManifest } from '../../src/runtime/model-dir.js';
 import { T5Tokenizer } from '../../src/runtime/t5-tokenizer.js';
 import { f16ToF32, f32ToBf16, f32ToF16, bf16ToF32 } from '../../src/safetensors/dtypes.js';
@@ -122,5 +124,44 @@ describe('families/pixart-alpha', function () {
     writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(readFileSync(cfgPath, 'utf8')), norm_type: 'ada_norm_zero' }));
     await assert.rejects(convertCheckpoint(dir, { out: join(work, 'out-zero') }), (e: unknown) => e instanceof BadInputError && e.message.startsWith(cfgPath) && /norm_type/.test(e.message));
     assert.equal((await inspectPath(dir)).convertible, false);
+  });
+
+  it('a PEFT LoRA on the transformer: convert --lora gives the graphs of the folder lora merge writes', async () => {
+    const rand = signedRandom(5);
+    const lora: [string, number[]][] = [];
+    for (const t of ['transformer_blocks.0.attn1.to_q', 'transformer_blocks.1.attn2.to_v', 'transformer_blocks.1.ff.net.2']) {
+      const w = readSafetensors(join(TINY, WEIGHT_FILES[0])).get(`${t}.weight`)!;
+      lora.push([`transformer.${t}.lora_A.weight`, [4, w.shape[1]]], [`transformer.${t}.lora_B.weight`, [w.shape[0], 4]]);
+    }
+    const loraPath = join(work, 'pixart-lora.safetensors');
+    await writeSafetensors(
+      loraPath,
+      lora.map(([name, shape]) => {
+        const data = Float32Array.from({ length: shape[0] * shape[1] }, () => rand() * 0.1);
+        return { name, dtype: 'F32' as const, shape, data: () => new Uint8Array(data.buffer) };
+      }),
+    );
+    const viaConvert = join(work, 'out-lora');
+    await convertCheckpoint(TINY, { out: viaConvert, loras: [{ path: loraPath, scale: 0.7 }] });
+    const merged = join(work, 'tiny-pixart-merged');
+    const res = await mergeLorasIntoCheckpoint({ base: TINY, loras: [{ path: loraPath, scale: 0.7 }], out: merged });
+    assert.equal(res.family, 'pixart-alpha');
+    const viaMerge = join(work, 'out-merged');
+    await convertCheckpoint(merged, { out: viaMerge });
+    for (const f of ['transformer.onnx.data', 'text_encoder.onnx.data']) assert.ok(readFileSync(join(viaConvert, f)).equals(readFileSync(join(viaMerge, f))), f);
+    assert.ok(!readFileSync(join(viaConvert, 'transformer.onnx.data')).equals(readFileSync(join(out, 'transformer.onnx.data'))), 'the LoRA changed the transformer');
+  });
+
+  it('a PixArtSigmaPipeline folder tokenizes to 300 tokens (its max_sequence_length)', async () => {
+    const dir = join(work, 'tiny-pixart-sigma');
+    cpSync(TINY, dir, { recursive: true });
+    const indexPath = join(dir, 'model_index.json');
+    writeFileSync(indexPath, JSON.stringify({ ...JSON.parse(readFileSync(indexPath, 'utf8')), _class_name: 'PixArtSigmaPipeline' }));
+    const sigma = join(work, 'out-sigma');
+    await convertCheckpoint(dir, { out: sigma });
+    const m: ModelManifest = JSON.parse(readFileSync(join(sigma, 'model.json'), 'utf8'));
+    assert.equal(m.conditioning[0].max_length, 300);
+    const tok = await T5Tokenizer.load(join(sigma, 'tokenizer'));
+    assert.equal(tok.encode('a photo of a cat').ids.length, 300);
   });
 });
