@@ -1,6 +1,6 @@
 /**
  * `npm run bench [-- <names...>] [-- --model <dir>]`: runs the benchmarks and prints figures; never fails on them.
- * Names: safetensors, convert, sdxl, lora, generate, gallery, model (`onestep bench`'s figures), writer (default: all). Big files go to bench/.work/ (git-ignored).
+ * Names: safetensors, convert, sdxl, pixart, lora, generate, gallery, model (`onestep bench`'s figures), writer (default: all). Big files go to bench/.work/ (git-ignored).
  */
 export {};
 
@@ -8,7 +8,7 @@ const argv = process.argv.slice(2);
 const modelAt = argv.indexOf('--model');
 const modelDir = modelAt >= 0 ? argv[modelAt + 1] : undefined;
 const names = argv.filter((a, i) => !a.startsWith('--') && (modelAt < 0 || i !== modelAt + 1));
-const all = ['safetensors', 'convert', 'sdxl', 'lora', 'generate', 'gallery', 'model', 'writer'];
+const all = ['safetensors', 'convert', 'sdxl', 'pixart', 'lora', 'generate', 'gallery', 'model', 'writer'];
 const selected = names.length ? names : all;
 for (const name of selected) if (!all.includes(name)) throw new Error(`unknown benchmark "${name}" (known: ${all.join(', ')})`);
 
@@ -18,6 +18,7 @@ for (const name of selected) {
   if (name === 'safetensors') await (await import('./safetensors.js')).benchSafetensors({ sizeGB: Number(process.env.ONESTEP_BENCH_GB ?? 5) });
   if (name === 'convert') await (await import('./convert.js')).benchConvert({});
   if (name === 'sdxl') await (await import('./sdxl.js')).benchSdxl({ dir: process.env.ONESTEP_BENCH_SDXL_DIR });
+  if (name === 'pixart') await (await import('./pixart.js')).benchPixArt({ dir: process.env.ONESTEP_BENCH_PIXART_DIR });
   if (name === 'lora') await (await import('./lora.js')).benchLoraMerge({});
   if (name === 'generate') await (await import('./generate.js')).benchGenerate({ modelDir });
   if (name === 'gallery') await (await import('./gallery.js')).benchGallery({});
