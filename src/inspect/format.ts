@@ -20,9 +20,10 @@ const KEY_STYLE_LABELS: Record<string, string> = {
 
 /** Config keys worth a line in human output, per component (whichever are present). */
 const CONFIG_HIGHLIGHTS: Record<string, string[]> = {
-  unet: ['sample_size', 'block_out_channels', 'layers_per_block', 'cross_attention_dim', 'attention_head_dim', 'use_linear_projection'],
+  unet: ['sample_size', 'block_out_channels', 'layers_per_block', 'cross_attention_dim', 'attention_head_dim', 'use_linear_projection', 'addition_embed_type'],
   transformer: ['sample_size', 'num_layers', 'num_attention_heads', 'attention_head_dim', 'patch_size', 'caption_channels', 'out_channels'],
   text_encoder: ['hidden_size', 'd_model', 'num_hidden_layers', 'num_layers', 'num_attention_heads', 'num_heads', 'hidden_act', 'vocab_size'],
+  text_encoder_2: ['hidden_size', 'num_hidden_layers', 'num_attention_heads', 'hidden_act', 'projection_dim'],
   vae: ['block_out_channels', 'latent_channels', 'scaling_factor'],
   scheduler: ['_class_name', 'prediction_type', 'beta_schedule', 'num_train_timesteps'],
 };
