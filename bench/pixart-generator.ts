@@ -85,6 +85,8 @@ export function pixartTransformerTensors(cfg: Record<string, any>): [string, num
     ['caption_projection.linear_1.bias', [d]],
     ['caption_projection.linear_2.weight', [d, d]],
     ['caption_projection.linear_2.bias', [d]],
+    // the old CaptionProjection's null-caption embedding: in the released files, unused by diffusers
+    ['caption_projection.y_embedding', [120, cfg.caption_channels]],
     ['adaln_single.linear.weight', [6 * d, d]],
     ['adaln_single.linear.bias', [6 * d]],
     ['scale_shift_table', [2, d]],

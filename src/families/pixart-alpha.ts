@@ -114,8 +114,14 @@ function checkWeights(ckpt: Checkpoint): string[] {
       'Download the folder again: a weight file is missing or truncated.',
     );
   }
-  return source.names().filter((n) => !used.has(n));
+  return source.names().filter((n) => !used.has(n) && !IGNORED.has(n));
 }
+
+/**
+ * Tensors released folders carry that diffusers' PixArtTransformer2DModel does not use: the null-caption embedding of
+ * the old CaptionProjection (classifier-free-guidance dropout during training; the pipeline encodes "" instead).
+ */
+const IGNORED = new Set(['transformer.caption_projection.y_embedding']);
 
 function pixartGraphs(ckpt: Checkpoint): GraphSpec[] {
   const { transformer, text_encoder, vae } = configsOf(ckpt);

@@ -117,6 +117,24 @@ describe('families/pixart-alpha', function () {
     assert.ok(report.warnings.some((w) => /attn2\.to_k\.weight/.test(w)), report.warnings.join('\n'));
   });
 
+  it("released folders' caption_projection.y_embedding (unused by diffusers) is ignored, any other extra tensor is reported", async () => {
+    const dir = join(work, 'tiny-pixart-extra');
+    cpSync(TINY, dir, { recursive: true });
+    const rel = WEIGHT_FILES[0];
+    const tensors = readSafetensors(join(TINY, rel));
+    tensors.set('caption_projection.y_embedding', { shape: [120, 32], dtype: 'F32', data: new Float32Array(120 * 32) });
+    tensors.set('transformer_blocks.0.attn1.extra', { shape: [2], dtype: 'F32', data: new Float32Array(2) });
+    await writeSafetensors(
+      join(dir, rel),
+      [...tensors].map(([name, t]) => ({ name, dtype: 'F32' as const, shape: t.shape, data: () => new Uint8Array(t.data.buffer) })),
+    );
+    const report = await inspectPath(dir);
+    assert.equal(report.convertible, true);
+    const text = report.warnings.join('\n');
+    assert.match(text, /transformer\.transformer_blocks\.0\.attn1\.extra/);
+    assert.doesNotMatch(text, /y_embedding/);
+  });
+
   it('a transformer config onestep does not build is refused naming transformer/config.json', async () => {
     const dir = join(work, 'tiny-pixart-zero');
     cpSync(TINY, dir, { recursive: true });
