@@ -3,7 +3,38 @@
  * reading its weights through a Module handle (onnx/graph.ts): the caller opens the block's scope with
  * `parent.with('resnets.1', (m) => resnetBlock2D(m, ...))`, so node names follow weight paths.
  */
-import type { Module, Value } from '../onnx/graph.js';
+import { OnestepError } from '../errors.js';
+import type { Graph, Module, Value } from '../onnx/graph.js';
+
+/**
+ * Frequencies of diffusers' get_timestep_embedding, rounded to float32 at every step as torch computes them:
+ * exp(-ln(10000) * i / (half - freq_shift)).
+ */
+export function timestepFrequencies(channels: number, freqShift: number): Float32Array {
+  const half = Math.floor(channels / 2);
+  const negLogPeriod = Math.fround(-Math.log(10000));
+  const out = new Float32Array(half);
+  for (let i = 0; i < half; i++) {
+    const exponent = Math.fround(Math.fround(negLogPeriod * i) / (half - freqShift));
+    out[i] = Math.fround(Math.exp(exponent));
+  }
+  return out;
+}
+
+/** diffusers' Timesteps (get_timestep_embedding): values [N] (float32) -> sinusoidal embedding [N, channels] (float32). */
+export function timestepProjection(g: Graph, t: Value, channels: number, flipSinToCos: boolean, freqShift: number): Value {
+  if (channels % 2) throw new OnestepError(`timestep embedding of odd width ${channels} is not supported`);
+  const freqs = timestepFrequencies(channels, freqShift);
+  const args = g.mul(g.unsqueeze(t, [1]), g.constant(freqs, [1, freqs.length], 'float32'));
+  const sin = g.sin(args);
+  const cos = g.cos(args);
+  return g.concat(flipSinToCos ? [cos, sin] : [sin, cos], 1);
+}
+
+/** TimestepEmbedding: linear_1 -> silu -> linear_2. */
+export function timestepEmbedding(m: Module, x: Value, opts?: { bias?: boolean }): Value {
+  return m.linear(m.g.silu(m.linear(x, 'linear_1', opts)), 'linear_2', opts);
+}
 
 /** [B, C, H, W] -> [B, H*W, C] */
 export function toTokens(m: Module, x: Value, channels: number): Value {

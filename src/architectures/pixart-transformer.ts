@@ -9,8 +9,7 @@
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
 import { Graph, Module, type Value } from '../onnx/graph.js';
-import { basicTransformerBlock, layerNormOf } from './blocks.js';
-import { timestepFrequencies } from './unet.js';
+import { basicTransformerBlock, layerNormOf, timestepEmbedding, timestepProjection } from './blocks.js';
 
 export interface PixArtConfig {
   in_channels: number;
@@ -92,18 +91,6 @@ export interface PixArtInputs {
 /** Every linear of the transformer has a bias (attention_bias, PixArt's projections): a missing one is an error. */
 const BIAS = { bias: true };
 
-/** diffusers' get_timestep_embedding(flip_sin_to_cos=True, shift 0) of [N] float32 values -> [N, channels] float32. */
-function sinusoidalEmbedding(g: Graph, t: Value, channels: number): Value {
-  const freqs = timestepFrequencies(channels, 0);
-  const args = g.mul(g.unsqueeze(t, [1]), g.constant(freqs, [1, freqs.length], 'float32'));
-  return g.concat([g.cos(args), g.sin(args)], 1);
-}
-
-/** TimestepEmbedding: linear_1 -> silu -> linear_2. */
-function timestepEmbedding(g: Graph, x: Value, prefix: string): Value {
-  return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => g.linear(g.silu(g.linear(x, `${prefix}.linear_1`, BIAS)), `${prefix}.linear_2`, BIAS));
-}
-
 /**
  * get_2d_sincos_pos_embed for the latent's patch grid (h, w), computed in the graph so any size works: grid
  * coordinates in float32 (arange / (n / base_size) / interpolation_scale, as numpy does), the sin/cos in float64, the
@@ -154,12 +141,14 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
     // adaLN-single: embedded timestep (plus micro-conditions) -> silu -> linear to the six modulations of every block.
     const embedded = g.scope('adaln_single', () => {
       const e = `${prefix}.adaln_single.emb`;
-      let emb = timestepEmbedding(g, g.cast(sinusoidalEmbedding(g, g.cast(x.timestep, 'float32'), 256), g.dtype), `${e}.timestep_embedder`);
+      const emb0 = new Module(g, e);
+      const project = (t: Value) => g.cast(timestepProjection(g, t, 256, true, 0), g.dtype);
+      let emb = emb0.with('timestep_embedder', (t) => timestepEmbedding(t, project(g.cast(x.timestep, 'float32')), BIAS));
       if (cfg.use_additional_conditions) {
         if (!x.resolution || !x.aspectRatio) throw new OnestepError('this PixArt transformer needs the resolution and aspect_ratio inputs');
         const condition = (v: Value, key: string, n: number) => {
           const flat = g.reshape(g.cast(v, 'float32'), [-1]);
-          const embedded = timestepEmbedding(g, g.cast(sinusoidalEmbedding(g, flat, 256), g.dtype), `${e}.${key}`);
+          const embedded = emb0.with(key, (t) => timestepEmbedding(t, project(flat), BIAS));
           return g.reshape(embedded, [-1, n * (dim / 3)]);
         };
         emb = g.add(emb, g.concat([condition(x.resolution, 'resolution_embedder', 2), condition(x.aspectRatio, 'aspect_ratio_embedder', 1)], 1));

@@ -8,7 +8,7 @@ import type { UNetConfig } from '../checkpoint/configs.js';
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
 import { Graph, type Module, type Value } from '../onnx/graph.js';
-import { basicTransformerBlock, resnetBlock2D, toImage, toTokens } from './blocks.js';
+import { basicTransformerBlock, resnetBlock2D, timestepEmbedding, timestepProjection, toImage, toTokens } from './blocks.js';
 
 export interface UNetInputs {
   /** [batch, in_channels, h, w] */
@@ -119,36 +119,6 @@ export function normalizeUNetConfig(json: Record<string, any>, source = 'unet co
   };
 }
 
-/**
- * Frequencies of diffusers' get_timestep_embedding, rounded to float32 at every step as torch computes them:
- * exp(-ln(10000) * i / (half - freq_shift)).
- */
-export function timestepFrequencies(channels: number, freqShift: number): Float32Array {
-  const half = Math.floor(channels / 2);
-  const negLogPeriod = Math.fround(-Math.log(10000));
-  const out = new Float32Array(half);
-  for (let i = 0; i < half; i++) {
-    const exponent = Math.fround(Math.fround(negLogPeriod * i) / (half - freqShift));
-    out[i] = Math.fround(Math.exp(exponent));
-  }
-  return out;
-}
-
-/** Timesteps [batch] (float32) -> sinusoidal embedding [batch, channels] (float32). */
-function timestepEmbedding(g: Graph, timestep: Value, channels: number, flipSinToCos: boolean, freqShift: number): Value {
-  if (channels % 2) throw new OnestepError(`timestep embedding of odd width ${channels} is not supported`);
-  const freqs = timestepFrequencies(channels, freqShift);
-  const args = g.mul(g.unsqueeze(timestep, [1]), g.constant(freqs, [1, freqs.length], 'float32'));
-  const sin = g.sin(args);
-  const cos = g.cos(args);
-  return g.concat(flipSinToCos ? [cos, sin] : [sin, cos], 1);
-}
-
-/** TimestepEmbedding: linear_1 -> silu -> linear_2. */
-function timeEmbedding(g: Graph, x: Value, prefix: string): Value {
-  return g.scope('time_embedding', () => g.linear(g.silu(g.linear(x, `${prefix}.linear_1`)), `${prefix}.linear_2`));
-}
-
 /** Transformer2DModel (continuous input): GroupNorm -> proj_in -> transformer blocks -> proj_out -> + residual. */
 function transformer2DModel(m: Module, cfg: UNetConfig, x: Value, context: Value, heads: number, layers: number, onlyCross = false): Value {
   const { g } = m;
@@ -203,8 +173,8 @@ export function unet(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix = 'unet'):
     const context = g.cast(x.encoderHiddenStates, g.dtype);
     const norm = { groups: cfg.norm_num_groups, eps: cfg.norm_eps };
 
-    const tEmb = timestepEmbedding(g, g.cast(x.timestep, 'float32'), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift);
-    let temb = timeEmbedding(g, g.cast(tEmb, g.dtype), `${prefix}.time_embedding`);
+    const tEmb = timestepProjection(g, g.cast(x.timestep, 'float32'), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift);
+    let temb = m.with('time_embedding', (t) => timestepEmbedding(t, g.cast(tEmb, g.dtype)));
     if (cfg.addition_embed_type === 'text_time') temb = g.add(temb, addTextTimeEmbedding(g, cfg, x, prefix));
     const tembAct = g.silu(temb);
     const resnet = { ...norm, tembAct };
@@ -272,7 +242,7 @@ function addTextTimeEmbedding(g: Graph, cfg: UNetConfig, x: UNetInputs, prefix: 
   const dim = cfg.addition_time_embed_dim!;
   return g.scope('add_embedding', () => {
     const ids = g.reshape(g.cast(x.timeIds!, 'float32'), [-1]);
-    const timeEmbeds = g.reshape(timestepEmbedding(g, ids, dim, cfg.flip_sin_to_cos, cfg.freq_shift), [-1, 6 * dim]);
+    const timeEmbeds = g.reshape(timestepProjection(g, ids, dim, cfg.flip_sin_to_cos, cfg.freq_shift), [-1, 6 * dim]);
     const addEmbeds = g.concat([g.cast(x.textEmbeds!, g.dtype), g.cast(timeEmbeds, g.dtype)], 1);
     return g.linear(g.silu(g.linear(addEmbeds, `${prefix}.add_embedding.linear_1`)), `${prefix}.add_embedding.linear_2`);
   });
