@@ -102,6 +102,14 @@ describe('architectures/pixart-transformer', () => {
     assert.deepEqual([xl1024.interpolation_scale, xl1024.use_additional_conditions, xl1024.num_layers, xl1024.caption_channels], [2, true, 28, 4096]);
     const xl512 = normalizePixArtConfig({ sample_size: 64, use_additional_conditions: false });
     assert.deepEqual([xl512.interpolation_scale, xl512.use_additional_conditions], [1, false]);
+    // PixArt-XL-2-1024-MS as first published (and YOSO's transformer): a Transformer2DModel config with ada_norm_single
+    const legacy = normalizePixArtConfig({
+      _class_name: 'Transformer2DModel', activation_fn: 'gelu-approximate', attention_bias: true, attention_head_dim: 72, caption_channels: 4096,
+      cross_attention_dim: 1152, double_self_attention: false, in_channels: 4, norm_elementwise_affine: false, norm_eps: 1e-6, norm_num_groups: 32,
+      norm_type: 'ada_norm_single', num_attention_heads: 16, num_embeds_ada_norm: 1000, num_layers: 28, num_vector_embeds: null, only_cross_attention: false,
+      out_channels: 8, patch_size: 2, sample_size: 128, upcast_attention: false, use_linear_projection: false,
+    });
+    assert.deepEqual([legacy.interpolation_scale, legacy.use_additional_conditions, legacy.caption_channels], [2, true, 4096]);
     assert.throws(() => normalizePixArtConfig({ norm_type: 'ada_norm_zero' }, 'x/config.json'), (e: unknown) => e instanceof OnestepError && /x\/config.json: norm_type/.test(e.message));
   });
 
