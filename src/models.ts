@@ -107,6 +107,14 @@ async function locateModel(opts: ModelRequest, convert: boolean): Promise<{ dir?
       throw new BadInputError(p, 'no such file or folder.', 'Give a model directory (onestep convert), a .safetensors checkpoint or a diffusers folder.');
     }
   }
+  // Cheap before expensive: a folder that is not a pipeline is refused before hashing it (seconds per GB).
+  if (isDirectory(model) && !existsSync(path.join(model, 'model_index.json'))) {
+    throw new BadInputError(
+      model,
+      'is a folder with neither model.json (a converted model) nor model_index.json (a diffusers pipeline).',
+      'Give a model directory (onestep convert), a .safetensors checkpoint or a diffusers folder.',
+    );
+  }
   const dtype = opts.dtype ?? 'float32';
   const root = cacheRoot(env);
   const key = createHash('sha256');
@@ -133,6 +141,14 @@ async function locateModel(opts: ModelRequest, convert: boolean): Promise<{ dir?
   try {
     await convertCheckpoint(model, { out: dir, dtype, loras, force, onProgress: opts.onConvertProgress });
   } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      // The conversion writes into the cache, not into -o: say so (the temp folder is already removed).
+      throw new OnestepError(
+        `no space left in the model cache ${root} while converting ${model} (${code}).`,
+        'Free some space there, or point ONESTEP_CACHE at a disk with room (a converted model takes about the checkpoint\'s size).',
+      );
+    }
     if (!(err instanceof OnestepError) || !isModelDir(dir)) throw err;
     notes.push(`another process converted it first: using ${dir}`);
   }

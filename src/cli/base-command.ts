@@ -11,6 +11,10 @@ const SYSTEM_ERRORS: Record<string, [string, string]> = {
   ENOENT: ['no such file or folder', 'Check the path.'],
   EISDIR: ['is a folder, not a file', 'Pass a file.'],
   ENOTDIR: ['a part of the path is not a folder', 'Check the path.'],
+  ELOOP: ['a symlink loop (a link that leads back to itself)', 'Check where the links in the path point.'],
+  EEXIST: ['already exists', 'Pass --force to replace it, or choose another path.'],
+  ENAMETOOLONG: ['the path is too long', 'Use a shorter path.'],
+  ENOTEMPTY: ['the folder is not empty', 'Choose another output folder, or pass --force to replace it.'],
   EMFILE: ['too many open files', 'Raise the limit (ulimit -n) or lower --workers / --batch-size.'],
   ENOMEM: ['out of memory', 'Lower --batch-size or --workers, or use a smaller image size.'],
 };

@@ -12,8 +12,9 @@ import { parseDevice } from '../runtime/device.js';
 import { BadInputError } from '../errors.js';
 import { IMAGE_FORMATS, type ImageFormat } from '../io/images.js';
 import { OUTPUT_FORMATS } from '../io/outputs.js';
-import { DEFAULT_NAME_TEMPLATE } from '../io/names.js';
-import { countPrompts } from '../io/prompts.js';
+import { requireWritableFolder } from '../io/files.js';
+import { DEFAULT_NAME_TEMPLATE, NameTemplate } from '../io/names.js';
+import { checkPromptFile, countPrompts } from '../io/prompts.js';
 import { resolveShard } from '../io/shard.js';
 import { findModelDir, resolveModel } from '../models.js';
 import { formatPlan, planRun } from '../plan.js';
@@ -136,6 +137,10 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     // Flag mistakes are reported before a model is loaded or converted (which can take a minute).
     checkImageSize(flags.width, flags.height);
     parseDevice(flags.device);
+    if (guidance !== undefined && guidance < 0) throw new OnestepError(`--guidance must be >= 0 (the JSONL lines' rule), got ${flags.guidance}`);
+    if (typeof source === 'string' && source !== '-') checkPromptFile(source);
+    new NameTemplate(flags.name);
+    if (!flags['dry-run']) requireWritableFolder(flags.out);
 
     if (flags['dry-run']) {
       const found = await findModelDir({ model: flags.model, loras, dtype: precision(flags.dtype) });

@@ -1,5 +1,4 @@
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { accessSync, constants as fsConstants, createReadStream, statSync, type Stats } from 'node:fs';
 import { extname } from 'node:path';
 import { BadInputError, OnestepError } from '../errors.js';
 import { fileKind } from './files.js';
@@ -84,26 +83,37 @@ function formatFromExtension(path: string): PromptFormat | undefined {
   return undefined;
 }
 
+/**
+ * A prompt file that can be read: exists, is a file or a named pipe (a stream with a path), is readable. Synchronous
+ * and cheap, so `generate` checks it before loading a model.
+ */
+export function checkPromptFile(source: string): void {
+  let info: Stats;
+  try {
+    info = statSync(source);
+    accessSync(source, fsConstants.R_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new BadInputError(source, 'no such prompt file.', 'Check the path, or pass - to read prompts from stdin.');
+    if (code === 'EACCES') throw new BadInputError(source, 'cannot be read (permission denied).', 'Check the file permissions.');
+    if (code === 'ELOOP') throw new BadInputError(source, 'is a symlink loop.', 'Check where the link points.');
+    throw new BadInputError(source, `cannot be read (${code ?? String(err)}).`);
+  }
+  if (info.isDirectory()) throw new BadInputError(source, 'is a folder, not a prompt file.');
+  // A named pipe is a stream with a path (mkfifo, a shell's <(...)), read as it comes like stdin; a socket or a
+  // device (/dev/zero never ends) is refused.
+  if (!info.isFile() && !info.isFIFO()) {
+    throw new BadInputError(source, `is ${fileKind(info)}, not a regular file.`, `To stream prompts, pipe them into stdin: onestep generate - < ${source}`);
+  }
+}
+
 async function openSource(
   source: string | NodeJS.ReadableStream,
   label: string | undefined,
 ): Promise<{ stream: AsyncIterable<Buffer | string>; label: string; format?: PromptFormat }> {
   if (typeof source !== 'string') return { stream: source as AsyncIterable<Buffer>, label: label ?? '<stream>' };
   if (source === '-') return { stream: process.stdin, label: label ?? STDIN_LABEL };
-  try {
-    const info = await stat(source);
-    if (info.isDirectory()) throw new BadInputError(source, 'is a folder, not a prompt file.');
-    // A named pipe is a stream with a path (mkfifo, a shell's <(...)), read as it comes like stdin; a socket or a
-    // device (/dev/zero never ends) is refused.
-    if (!info.isFile() && !info.isFIFO()) {
-      throw new BadInputError(source, `is ${fileKind(info)}, not a regular file.`, `To stream prompts, pipe them into stdin: onestep generate - < ${source}`);
-    }
-  } catch (err) {
-    if (err instanceof OnestepError) throw err;
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new BadInputError(source, 'no such prompt file.', 'Check the path, or pass - to read prompts from stdin.');
-    throw new BadInputError(source, `cannot be read (${code ?? String(err)}).`);
-  }
+  checkPromptFile(source);
   return { stream: createReadStream(source, { highWaterMark: 256 * 1024 }), label: label ?? source, format: formatFromExtension(source) };
 }
 

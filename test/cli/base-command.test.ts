@@ -50,4 +50,45 @@ describe('cli/base-command', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('a full model cache during generate blames the cache (ONESTEP_CACHE), not -o (where a small tmpfs can be mounted)', function () {
+    const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-full-cache-'));
+    if (spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', cache]).status !== 0) {
+      fs.rmSync(cache, { recursive: true, force: true });
+      this.skip();
+    }
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-full-out-'));
+    try {
+      fs.writeFileSync(path.join(work, 'p.txt'), 'a cat\n');
+      const out = path.join(work, 'out');
+      const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'generate', path.join(work, 'p.txt'), '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-sd15'), '-o', out, '-q'], {
+        encoding: 'utf8',
+        env: { ...process.env, ONESTEP_CACHE: cache },
+      });
+      assert.notEqual(r.status, 0);
+      assert.match(r.stderr, new RegExp(`^Error: no space left in the model cache ${cache} while converting .*tiny-sd15 \\(ENOSPC\\)`, 'm'));
+      assert.match(r.stderr, /ONESTEP_CACHE/);
+      assert.doesNotMatch(r.stderr, new RegExp(`while writing ${out}`));
+      assert.doesNotMatch(r.stderr, /^\s+at /m, r.stderr);
+      assert.deepEqual(fs.readdirSync(path.join(cache, 'models')), [], 'no half-written model in the cache');
+    } finally {
+      spawnSync('umount', [cache]);
+      fs.rmSync(cache, { recursive: true, force: true });
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  it('a symlink loop (ELOOP) names its cause: one Error line, no stack trace', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-loop-'));
+    try {
+      fs.symlinkSync(path.join(dir, 'b'), path.join(dir, 'a'));
+      fs.symlinkSync(path.join(dir, 'a'), path.join(dir, 'b'));
+      const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'run.js'), 'inspect', path.join(dir, 'a')], { encoding: 'utf8' });
+      assert.notEqual(r.status, 0);
+      assert.match(r.stderr, /^Error: .*(symlink loop)/m);
+      assert.doesNotMatch(r.stderr, /^\s+at /m, r.stderr);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -321,6 +321,45 @@ describe('onestep generate (spawned CLI)', function () {
     }
   });
 
+  it('cheap checks come before loading or converting a model: prompt file, --name, -o, sizes, guidance, a folder that is no model', async () => {
+    const dir = path.join(work, 'early');
+    fs.mkdirSync(dir);
+    const prompts = path.join(dir, 'p.txt');
+    fs.writeFileSync(prompts, 'a cat\n');
+    const aFile = path.join(dir, 'a-file');
+    fs.writeFileSync(aFile, 'x');
+    fs.symlinkSync(path.join(dir, 'loop-b'), path.join(dir, 'loop-a'));
+    fs.symlinkSync(path.join(dir, 'loop-a'), path.join(dir, 'loop-b'));
+    // Not a model: a folder holding a large file (hashing it would take seconds before any message).
+    const notModel = path.join(dir, 'not-a-model');
+    fs.mkdirSync(notModel);
+    fs.writeFileSync(path.join(notModel, 'big.bin'), Buffer.alloc(256 << 20));
+    const checkpoint = path.join(FIXTURES, 'tiny-sd15.safetensors');
+    const out = path.join(dir, 'out');
+    const cases: [string[], RegExp][] = [
+      [[path.join(dir, 'missing.txt')], /missing\.txt: no such prompt file/],
+      [[prompts, '--name', '{bogus}'], /unknown field \{bogus\}/],
+      [[prompts, '-o', aFile], /a-file: is a regular file, not a folder/],
+      [[prompts, '-o', path.join(aFile, 'sub')], /sub: is inside .*a-file, which is a regular file, not a folder/],
+      [[prompts, '-o', path.join(dir, 'loop-a')], /loop-a: is a symlink loop/],
+      [[prompts, '-o', '/sys/onestep-out'], /onestep-out: cannot be created: \/sys (is on a read-only file system|is not writable)/],
+      [[prompts, '--width', '20000'], /--width.*between 8 and 16384/],
+      [[prompts, '--guidance', '-1'], /--guidance must be >= 0/],
+      [[prompts, '--model', notModel], /not-a-model: is a folder with neither model\.json .* nor model_index\.json/],
+    ];
+    for (const [args, pattern] of cases) {
+      const started = Date.now();
+      const res = await generate([...args, ...(args.includes('--model') ? [] : ['--model', checkpoint]), ...(args.includes('-o') ? [] : ['-o', out])], cleanEnv(path.join(dir, 'cache')));
+      assert.equal(res.code, 1, `${args.join(' ')}: ${res.stderr}`);
+      assert.match(res.stderr, pattern);
+      assert.doesNotMatch(res.stderr, /\n\s+at |converting/, args.join(' '));
+      // Nothing converted or hashed into the cache, nothing written.
+      assert.ok(!fs.existsSync(path.join(dir, 'cache')), `${args.join(' ')}: the cache was touched`);
+      assert.ok(!fs.existsSync(out), `${args.join(' ')}: -o was created`);
+      assert.ok(Date.now() - started < 20_000);
+    }
+  });
+
   it('bad lines are reported with line numbers and skipped; --strict stops at the first naming file:line', async () => {
     const dir = path.join(work, 'bad');
     fs.mkdirSync(dir);
