@@ -61,6 +61,10 @@ export interface GenerateOptions {
   /** Stop reading new prompts (SIGINT): in-flight batches finish, the manifest is flushed. */
   signal?: AbortSignal;
   onImage?: (done: number, img: GeneratedImage & { file: string }) => void;
+  /** The model is loaded: images start now (for progress rates and ETAs that leave the load out). */
+  onReady?: () => void;
+  /** --resume skipped one more image its manifest holds; `skipped` counts them so far. */
+  onSkip?: (skipped: number) => void;
   onWarning?: (message: string) => void;
   onIssue?: (line: number, message: string) => void;
 }
@@ -189,6 +193,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
   });
   const m = engine.manifest;
   for (const note of engine.notes) opts.onWarning?.(note);
+  opts.onReady?.();
   const manifest = await openManifest(opts.out);
   const stale = (await removeStaleTemps(opts.out)).length;
   if (stale) opts.onWarning?.(`removed ${stale} partial image file(s) left by an interrupted run`);
@@ -387,6 +392,7 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
         return false;
       }
       skippedExisting++;
+      opts.onSkip?.(skippedExisting);
       return true;
     }
     if (initFile) req.init = { image: await loadInitImage(initFile, req.width, req.height), strength };

@@ -215,6 +215,24 @@ describe('generate (library)', function () {
     assert.ok(warnings.some((w) => /^prompt 1 \(line 2\): .*longer than 77 tokens/.test(w)), warnings.join('\n'));
   });
 
+  it('progress hooks: onReady once the model is loaded, before any image; --resume reports the done images it skips', async () => {
+    const out = path.join(work, 'progress');
+    await generateImages(promptFile, options(out, { batchSize: 4 }));
+    for (const e of readManifest(out).filter((x) => x.index % 4 === 1)) fs.rmSync(path.join(out, e.file));
+    const events: string[] = [];
+    let skipped = 0;
+    const summary = await generateImages(promptFile, options(out, {
+      batchSize: 4,
+      resume: true,
+      onReady: () => events.push('ready'),
+      onSkip: (n) => (skipped = n),
+      onImage: (done) => events.push(`image ${done}`),
+    }));
+    assert.deepEqual(events, ['ready', 'image 1', 'image 2']);
+    assert.equal(skipped, 6);
+    assert.equal(summary.skipped_existing, 6);
+  });
+
   it('an aborted signal stops reading: the batches in flight finish and are recorded', async () => {
     const out = path.join(work, 'abort');
     const source = new PassThrough();

@@ -204,7 +204,8 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
     };
     process.on('SIGINT', onSigint);
     process.on('SIGTERM', onSigint);
-    const started = Date.now();
+    let started = Date.now();
+    let skipped = 0;
     try {
       const summary = await generateImages(source === '-' ? process.stdin : source, {
         modelDir: resolved.dir,
@@ -235,11 +236,15 @@ gets index i*n + j and seed base + i*n + j (a line's own seed s gives s + j).`;
         strength: flags.strength,
         initLatentMeanFile: flags['init-latent-mean'],
         signal: controller.signal,
+        // The rate and ETA count from the model's load (not the start of the command), over the images made now; images
+        // --resume found done count toward the total.
+        onReady: () => (started = Date.now()),
+        onSkip: (n) => (skipped = n),
         onImage: (done) => {
           const s = (Date.now() - started) / 1000;
           const rate = done / Math.max(s, 1e-3);
-          const eta = total ? ` ETA ${Math.max(0, Math.round((total - done) / rate))} s` : '';
-          progress.update(`${done}${total ? `/${total}` : ''} images, ${rate.toFixed(2)} img/s${eta}`);
+          const eta = total ? ` ETA ${Math.max(0, Math.round((total - skipped - done) / rate))} s` : '';
+          progress.update(`${skipped + done}${total ? `/${total}` : ''} images${skipped ? ` (${skipped} already done)` : ''}, ${rate.toFixed(2)} img/s${eta}`);
         },
         onWarning: warn,
         onIssue: (line, message) => warn(`${args.prompts ?? '--prompt'}:${line}: ${message} (skipped)`),

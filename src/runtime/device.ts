@@ -5,6 +5,7 @@
  * CUDA provider library, InferenceSession.create rejects with "...Failed to load shared library". So `auto` tries
  * CUDA and falls back to CPU with a note; an explicit `cuda` that fails is an error with the install hint.
  */
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { OnestepError } from '../errors.js';
@@ -67,6 +68,15 @@ export function sessionOptions(device: Device, settings: SessionSettings): ort.I
   return options;
 }
 
+/**
+ * Whether this machine has an NVIDIA GPU (its driver is loaded): Linux's /proc/driver/nvidia or /dev/nvidia0.
+ * Elsewhere (Windows) there is no cheap test, so a GPU is assumed possible and CUDA is tried.
+ */
+export function nvidiaGpuPresent(): boolean {
+  if (process.platform !== 'linux') return true;
+  return existsSync('/proc/driver/nvidia/version') || existsSync('/dev/nvidia0') || existsSync('/dev/nvidiactl');
+}
+
 function looksLikeMissingCuda(message: string): boolean {
   return /shared library|cuda|cudnn|cublas|provider/i.test(message);
 }
@@ -88,6 +98,8 @@ export async function openSession(
   const started = performance.now();
   const done = (r: { session: ort.InferenceSession; cache: CacheUse }, device: Device, note?: string) => ({ ...r, device, note, loadMs: performance.now() - started });
   if (request.kind === 'cpu') return done(await createOrExplain(file, { kind: 'cpu' }, settings), { kind: 'cpu' });
+  // auto on a machine without an NVIDIA GPU: CPU, and nothing to say about CUDA (no GPU is the normal case there).
+  if (request.kind === 'auto' && !nvidiaGpuPresent()) return done(await createOrExplain(file, { kind: 'cpu' }, settings), { kind: 'cpu' });
   const cuda: Device = { kind: 'cuda', id: request.kind === 'cuda' ? request.id : 0 };
   // Without the CUDA provider ORT also logs a red error of its own; the user gets our note or error instead.
   // (ORT fixes this level process-wide at the first session the process creates; later settings do nothing.)
