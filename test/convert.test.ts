@@ -3,10 +3,12 @@
  * the converted graphs, run with onnxruntime on the goldens' inputs, must reproduce the goldens diffusers computed.
  */
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, readdirSync, existsSync, mkdirSync, mkdtempSync, copyFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, readFileSync, readdirSync, existsSync, mkdirSync, mkdtempSync, copyFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { sha256Path } from '../src/checkpoint/hash.js';
 import { convertCheckpoint, type ConvertOptions, type ConvertResult } from '../src/convert.js';
 import { OnestepError } from '../src/errors.js';
 import type { ModelManifest } from '../src/runtime/model-dir.js';
@@ -160,6 +162,32 @@ function smallF32(name: string, shape: number[], seed: number): TensorToWrite {
   return { name, dtype: 'F32', shape, data: () => new Uint8Array(values.buffer) };
 }
 
+/**
+ * The layout huggingface_hub's cache gives a downloaded pipeline: blobs/<hash> hold the bytes, snapshots/<rev>/ mirror
+ * the repository with relative symlinks into ../blobs. Returns the snapshot folder.
+ */
+function hubSnapshot(folder: string, cache: string): string {
+  const repo = join(cache, 'models--tiny--sd15');
+  const snapshot = join(repo, 'snapshots', '0123abcd');
+  mkdirSync(join(repo, 'blobs'), { recursive: true });
+  const walk = (rel: string): void => {
+    for (const e of readdirSync(join(folder, rel), { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        mkdirSync(join(snapshot, r), { recursive: true });
+        walk(r);
+        continue;
+      }
+      const blob = createHash('sha256').update(readFileSync(join(folder, r))).digest('hex');
+      copyFileSync(join(folder, r), join(repo, 'blobs', blob));
+      symlinkSync(`${'../'.repeat(r.split('/').length + 1)}blobs/${blob}`, join(snapshot, r));
+    }
+  };
+  mkdirSync(snapshot, { recursive: true });
+  walk('');
+  return snapshot;
+}
+
 describe('convertCheckpoint (tiny fixtures, goldens through onnxruntime)', function () {
   this.timeout(120_000);
   let work: string;
@@ -187,7 +215,16 @@ describe('convertCheckpoint (tiny fixtures, goldens through onnxruntime)', funct
       ['sd21-file', sd21File, { prediction: 'v_prediction', configDir: sd21Configs }],
       ['sd21-folder-fp16', join(FIXTURES, 'tiny-sd21'), { dtype: 'float16' }],
     ];
+    jobs.push(['sd15-hub', hubSnapshot(join(FIXTURES, 'tiny-sd15'), join(work, 'hub')), {}]);
     for (const [key, input, opts] of jobs) converted.set(key, await convertCheckpoint(input, { ...opts, out: join(work, 'models', key) }));
+  });
+
+  it('a Hugging Face hub cache snapshot (every file a relative symlink into ../blobs) converts to the same graphs as the folder, and hashes the same', async () => {
+    for (const f of GRAPH_FILES) {
+      const a = readFileSync(join(dirOf('sd15-folder'), f));
+      assert.ok(a.length > 0 && a.equals(readFileSync(join(dirOf('sd15-hub'), f))), `${f} differs`);
+    }
+    assert.equal(await sha256Path(join(work, 'hub', 'models--tiny--sd15', 'snapshots', '0123abcd')), await sha256Path(join(FIXTURES, 'tiny-sd15')));
   });
   after(() => {
     if (work) rmSync(work, { recursive: true, force: true });

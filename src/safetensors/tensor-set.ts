@@ -2,6 +2,7 @@
  * One logical set of tensors: a single tensor file (.safetensors, or a PyTorch .bin/.ckpt/.pt/.pth read without
  * executing it), or shards listed by a *.safetensors.index.json / *.bin.index.json.
  */
+import { statSync, type Dirent } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, sep } from 'node:path';
 import { SafetensorsError } from './errors.js';
@@ -133,7 +134,9 @@ async function openIndex(indexPath: string): Promise<Opened> {
 
 /** The one index (else the one tensor file) in a folder; variants (fp16, ema) only when nothing plainer is there. */
 async function pickInFolder(folder: string): Promise<string> {
-  const entries = (await readdir(folder, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
+  // Symlinked files count: a Hugging Face hub cache snapshot holds nothing but links into ../blobs.
+  const isFileEntry = (e: Dirent) => e.isFile() || (e.isSymbolicLink() && statSync(join(folder, e.name), { throwIfNoEntry: false })?.isFile() === true);
+  const entries = (await readdir(folder, { withFileTypes: true })).filter(isFileEntry).map((e) => e.name).sort();
   const groups: [string, string[]][] = [
     ['safetensors index files', entries.filter((n) => SAFETENSORS_INDEX.test(n))],
     ['safetensors files', entries.filter((n) => /\.safetensors$/i.test(n))],
