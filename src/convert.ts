@@ -6,6 +6,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buildTaesdDecoderGraph, taesdUpscale } from './architectures/taesd.js';
 import { openTaesd, type OpenedTaesd } from './checkpoint/taesd.js';
+import { checkConfigs } from './checkpoint/check-config.js';
 import type { PredictionType } from './checkpoint/configs.js';
 import { sha256Path } from './checkpoint/hash.js';
 import { withReplacedComponents, type ReplacedComponent } from './checkpoint/components.js';
@@ -119,6 +120,12 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
       await ckpt.weights.close();
       throw e;
     }
+  }
+  try {
+    checkConfigs(ckpt.configs, input);
+  } catch (e) {
+    await ckpt.weights.close();
+    throw e;
   }
   let weights: WeightSource = ckpt.weights;
   let taesd: OpenedTaesd | undefined;
