@@ -21,10 +21,9 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { buildUNetGraph } from '../src/architectures/unet.js';
-import { buildVaeDecoderGraph } from '../src/architectures/vae.js';
+import { buildUNetGraph, expectedUnetWeights } from '../src/architectures/unet.js';
+import { buildVaeDecoderGraph, expectedVaeWeights } from '../src/architectures/vae.js';
 import { formatBenchReport, runBench, type BenchReport } from '../src/bench.js';
-import { expectedUnetTensors, expectedVaeTensors } from '../src/checkpoint/expected.js';
 import type { WeightSource } from '../src/checkpoint/weight-source.js';
 import { convertCheckpoint } from '../src/convert.js';
 import { fuseForCuda, type CudaFusionReport } from '../src/onnx/cuda-fusions.js';
@@ -71,8 +70,8 @@ export interface GraphCheck {
 export function checkCudaGraphs(): GraphCheck[] {
   const out: GraphCheck[] = [];
   const cases: [string, () => Graph, Record<string, number>][] = [
-    ['unet', () => buildUNetGraph(shapesOnly(expectedUnetTensors(SD15_UNET)), SD15_UNET, 'float16'), { batch: 1, sequence: 77, height: 64, width: 64 }],
-    ['vae_decoder', () => buildVaeDecoderGraph(shapesOnly(expectedVaeTensors(SD15_VAE)), SD15_VAE, 'float16'), { batch: 1, height: 64, width: 64 }],
+    ['unet', () => buildUNetGraph(shapesOnly(expectedUnetWeights(SD15_UNET)), SD15_UNET, 'float16'), { batch: 1, sequence: 77, height: 64, width: 64 }],
+    ['vae_decoder', () => buildVaeDecoderGraph(shapesOnly(expectedVaeWeights(SD15_VAE)), SD15_VAE, 'float16'), { batch: 1, height: 64, width: 64 }],
   ];
   for (const [graph, build, symbols] of cases) {
     const g = build();

@@ -10,8 +10,7 @@
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { expectedVaeTensors } from '../src/checkpoint/expected.js';
-import { vaeConfigFromJson } from '../src/checkpoint/infer-config.js';
+import { expectedVaeWeights, vaeConfigFromJson } from '../src/architectures/vae.js';
 import { f32ToF16 } from '../src/safetensors/dtypes.js';
 import { writeSafetensors, type TensorToWrite } from '../src/safetensors/writer.js';
 
@@ -203,7 +202,7 @@ export async function generatePixArt(dir: string, opts: { dtype?: 'f32' | 'f16';
   }
   let before = 0;
   const progress = (bytes: number) => opts.onProgress?.(before + bytes);
-  const vae = [...expectedVaeTensors(vaeConfigFromJson(SD_VAE))].map(([k, s]): [string, number[]] => [k.slice('vae.'.length), s]);
+  const vae = [...expectedVaeWeights(vaeConfigFromJson(SD_VAE, 'vae/config.json'))].map(([k, s]): [string, number[]] => [k.slice('vae.'.length), s]);
   before += await writeComponent(join(dir, 'vae', 'diffusion_pytorch_model.safetensors'), vae, dtype, pool, poolF16, progress);
   before += await writeComponent(join(dir, 'transformer', 'diffusion_pytorch_model.safetensors'), pixartTransformerTensors(transformer), dtype, pool, poolF16, progress);
   before += await writeComponent(join(dir, 'text_encoder', 'model.safetensors'), t5EncoderTensors(T5_XXL), dtype, pool, poolF16, progress);

@@ -7,9 +7,10 @@
  */
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { clipTextConfigFromJson, expectedClipTextWeights } from '../src/architectures/clip-text.js';
+import { expectedUnetWeights, unetConfigFromJson } from '../src/architectures/unet.js';
+import { expectedVaeWeights, vaeConfigFromJson } from '../src/architectures/vae.js';
 import type { ClipTextConfig } from '../src/checkpoint/configs.js';
-import { expectedClipTextTensors, expectedUnetTensors, expectedVaeTensors } from '../src/checkpoint/expected.js';
-import { clipTextConfigFromJson, unetConfigFromJson, vaeConfigFromJson } from '../src/checkpoint/infer-config.js';
 import { canonicalToLdm, CLIP_PREFIX } from '../src/checkpoint/keymap-sd.js';
 import { openCheckpoint } from '../src/checkpoint/open.js';
 import { f32ToF16 } from '../src/safetensors/dtypes.js';
@@ -22,8 +23,8 @@ export const SD15_UNET = unetConfigFromJson({
   attention_head_dim: 8,
   cross_attention_dim: 768,
   sample_size: 64,
-});
-export const SD15_VAE = vaeConfigFromJson({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2, latent_channels: 4 });
+}, 'SD 1.5 unet config');
+export const SD15_VAE = vaeConfigFromJson({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2, latent_channels: 4, sample_size: 512 }, 'SD 1.5 vae config');
 export const SD15_TEXT = clipTextConfigFromJson({
   vocab_size: 49408,
   hidden_size: 768,
@@ -32,7 +33,7 @@ export const SD15_TEXT = clipTextConfigFromJson({
   num_attention_heads: 12,
   max_position_embeddings: 77,
   hidden_act: 'quick_gelu',
-});
+}, 'SD 1.5 text_encoder config');
 
 /** The LDM wrapper's DDPM buffers (scaled_linear betas 0.00085..0.012) that released SD 1.x files carry. */
 function ddpmBuffers(): Map<string, Float64Array> {
@@ -61,7 +62,7 @@ function ddpmBuffers(): Map<string, Float64Array> {
 
 /** SD 1.5's network tensors: LDM key -> {canonical name, shape}, sorted by key as released files are. */
 export function sd15Tensors(): { key: string; canonical: string; shape: number[] }[] {
-  const canonical = new Map([...expectedUnetTensors(SD15_UNET), ...expectedVaeTensors(SD15_VAE), ...expectedClipTextTensors(SD15_TEXT)]);
+  const canonical = new Map([...expectedUnetWeights(SD15_UNET), ...expectedVaeWeights(SD15_VAE), ...expectedClipTextWeights(SD15_TEXT)]);
   const out = [...canonical].map(([name, shape]) => {
     const key = canonicalToLdm(name);
     if (!key) throw new Error(`no LDM key for ${name}`);

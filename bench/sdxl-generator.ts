@@ -9,8 +9,9 @@
  */
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { expectedClipTextTensors, expectedUnetTensors, expectedVaeTensors } from '../src/checkpoint/expected.js';
-import { clipTextConfigFromJson, unetConfigFromJson, vaeConfigFromJson } from '../src/checkpoint/infer-config.js';
+import { clipTextConfigFromJson, expectedClipTextWeights } from '../src/architectures/clip-text.js';
+import { expectedUnetWeights, unetConfigFromJson } from '../src/architectures/unet.js';
+import { expectedVaeWeights, vaeConfigFromJson } from '../src/architectures/vae.js';
 import { canonicalToLdm, SGM_CLIP_PREFIX, SGM_OPENCLIP_PREFIX, type LdmLayout } from '../src/checkpoint/keymap-sd.js';
 import { openCheckpoint } from '../src/checkpoint/open.js';
 import { f32ToF16 } from '../src/safetensors/dtypes.js';
@@ -31,15 +32,15 @@ export const SDXL_UNET = unetConfigFromJson({
   addition_time_embed_dim: 256,
   projection_class_embeddings_input_dim: 2816,
   sample_size: 128,
-});
-export const SDXL_VAE = vaeConfigFromJson({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2, latent_channels: 4, scaling_factor: 0.13025 });
+}, 'SDXL unet config');
+export const SDXL_VAE = vaeConfigFromJson({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2, latent_channels: 4, scaling_factor: 0.13025, sample_size: 1024 }, 'SDXL vae config');
 export const SDXL_TEXT = clipTextConfigFromJson({
   hidden_size: 768,
   intermediate_size: 3072,
   num_hidden_layers: 12,
   num_attention_heads: 12,
   hidden_act: 'quick_gelu',
-});
+}, 'SDXL text_encoder config');
 export const SDXL_TEXT_2 = clipTextConfigFromJson({
   architectures: ['CLIPTextModelWithProjection'],
   hidden_size: 1280,
@@ -48,7 +49,7 @@ export const SDXL_TEXT_2 = clipTextConfigFromJson({
   num_attention_heads: 20,
   hidden_act: 'gelu',
   projection_dim: 1280,
-});
+}, 'SDXL text_encoder_2 config');
 
 /** SDXL's SGM layout: its up blocks 0 and 1 have attention (so their upsamplers are output_blocks.N.2). */
 const SGM_LAYOUT: LdmLayout = { unet: { layersPerBlock: 2, upBlockHasAttention: (b) => b < 2 }, vaeLevels: 4, text: 'sgm' };
@@ -64,12 +65,12 @@ interface PlannedTensor {
 export function sdxlTensors(unetOnly = false): PlannedTensor[] {
   const canonical = new Map(
     unetOnly
-      ? [...expectedUnetTensors(SDXL_UNET)]
+      ? [...expectedUnetWeights(SDXL_UNET)]
       : [
-          ...expectedUnetTensors(SDXL_UNET),
-          ...expectedVaeTensors(SDXL_VAE),
-          ...expectedClipTextTensors(SDXL_TEXT, 'text_encoder.'),
-          ...expectedClipTextTensors(SDXL_TEXT_2, 'text_encoder_2.'),
+          ...expectedUnetWeights(SDXL_UNET),
+          ...expectedVaeWeights(SDXL_VAE),
+          ...expectedClipTextWeights(SDXL_TEXT),
+          ...expectedClipTextWeights(SDXL_TEXT_2, 'text_encoder_2'),
         ],
   );
   const out = new Map<string, PlannedTensor>();

@@ -143,12 +143,12 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
       const e = `${prefix}.adaln_single.emb`;
       const emb0 = new Module(g, e);
       const project = (t: Value) => g.cast(timestepProjection(g, t, 256, true, 0), g.dtype);
-      let emb = emb0.with('timestep_embedder', (t) => timestepEmbedding(t, project(g.cast(x.timestep, 'float32')), BIAS));
+      let emb = emb0.with('timestep_embedder', (t) => timestepEmbedding(t, project(g.cast(x.timestep, 'float32')), 256, dim));
       if (cfg.use_additional_conditions) {
         if (!x.resolution || !x.aspectRatio) throw new OnestepError('this PixArt transformer needs the resolution and aspect_ratio inputs');
         const condition = (v: Value, key: string, n: number) => {
           const flat = g.reshape(g.cast(v, 'float32'), [-1]);
-          const embedded = emb0.with(key, (t) => timestepEmbedding(t, project(flat), BIAS));
+          const embedded = emb0.with(key, (t) => timestepEmbedding(t, project(flat), 256, dim / 3));
           return g.reshape(embedded, [-1, n * (dim / 3)]);
         };
         emb = g.add(emb, g.concat([condition(x.resolution, 'resolution_embedder', 2), condition(x.aspectRatio, 'aspect_ratio_embedder', 1)], 1));
@@ -169,10 +169,12 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
     });
 
     const m = new Module(g, prefix);
-    const adaNormSingle = { tBlock, dim, affine: cfg.norm_elementwise_affine };
+    const adaNormSingle = { tBlock, affine: cfg.norm_elementwise_affine };
+    // caption_projection gives the context in the transformer's own width.
+    const caption = { value: context, dim };
     for (let i = 0; i < cfg.num_layers; i++) {
       hidden = m.with(`transformer_blocks.${i}`, (b) =>
-        basicTransformerBlock(b, hidden, { heads: cfg.num_attention_heads, context, contextBias, eps: cfg.norm_eps, adaNormSingle, activation: 'gelu-tanh', projectionBias: true }),
+        basicTransformerBlock(b, hidden, { dim, heads: cfg.num_attention_heads, context: caption, contextBias, eps: cfg.norm_eps, adaNormSingle, activation: 'gelu-tanh', projectionBias: true }),
       );
     }
 

@@ -97,13 +97,22 @@ function relu(g: Graph, x: Value): Value {
   return g.node('Relu', [x])[0];
 }
 
+/**
+ * A conv of the shape and bias its weights have: TAESD's widths are not in its config (madebyollin's files carry none,
+ * inferTaesdDecoderConfig reads the block counts off the names), so these shapes are not declared and a TAESD decoder
+ * is not dry-run (Graph.weight); openTaesd checks its layout instead.
+ */
+function conv(m: Module, x: Value, name: string): Value {
+  return m.g.conv2d(x, m.key(name));
+}
+
 /** AutoencoderTinyBlock: relu(conv(relu(conv(relu(conv(x))))) + skip(x)), skip a 1x1 conv when channels change. */
 function autoencoderTinyBlock(m: Module, x: Value): Value {
   const { g } = m;
-  let h = relu(g, m.conv2d(x, 'conv.0'));
-  h = relu(g, m.conv2d(h, 'conv.2'));
-  h = m.conv2d(h, 'conv.4');
-  const skip = m.has('skip.weight') ? m.conv2d(x, 'skip') : x;
+  let h = relu(g, conv(m, x, 'conv.0'));
+  h = relu(g, conv(m, h, 'conv.2'));
+  h = conv(m, h, 'conv.4');
+  const skip = m.has('skip.weight') ? conv(m, x, 'skip') : x;
   return relu(g, g.add(h, skip));
 }
 
@@ -123,7 +132,7 @@ export function taesdDecoder(g: Graph, cfg: TaesdDecoderConfig, latents: Value, 
     const three = g.scalar(3, latents.type);
     let h = g.mul(g.node('Tanh', [g.div(latents, three)])[0], three);
     // nn.Sequential: a layer with weights is itself a conv (`layers.N.weight`), so its scope is opened around the leaf op.
-    h = g.scope('layers.0', () => relu(g, m.conv2d(h, 'layers.0')));
+    h = g.scope('layers.0', () => relu(g, conv(m, h, 'layers.0')));
     let index = 2;
     cfg.num_decoder_blocks.forEach((count, stage) => {
       for (let b = 0; b < count; b++, index++) h = m.with(`layers.${index}`, (block) => autoencoderTinyBlock(block, h));
@@ -133,7 +142,7 @@ export function taesdDecoder(g: Graph, cfg: TaesdDecoderConfig, latents: Value, 
         index++;
       }
       const i = index++;
-      h = g.scope(`layers.${i}`, () => m.conv2d(h, `layers.${i}`));
+      h = g.scope(`layers.${i}`, () => conv(m, h, `layers.${i}`));
     });
     return g.sub(g.mul(h, g.scalar(2, h.type)), g.scalar(1, h.type));
   });

@@ -13,8 +13,9 @@ import { BadInputError } from '../errors.js';
 import type { Checkpoint } from '../families/types.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
 import type { UNetConfig, VaeConfig } from './configs.js';
-import { checkTensors, expectedUnetTensors, expectedVaeTensors } from './expected.js';
-import { unetConfigFromJson, unsupportedUnetFeatures, vaeConfigFromJson } from './infer-config.js';
+import { expectedUnetWeights, unetConfigFromJson } from '../architectures/unet.js';
+import { expectedVaeWeights, vaeConfigFromJson } from '../architectures/vae.js';
+import { checkTensors } from './check.js';
 import { buildLdmKeyMap, isKnownIgnorableKey, UNET_PREFIX, VAE_PREFIX } from './keymap-sd.js';
 import { MappedSource } from './sources.js';
 import type { TensorMeta, WeightSource } from './weight-source.js';
@@ -173,12 +174,12 @@ export function checkComponentFits(opened: OpenedComponent, config: UNetConfig |
     if (c.addition_embed_type && c.projection_class_embeddings_input_dim !== b.projection_class_embeddings_input_dim) {
       throw mismatch('projection_class_embeddings_input_dim', c.projection_class_embeddings_input_dim, b.projection_class_embeddings_input_dim);
     }
-    checkOnly(opened, expectedUnetTensors(c));
+    checkOnly(opened, expectedUnetWeights(c));
   } else {
     const [c, b] = [config as VaeConfig, base as VaeConfig];
     if (c.latent_channels !== b.latent_channels) throw mismatch('latent_channels', c.latent_channels, b.latent_channels);
     if (c.block_out_channels.length !== b.block_out_channels.length) throw mismatch('downscale levels', c.block_out_channels.length, b.block_out_channels.length);
-    checkOnly(opened, expectedVaeTensors(c));
+    checkOnly(opened, expectedVaeWeights(c));
   }
 }
 
@@ -231,13 +232,8 @@ export async function withReplacedComponents(
       const c = await openComponent(input, component);
       opened.push(c);
       let config: UNetConfig | VaeConfig = base;
-      if (c.config && component === 'unet') {
-        const unsupported = unsupportedUnetFeatures(c.config);
-        if (unsupported.length) throw new BadInputError(path.join(c.path, 'config.json'), `uses UNet features onestep does not build: ${unsupported.join(', ')}`);
-        config = unetConfigFromJson(c.config);
-      } else if (c.config) {
-        config = vaeConfigFromJson(c.config);
-      }
+      const configFile = path.join(c.path, 'config.json');
+      if (c.config) config = component === 'unet' ? unetConfigFromJson(c.config, configFile) : vaeConfigFromJson(c.config, configFile);
       checkComponentFits(c, config, base, ckpt.path);
       if (c.unmapped.length) notes.push(`${c.path}: ${c.unmapped.length} key(s) map to nothing and are ignored, e.g. ${c.unmapped.slice(0, 3).join(', ')}`);
       weights = withComponent(weights, component, c.weights);

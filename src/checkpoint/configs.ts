@@ -1,7 +1,11 @@
 /**
  * Network configurations, with the field names of the diffusers / transformers config.json files they come from.
- * A diffusers folder gives them directly; for a single file they are inferred from tensor shapes.
+ * A diffusers folder gives them directly; for a single file they are inferred from tensor shapes. Each network's
+ * reader (`<network>ConfigFromJson`) and shape inference (`<network>ConfigFromShapes`) live in its architecture file;
+ * the typed field readers they share are here.
  */
+import { BadInputError } from '../errors.js';
+import type { TensorMeta, WeightSource } from './weight-source.js';
 
 export interface UNetConfig {
   in_channels: number;
@@ -24,9 +28,7 @@ export interface UNetConfig {
   freq_shift: number;
   downsample_padding: number;
   mid_block_scale_factor: number;
-  act_fn: string; // 'silu'
-  /** Guidance-embedding input (LCM-style w embedding); 0 / null when absent. */
-  time_cond_proj_dim: number | null;
+  act_fn: 'silu';
   sample_size: number;
   /** null: no mid block (SDXS); diffusers' default is the cross-attention mid block. */
   mid_block_type: 'UNetMidBlock2DCrossAttn' | null;
@@ -90,3 +92,114 @@ export const SD_SCHEDULER: SchedulerConfig = {
   trained_betas: null,
   prediction_type: 'epsilon',
 };
+
+type Json = Readonly<Record<string, unknown>>;
+
+/**
+ * The fields of one config.json, read with the defaults of the class it configures. An absent or null field takes the
+ * default; a field of the wrong type is one BadInputError naming the file and the field.
+ */
+export class ConfigFields {
+  constructor(
+    readonly raw: Json,
+    readonly file: string,
+  ) {}
+
+  has(key: string): boolean {
+    return this.raw[key] !== undefined && this.raw[key] !== null;
+  }
+
+  fail(key: string, detail: string, hint?: string): never {
+    throw new BadInputError(this.file, `${key} = ${JSON.stringify(this.raw[key])} ${detail}`, hint);
+  }
+
+  num(key: string, fallback: number): number {
+    if (!this.has(key)) return fallback;
+    const v = this.raw[key];
+    return typeof v === 'number' && Number.isFinite(v) ? v : this.fail(key, 'is not a number');
+  }
+
+  /** A positive integer (channels, layers, heads). */
+  count(key: string, fallback: number): number {
+    const v = this.num(key, fallback);
+    return Number.isInteger(v) && v > 0 ? v : this.fail(key, 'is not a positive integer');
+  }
+
+  numOrNull(key: string, fallback: number | null): number | null {
+    return this.has(key) ? this.num(key, 0) : this.raw[key] === null ? null : fallback;
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    if (!this.has(key)) return fallback;
+    const v = this.raw[key];
+    return typeof v === 'boolean' ? v : this.fail(key, 'is not true or false');
+  }
+
+  str(key: string, fallback: string): string {
+    if (!this.has(key)) return fallback;
+    const v = this.raw[key];
+    return typeof v === 'string' ? v : this.fail(key, 'is not a string');
+  }
+
+  strList(key: string, fallback: readonly string[]): string[] {
+    if (!this.has(key)) return [...fallback];
+    const v = this.raw[key];
+    return Array.isArray(v) && v.every((x) => typeof x === 'string') ? [...v] : this.fail(key, 'is not a list of strings');
+  }
+
+  countList(key: string, fallback: readonly number[]): number[] {
+    if (!this.has(key)) return [...fallback];
+    const v = this.raw[key];
+    return Array.isArray(v) && v.length > 0 && v.every((x) => Number.isInteger(x) && x > 0) ? [...v] : this.fail(key, 'is not a list of positive integers');
+  }
+
+  /** diffusers' "one value or one per block" fields, as one value per block. */
+  perBlock(key: string, blocks: number, fallback: number): number[];
+  perBlock(key: string, blocks: number, fallback: boolean): boolean[];
+  perBlock(key: string, blocks: number, fallback: number | boolean): (number | boolean)[] {
+    const v = this.has(key) ? this.raw[key] : fallback;
+    const ok = (x: unknown) => (typeof fallback === 'number' ? Number.isInteger(x) && (x as number) > 0 : typeof x === 'boolean');
+    if (ok(v)) return Array.from({ length: blocks }, () => v as number | boolean);
+    if (!Array.isArray(v) || !v.every(ok)) this.fail(key, `is not ${typeof fallback === 'number' ? 'a positive integer' : 'true or false'} or a list of them`);
+    if (v.length !== blocks) this.fail(key, `has ${v.length} entries for ${blocks} blocks`);
+    return [...v];
+  }
+
+  /**
+   * Refuses fields whose value changes the network in a way its builder does not build. `rules`: field -> whether a
+   * (present, non-null) value is one the builder builds.
+   */
+  refuse(rules: Readonly<Record<string, (v: unknown) => boolean>>, what: string, hint: string): void {
+    for (const [key, builds] of Object.entries(rules)) {
+      if (this.has(key) && !builds(this.raw[key])) this.fail(key, `is not supported (onestep builds ${what})`, hint);
+    }
+  }
+}
+
+/** What a weight source shows of the tensors a config is inferred from: their names, and each one's shape. */
+export interface ShapeView {
+  names: readonly string[];
+  metaOf(name: string): TensorMeta | undefined;
+  file: string;
+}
+
+export function shapeView(weights: WeightSource, file: string): ShapeView {
+  return { names: weights.names(), metaOf: (n) => (weights.has(n) ? weights.meta(n) : undefined), file };
+}
+
+/** How many distinct values the first group of `re` takes over the names (blocks, layers). */
+export function countDistinct(names: readonly string[], re: RegExp): number {
+  const s = new Set<string>();
+  for (const n of names) {
+    const m = re.exec(n);
+    if (m) s.add(m[1]);
+  }
+  return s.size;
+}
+
+/** The shape of a tensor a config cannot be inferred without. */
+export function requiredShape(view: ShapeView, name: string): number[] {
+  const m = view.metaOf(name);
+  if (!m) throw new BadInputError(view.file, `required tensor ${name} is missing`, 'The checkpoint is incomplete or not an SD checkpoint.');
+  return m.shape;
+}

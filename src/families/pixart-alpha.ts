@@ -7,11 +7,10 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { buildPixArtTransformerGraph, normalizePixArtConfig, type PixArtConfig } from '../architectures/pixart-transformer.js';
 import { buildT5EncoderGraph, normalizeT5Config, type T5Config } from '../architectures/t5-encoder.js';
-import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeScaleFactor } from '../architectures/vae.js';
+import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeConfigFromJson, vaeScaleFactor } from '../architectures/vae.js';
 import type { VaeConfig } from '../checkpoint/configs.js';
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
-import { vaeConfigFromJson } from '../checkpoint/infer-config.js';
 import { BadInputError, OnestepError } from '../errors.js';
 import { T5Tokenizer } from '../runtime/t5-tokenizer.js';
 import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
@@ -50,7 +49,7 @@ async function openPixArtFolder(folder: FolderInput, opts: OpenOptions): Promise
     const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
     const transformer = readConfig(dir, 'transformer', () => normalizePixArtConfig(rawConfigs.transformer));
     const textEncoder = readConfig(dir, 'text_encoder', () => normalizeT5Config(rawConfigs.text_encoder));
-    const vae = vaeConfigFromJson(rawConfigs.vae);
+    const vae = vaeConfigFromJson(rawConfigs.vae, path.join(dir, 'vae', 'config.json'));
     const tokenizer = path.join(dir, 'tokenizer');
     const ckpt: Checkpoint = {
       path: dir,

@@ -6,24 +6,12 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildClipTextGraph, SD_TEXT_OUTPUT } from '../architectures/clip-text.js';
-import { buildUNetGraph } from '../architectures/unet.js';
-import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeScaleFactor } from '../architectures/vae.js';
-import type { ClipTextConfig, UNetConfig, VaeConfig } from '../checkpoint/configs.js';
-import { checkTensors, expectedClipTextTensors, expectedUnetTensors, expectedVaeTensors } from '../checkpoint/expected.js';
-import {
-  clipTextConfigFromJson,
-  inferClipTextConfig,
-  inferUnetConfig,
-  inferVaeConfig,
-  parseConfigOverrides,
-  sd2HeadsFor,
-  sdScheduler,
-  type UnetShapeRules,
-  unetConfigFromJson,
-  unsupportedUnetFeatures,
-  vaeConfigFromJson,
-} from '../checkpoint/infer-config.js';
+import { buildClipTextGraph, clipTextConfigFromJson, clipTextConfigFromShapes, expectedClipTextWeights, SD_TEXT_OUTPUT } from '../architectures/clip-text.js';
+import { buildUNetGraph, expectedUnetWeights, headsForHeadDim64, unetConfigFromJson, unetConfigFromShapes, type UnetShapeRules } from '../architectures/unet.js';
+import { buildVaeDecoderGraph, buildVaeEncoderGraph, expectedVaeWeights, vaeConfigFromJson, vaeConfigFromShapes, vaeScaleFactor } from '../architectures/vae.js';
+import { shapeView, type ClipTextConfig, type UNetConfig, type VaeConfig } from '../checkpoint/configs.js';
+import { checkTensors } from '../checkpoint/check.js';
+import { parseConfigOverrides, sdScheduler } from '../checkpoint/infer-config.js';
 import { buildLdmKeyMap } from '../checkpoint/keymap-sd.js';
 import { findConfigDir, openFolderComponents, pathExists, readConfigDir, readFolderScheduler } from '../checkpoint/folder.js';
 import { MappedSource } from '../checkpoint/sources.js';
@@ -37,7 +25,7 @@ const CLIP_MAX_LENGTH = 77;
 
 /** Heads are not visible in shapes: SD 1.x uses 8 per attention (`attention_head_dim: 8`); SD 2.x head dim 64. */
 export const SD1_UNET_RULES: UnetShapeRules = { headsFor: () => 8, crossAttentionDim: 768, linearProjection: false, sampleSize: 64 };
-export const SD2_UNET_RULES: UnetShapeRules = { headsFor: sd2HeadsFor, crossAttentionDim: 1024, linearProjection: true, sampleSize: 64 };
+export const SD2_UNET_RULES: UnetShapeRules = { headsFor: headsForHeadDim64, crossAttentionDim: 1024, linearProjection: true, sampleSize: 64 };
 
 /** SD 2.x: OpenCLIP's gelu text encoder, or a UNet with linear projections (SD 1.x uses 1x1 convs and quick_gelu). */
 function isSd2(textEncoder: { hidden_act?: unknown } | undefined, unet: { use_linear_projection?: unknown } | undefined): boolean {
@@ -63,7 +51,7 @@ function configs(ckpt: Checkpoint): { unet: UNetConfig; vae: VaeConfig; text_enc
 }
 
 function expectedTensors(unet: UNetConfig, vae: VaeConfig, textEncoder: ClipTextConfig): Map<string, number[]> {
-  return new Map([...expectedUnetTensors(unet), ...expectedVaeTensors(vae), ...expectedClipTextTensors(textEncoder)]);
+  return new Map([...expectedUnetWeights(unet), ...expectedVaeWeights(vae), ...expectedClipTextWeights(textEncoder)]);
 }
 
 async function openSdFolder(folder: FolderInput, opts: OpenOptions): Promise<Checkpoint> {
@@ -72,13 +60,10 @@ async function openSdFolder(folder: FolderInput, opts: OpenOptions): Promise<Che
   try {
     const notes: string[] = [];
     const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
-    const unsupported = unsupportedUnetFeatures(rawConfigs.unet);
-    if (unsupported.length) {
-      throw new BadInputError(path.join(dir, 'unet', 'config.json'), `uses UNet features onestep does not build: ${unsupported.join(', ')}`);
-    }
-    const unet = unetConfigFromJson(rawConfigs.unet);
-    const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder);
-    const vae = vaeConfigFromJson(rawConfigs.vae);
+    const configFile = (c: string) => path.join(dir, c, 'config.json');
+    const unet = unetConfigFromJson(rawConfigs.unet, configFile('unet'));
+    const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder, configFile('text_encoder'));
+    const vae = vaeConfigFromJson(rawConfigs.vae, configFile('vae'));
     const expected = expectedTensors(unet, vae, textEncoder);
     checkTensors(weights, expected, dir);
     const tokenizer = path.join(dir, 'tokenizer');
@@ -116,19 +101,21 @@ async function openSdSingleFile(family: FamilyDef, file: SingleFileInput & { set
     [set],
     file.path,
   );
-  const names = weights.names();
-  const metaOf = (n: string) => (weights.has(n) ? weights.meta(n) : undefined);
-  let unet = inferUnetConfig(names, metaOf, sd1 ? SD1_UNET_RULES : SD2_UNET_RULES, file.path);
-  let vae = inferVaeConfig(names, metaOf, file.path);
-  let textEncoder = inferClipTextConfig(names, metaOf, sd1 ? 'quick_gelu' : 'gelu', file.path);
+  const view = shapeView(weights, file.path);
+  let unet = unetConfigFromShapes(view, sd1 ? SD1_UNET_RULES : SD2_UNET_RULES);
+  let vae = vaeConfigFromShapes(view);
+  let textEncoder = clipTextConfigFromShapes(view, sd1 ? 'quick_gelu' : 'gelu');
   const notes = ['configs inferred from tensor shapes', ...map.notes];
   const towerLayers = textEncoder.num_hidden_layers;
   if (overrides) {
-    if (overrides.unet) unet = unetConfigFromJson(overrides.unet, unet);
-    if (overrides.vae) vae = vaeConfigFromJson(overrides.vae, vae);
+    const source = (c: string) => (fromDir?.overrides[c] ? path.join(configDir!, c, 'config.json') : `${file.path} (metadata "onestep.config".${c})`);
+    if (overrides.unet) unet = unetConfigFromJson({ ...unet, ...overrides.unet }, source('unet'));
+    if (overrides.vae) vae = vaeConfigFromJson({ ...vae, ...overrides.vae }, source('vae'));
     // A config's num_hidden_layers says which OpenCLIP layer SD 2.x conditions on (map.textLayer); the encoder
     // itself is the whole tower the file holds.
-    if (overrides.text_encoder) textEncoder = { ...clipTextConfigFromJson(overrides.text_encoder, textEncoder), num_hidden_layers: towerLayers };
+    if (overrides.text_encoder) {
+      textEncoder = { ...clipTextConfigFromJson({ ...textEncoder, ...overrides.text_encoder }, source('text_encoder')), num_hidden_layers: towerLayers };
+    }
     notes.push(
       configDir
         ? `configs from ${configDir} (${Object.keys(overrides).join(', ')}) override the ones inferred from shapes`

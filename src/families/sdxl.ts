@@ -11,24 +11,13 @@
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { buildClipTextGraph, SDXL_TEXT2_OUTPUT, SDXL_TEXT_OUTPUT } from '../architectures/clip-text.js';
-import { buildUNetGraph } from '../architectures/unet.js';
-import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeScaleFactor } from '../architectures/vae.js';
-import type { ClipTextConfig, UNetConfig, VaeConfig } from '../checkpoint/configs.js';
-import { checkTensors, expectedClipTextTensors, expectedUnetTensors, expectedVaeTensors } from '../checkpoint/expected.js';
+import { buildClipTextGraph, clipTextConfigFromJson, clipTextConfigFromShapes, expectedClipTextWeights, SDXL_TEXT2_OUTPUT, SDXL_TEXT_OUTPUT } from '../architectures/clip-text.js';
+import { buildUNetGraph, expectedUnetWeights, headsForHeadDim64, unetConfigFromJson, unetConfigFromShapes, type UnetShapeRules } from '../architectures/unet.js';
+import { buildVaeDecoderGraph, buildVaeEncoderGraph, expectedVaeWeights, vaeConfigFromJson, vaeConfigFromShapes, vaeScaleFactor } from '../architectures/vae.js';
+import { shapeView, type ClipTextConfig, type UNetConfig, type VaeConfig } from '../checkpoint/configs.js';
+import { checkTensors } from '../checkpoint/check.js';
 import { findConfigDir, openFolderComponents, pathExists, readConfigDir, readFolderScheduler } from '../checkpoint/folder.js';
-import {
-  clipTextConfigFromJson,
-  inferClipTextConfig,
-  inferUnetConfig,
-  inferVaeConfig,
-  sd2HeadsFor,
-  sdScheduler,
-  type UnetShapeRules,
-  unetConfigFromJson,
-  unsupportedUnetFeatures,
-  vaeConfigFromJson,
-} from '../checkpoint/infer-config.js';
+import { sdScheduler } from '../checkpoint/infer-config.js';
 import { buildLdmKeyMap } from '../checkpoint/keymap-sd.js';
 import { MappedSource } from '../checkpoint/sources.js';
 import { BadInputError } from '../errors.js';
@@ -42,7 +31,7 @@ const CLIP_MAX_LENGTH = 77;
 const SDXL_VAE_SCALE = 0.13025;
 
 /** Not visible in shapes: SDXL's head dim is 64 ([5, 10, 20] heads for 320/640/1280 channels); 128x128 latents. */
-export const SDXL_UNET_RULES: UnetShapeRules = { headsFor: sd2HeadsFor, crossAttentionDim: 2048, linearProjection: true, sampleSize: 128 };
+export const SDXL_UNET_RULES: UnetShapeRules = { headsFor: headsForHeadDim64, crossAttentionDim: 2048, linearProjection: true, sampleSize: 128 };
 
 interface SdxlConfigs {
   unet: UNetConfig;
@@ -57,10 +46,10 @@ function configs(ckpt: Checkpoint): SdxlConfigs {
 
 function expectedTensors(c: SdxlConfigs): Map<string, number[]> {
   return new Map([
-    ...expectedUnetTensors(c.unet),
-    ...expectedVaeTensors(c.vae),
-    ...expectedClipTextTensors(c.text_encoder, 'text_encoder.'),
-    ...expectedClipTextTensors(c.text_encoder_2, 'text_encoder_2.'),
+    ...expectedUnetWeights(c.unet),
+    ...expectedVaeWeights(c.vae),
+    ...expectedClipTextWeights(c.text_encoder),
+    ...expectedClipTextWeights(c.text_encoder_2, 'text_encoder_2'),
   ]);
 }
 
@@ -81,15 +70,12 @@ async function openSdxlFolder(folder: FolderInput, opts: OpenOptions): Promise<C
   try {
     const notes: string[] = [];
     const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
-    const unsupported = unsupportedUnetFeatures(rawConfigs.unet);
-    if (unsupported.length) {
-      throw new BadInputError(path.join(dir, 'unet', 'config.json'), `uses UNet features onestep does not build: ${unsupported.join(', ')}`);
-    }
+    const configFile = (c: string) => path.join(dir, c, 'config.json');
     const c: SdxlConfigs = {
-      unet: unetConfigFromJson(rawConfigs.unet),
-      vae: vaeConfigFromJson(rawConfigs.vae),
-      text_encoder: clipTextConfigFromJson(rawConfigs.text_encoder),
-      text_encoder_2: clipTextConfigFromJson(rawConfigs.text_encoder_2),
+      unet: unetConfigFromJson(rawConfigs.unet, configFile('unet')),
+      vae: vaeConfigFromJson(rawConfigs.vae, configFile('vae')),
+      text_encoder: clipTextConfigFromJson(rawConfigs.text_encoder, configFile('text_encoder')),
+      text_encoder_2: clipTextConfigFromJson(rawConfigs.text_encoder_2, configFile('text_encoder_2')),
     };
     checkUnet(c.unet, c.text_encoder_2, dir);
     const expected = expectedTensors(c);
@@ -126,24 +112,26 @@ async function openSdxlSingleFile(file: SingleFileInput & { set: TensorSet }, op
     [set],
     file.path,
   );
-  const names = weights.names();
-  const metaOf = (n: string) => (weights.has(n) ? weights.meta(n) : undefined);
-  const projection = metaOf('text_encoder_2.text_projection.weight');
+  const view = shapeView(weights, file.path);
+  const projection = view.metaOf('text_encoder_2.text_projection.weight');
   if (!projection) {
     throw new BadInputError(file.path, 'is an SDXL (SGM layout) checkpoint without OpenCLIP bigG\'s text_projection (conditioner.embedders.1.model.text_projection)', 'The SDXL checkpoint is incomplete.');
   }
   const c: SdxlConfigs = {
-    unet: inferUnetConfig(names, metaOf, SDXL_UNET_RULES, file.path, projection.shape[0]),
-    vae: { ...inferVaeConfig(names, metaOf, file.path), scaling_factor: SDXL_VAE_SCALE },
-    text_encoder: inferClipTextConfig(names, metaOf, 'quick_gelu', file.path),
-    text_encoder_2: { ...inferClipTextConfig(names, metaOf, 'gelu', file.path, 'text_encoder_2'), projection_dim: projection.shape[0] },
+    unet: unetConfigFromShapes(view, SDXL_UNET_RULES, projection.shape[0]),
+    vae: { ...vaeConfigFromShapes(view), scaling_factor: SDXL_VAE_SCALE },
+    text_encoder: clipTextConfigFromShapes(view, 'quick_gelu'),
+    text_encoder_2: { ...clipTextConfigFromShapes(view, 'gelu', 'text_encoder_2'), projection_dim: projection.shape[0] },
   };
   const notes = ['configs inferred from tensor shapes', ...map.notes];
   const overrides = fromDir?.overrides ?? {};
-  if (overrides.unet) c.unet = unetConfigFromJson(overrides.unet, c.unet);
-  if (overrides.vae) c.vae = vaeConfigFromJson(overrides.vae, c.vae);
-  if (overrides.text_encoder) c.text_encoder = clipTextConfigFromJson(overrides.text_encoder, c.text_encoder);
-  if (overrides.text_encoder_2) c.text_encoder_2 = clipTextConfigFromJson(overrides.text_encoder_2, c.text_encoder_2);
+  const configFile = (component: string) => path.join(configDir!, component, 'config.json');
+  if (overrides.unet) c.unet = unetConfigFromJson({ ...c.unet, ...overrides.unet }, configFile('unet'));
+  if (overrides.vae) c.vae = vaeConfigFromJson({ ...c.vae, ...overrides.vae }, configFile('vae'));
+  // The projections' widths are the file's (its text_projection), whatever the config's architectures say.
+  for (const te of ['text_encoder', 'text_encoder_2'] as const) {
+    if (overrides[te]) c[te] = { ...clipTextConfigFromJson({ ...c[te], ...overrides[te] }, configFile(te)), projection_dim: c[te].projection_dim };
+  }
   if (Object.keys(overrides).length) notes.push(`configs from ${configDir} (${Object.keys(overrides).join(', ')}) override the ones inferred from shapes`);
   else {
     notes.push(`UNet attention heads: channels/64 per block = [${c.unet.attention_head_dim}] (SDXL rule; heads are not visible in shapes)`);

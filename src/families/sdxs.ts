@@ -5,13 +5,12 @@
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { buildClipTextGraph } from '../architectures/clip-text.js';
+import { buildClipTextGraph, clipTextConfigFromJson, expectedClipTextWeights } from '../architectures/clip-text.js';
 import { buildTaesdDecoderGraph, inferTaesdDecoderConfig, normalizeTaesdConfig, taesdUpscale, type TaesdDecoderConfig } from '../architectures/taesd.js';
-import { buildUNetGraph } from '../architectures/unet.js';
+import { buildUNetGraph, expectedUnetWeights, unetConfigFromJson } from '../architectures/unet.js';
 import type { ClipTextConfig, UNetConfig } from '../checkpoint/configs.js';
-import { checkTensors, expectedClipTextTensors, expectedUnetTensors } from '../checkpoint/expected.js';
+import { checkTensors } from '../checkpoint/check.js';
 import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
-import { clipTextConfigFromJson, unetConfigFromJson, unsupportedUnetFeatures } from '../checkpoint/infer-config.js';
 import { BadInputError } from '../errors.js';
 import { clipTokenizerOf } from './sd.js';
 import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
@@ -38,12 +37,8 @@ async function openSdxsFolder(folder: FolderInput, opts: OpenOptions): Promise<C
   try {
     const notes: string[] = [];
     const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
-    const unsupported = unsupportedUnetFeatures(rawConfigs.unet);
-    if (unsupported.length) {
-      throw new BadInputError(path.join(dir, 'unet', 'config.json'), `uses UNet features onestep does not build: ${unsupported.join(', ')}`);
-    }
-    const unet = unetConfigFromJson(rawConfigs.unet);
-    const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder);
+    const unet = unetConfigFromJson(rawConfigs.unet, path.join(dir, 'unet', 'config.json'));
+    const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder, path.join(dir, 'text_encoder', 'config.json'));
     const vaeFile = path.join(dir, 'vae', 'config.json');
     const decoder = normalizeTaesdConfig(rawConfigs.vae, vaeFile);
     const inferred = inferTaesdDecoderConfig(weights, path.join(dir, 'vae'), DECODER_PREFIX);
@@ -54,7 +49,7 @@ async function openSdxsFolder(folder: FolderInput, opts: OpenOptions): Promise<C
     }
     const scale = rawConfigs.vae.scaling_factor;
     const vae = { ...decoder, scaling_factor: typeof scale === 'number' ? scale : 1 };
-    const expected = new Map([...expectedUnetTensors(unet), ...expectedClipTextTensors(textEncoder)]);
+    const expected = new Map([...expectedUnetWeights(unet), ...expectedClipTextWeights(textEncoder)]);
     checkTensors(weights, expected, dir);
     const tokenizer = path.join(dir, 'tokenizer');
     return {

@@ -93,6 +93,8 @@ export class Graph {
   private readonly scopes: string[] = [];
   private readonly nodeNames = new Map<string, number>();
   private readonly constants = new Map<string, Value>();
+  /** The shape the builder declared for each weight it read (see weight()). */
+  readonly declaredShapes = new Map<string, number[]>();
 
   constructor(
     readonly name: string,
@@ -128,20 +130,34 @@ export class Graph {
   // ---- weights and constants ----
 
   hasWeight(key: string): boolean {
+    if (this.weights === NO_WEIGHTS) throw new OnestepError(`dry run: the builder asks whether ${key} exists instead of knowing it from the config`);
     return this.weights.has(key);
   }
 
+  /** The shape weight `key` was declared with, else its stored shape. */
   weightShape(key: string): number[] {
+    const declared = this.declaredShapes.get(key);
+    if (declared) return [...declared];
+    if (this.weights === NO_WEIGHTS) throw new OnestepError(`dry run: the builder reads ${key} without declaring its shape`);
     return this.weights.meta(key).shape;
   }
 
-  /** The stored weight `key` as an initializer in the graph's dtype. */
-  weight(key: string, view: WeightView = {}, type: ElemType = this.dtype): Value {
-    let dims = view.reshape ?? this.weightShape(key);
+  /**
+   * The stored weight `key` as an initializer in the graph's dtype. `shape`: the shape the config says it has, as
+   * torch's nn.Linear(in, out) knows its weight's. Builders declare it rather than read it off the checkpoint, so a dry
+   * run over no weights (expectedWeights) knows every tensor's shape, a missing one's too, and one check can name all
+   * missing and misshapen tensors before anything is built; recording the names a build over the real weights asks
+   * for could say neither what a missing tensor's shape should be nor that a present one is wrong. A real build still
+   * compares each declared shape with the stored one, so no graph is ever built around a misshapen tensor.
+   */
+  weight(key: string, view: WeightView = {}, type: ElemType = this.dtype, shape?: readonly number[]): Value {
+    if (shape) this.declare(key, shape);
+    const stored = this.weightShape(key);
+    let dims = view.reshape ?? stored;
     if (view.reshape) {
-      const a = numel(this.weightShape(key));
+      const a = numel(stored);
       const b = numel(view.reshape);
-      if (a !== b) throw new OnestepError(`weight ${key}: cannot view shape [${this.weightShape(key)}] as [${view.reshape}]`);
+      if (a !== b) throw new OnestepError(`weight ${key}: cannot view shape [${stored}] as [${view.reshape}]`);
     }
     if (view.transpose) {
       if (dims.length !== 2) throw new OnestepError(`weight ${key}: transpose needs a 2-D weight, got [${dims}]`);
@@ -150,6 +166,16 @@ export class Graph {
     const name = key + (view.transpose ? '.T' : '') + (type !== this.dtype ? `.${type}` : '');
     if (!this.initializers.has(name)) this.initializers.set(name, { name, type, dims, weight: { key, view } });
     return { name, type };
+  }
+
+  private declare(key: string, shape: readonly number[]): void {
+    const before = this.declaredShapes.get(key);
+    if (before && !sameShape(before, shape)) throw new OnestepError(`weight ${key} is declared as [${before}] and as [${shape}]`);
+    if (!before && this.weights !== NO_WEIGHTS) {
+      const stored = this.weights.meta(key).shape; // a missing tensor: the source names it
+      if (this.weights.has(key) && !sameShape(stored, shape)) throw new OnestepError(`weight ${key} is [${stored}], but the config needs [${shape}]`);
+    }
+    this.declaredShapes.set(key, [...shape]);
   }
 
   /** A constant tensor, deduplicated by content. Floats are given as numbers and stored in `type`. */
@@ -278,23 +304,33 @@ export class Graph {
     return this.op('Softmax', [x], { axis });
   }
 
-  /** torch Linear on the last axis: x @ W^T + b, reading `${prefix}.weight` / `${prefix}.bias`. */
-  linear(x: Value, prefix: string, opts: { bias?: boolean } = {}): Value {
+  /**
+   * torch Linear on the last axis: x @ W^T + b, reading `${prefix}.weight` / `${prefix}.bias`. `features`: [in, out]
+   * as nn.Linear(in, out) declares them (a bias unless `bias: false`); without them, shapes and bias are the stored ones.
+   */
+  linear(x: Value, prefix: string, opts: { bias?: boolean; features?: readonly [number, number] } = {}): Value {
+    const f = opts.features;
     return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
-      const w = this.weight(`${prefix}.weight`, { transpose: true });
+      const w = this.weight(`${prefix}.weight`, { transpose: true }, this.dtype, f && [f[1], f[0]]);
       const y = this.matmul(x, w);
-      const hasBias = opts.bias ?? this.hasWeight(`${prefix}.bias`);
-      return hasBias ? this.add(y, this.weight(`${prefix}.bias`)) : y;
+      const hasBias = opts.bias ?? (f ? true : this.hasWeight(`${prefix}.bias`));
+      return hasBias ? this.add(y, this.weight(`${prefix}.bias`, {}, this.dtype, f && [f[1]])) : y;
     });
   }
 
-  conv2d(x: Value, prefix: string, opts: { stride?: number; padding?: number } = {}): Value {
+  /**
+   * torch Conv2d on NCHW. `channels`: [in, out] as nn.Conv2d(in, out, kernel) declares them (square `kernel`, 3 unless
+   * given; a bias); without them, shapes and bias are the stored ones. Padding: kernel / 2 unless given.
+   */
+  conv2d(x: Value, prefix: string, opts: { stride?: number; padding?: number; channels?: readonly [number, number]; kernel?: number } = {}): Value {
+    const c = opts.channels;
+    const declared = c && [c[1], c[0], opts.kernel ?? 3, opts.kernel ?? 3];
     return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
-      const shape = this.weightShape(`${prefix}.weight`);
+      const shape = declared ?? this.weightShape(`${prefix}.weight`);
       const k = shape[2];
       const p = opts.padding ?? Math.floor(k / 2);
-      const bias = this.hasWeight(`${prefix}.bias`) ? this.weight(`${prefix}.bias`) : undefined;
-      return this.op('Conv', [x, this.weight(`${prefix}.weight`), bias], {
+      const bias = declared || this.hasWeight(`${prefix}.bias`) ? this.weight(`${prefix}.bias`, {}, this.dtype, declared && [declared[0]]) : undefined;
+      return this.op('Conv', [x, this.weight(`${prefix}.weight`, {}, this.dtype, declared), bias], {
         kernel_shape: [shape[2], shape[3]],
         pads: [p, p, p, p],
         strides: [opts.stride ?? 1, opts.stride ?? 1],
@@ -302,10 +338,11 @@ export class Graph {
     });
   }
 
-  /** LayerNorm over the last axis, statistics in float32. */
-  layerNorm(x: Value, prefix: string, eps: number): Value {
+  /** LayerNorm over the last axis (of `dim` features, when declared), statistics in float32. */
+  layerNorm(x: Value, prefix: string, eps: number, dim?: number): Value {
+    const shape = dim === undefined ? undefined : [dim];
     return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () =>
-      this.op('LayerNormalization', [x, this.weight(`${prefix}.weight`), this.weight(`${prefix}.bias`)], {
+      this.op('LayerNormalization', [x, this.weight(`${prefix}.weight`, {}, this.dtype, shape), this.weight(`${prefix}.bias`, {}, this.dtype, shape)], {
         axis: -1,
         epsilon: { float: eps },
         stash_type: 1,
@@ -318,9 +355,10 @@ export class Graph {
    * GroupNormalization-21: it expands it with E[x^2] - E[x]^2, which measurably loses precision, 1.8e-4 vs 1.6e-5 on
    * the tiny SD 2.1 UNet.)
    */
-  groupNorm(x: Value, prefix: string, groups: number, eps: number): Value {
+  groupNorm(x: Value, prefix: string, groups: number, eps: number, declaredChannels?: number): Value {
     const first = this.nodes.length;
     const out = this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
+      if (declaredChannels !== undefined) for (const p of ['weight', 'bias']) this.declare(`${prefix}.${p}`, [declaredChannels]);
       const channels = this.weightShape(`${prefix}.weight`)[0];
       const grouped = this.cast(this.reshape(x, [0, groups, -1]), 'float32');
       const mean = this.node('ReduceMean', [grouped, this.ints([2])], { keepdims: 1 })[0];
@@ -351,6 +389,30 @@ export class Graph {
       scale: opts.scale === undefined ? undefined : { float: opts.scale },
     }, { domain: 'com.microsoft' })[0];
   }
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);
+
+/** The weights of a dry run: none. A graph built over them reads nothing and learns every shape from its builder. */
+export const NO_WEIGHTS: WeightSource = {
+  names: () => [],
+  has: () => false,
+  meta: (name) => {
+    throw new OnestepError(`dry run: no weight ${name}`);
+  },
+  readF32: (name) => Promise.reject(new OnestepError(`dry run: no weight ${name}`)),
+  close: async () => {},
+};
+
+/**
+ * The weights the given builders read, each with the shape it declares (Graph.weight): the builders run over
+ * NO_WEIGHTS, a dry run that builds the graphs and reads nothing. This is the one list of the tensors a config
+ * expects, so it cannot drift from what is built; checkpoint/check.ts checks a checkpoint against it.
+ */
+export function expectedWeights(...builds: ((weights: WeightSource) => Graph)[]): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const build of builds) for (const [name, shape] of build(NO_WEIGHTS).declaredShapes) out.set(name, shape);
+  return out;
 }
 
 function f16Bytes(values: ArrayLike<number>): Uint8Array {
@@ -390,20 +452,25 @@ export class Module {
   shape(name: string): number[] {
     return this.g.weightShape(this.key(name));
   }
-  weight(name: string, view?: WeightView, type?: ElemType): Value {
-    return this.g.weight(this.key(name), view, type);
+  /** The weight `name`, of the declared `shape`. */
+  weight(name: string, shape: readonly number[], view?: WeightView, type?: ElemType): Value {
+    return this.g.weight(this.key(name), view, type, shape);
   }
 
-  linear(x: Value, name: string, opts?: { bias?: boolean }): Value {
-    return this.g.linear(x, this.key(name), opts);
+  /** nn.Linear(inFeatures, outFeatures, bias) named `name`. */
+  linear(x: Value, name: string, inFeatures: number, outFeatures: number, opts: { bias?: boolean } = {}): Value {
+    return this.g.linear(x, this.key(name), { bias: opts.bias ?? true, features: [inFeatures, outFeatures] });
   }
-  conv2d(x: Value, name: string, opts?: { stride?: number; padding?: number }): Value {
-    return this.g.conv2d(x, this.key(name), opts);
+  /** nn.Conv2d(inChannels, outChannels, kernel (3), stride, padding) with a bias, named `name`. */
+  conv2d(x: Value, name: string, inChannels: number, outChannels: number, opts: { kernel?: number; stride?: number; padding?: number } = {}): Value {
+    return this.g.conv2d(x, this.key(name), { ...opts, channels: [inChannels, outChannels] });
   }
-  layerNorm(x: Value, name: string, eps: number): Value {
-    return this.g.layerNorm(x, this.key(name), eps);
+  /** nn.LayerNorm(dim, eps) named `name`. */
+  layerNorm(x: Value, name: string, dim: number, eps: number): Value {
+    return this.g.layerNorm(x, this.key(name), eps, dim);
   }
-  groupNorm(x: Value, name: string, groups: number, eps: number): Value {
-    return this.g.groupNorm(x, this.key(name), groups, eps);
+  /** nn.GroupNorm(groups, channels, eps) named `name`. */
+  groupNorm(x: Value, name: string, channels: number, groups: number, eps: number): Value {
+    return this.g.groupNorm(x, this.key(name), groups, eps, channels);
   }
 }

@@ -3,12 +3,23 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { buildClipTextGraph, normalizeClipTextConfig, SD_TEXT_OUTPUT, SDXL_TEXT_OUTPUT, SDXL_TEXT2_OUTPUT } from '../../src/architectures/clip-text.js';
+import {
+  buildClipTextGraph,
+  CLIP_EOS_TOKEN_ID,
+  clipTextConfigFromJson,
+  clipTextConfigFromShapes,
+  SD_TEXT_OUTPUT,
+  SDXL_TEXT_OUTPUT,
+  SDXL_TEXT2_OUTPUT,
+} from '../../src/architectures/clip-text.js';
+import { shapeView } from '../../src/checkpoint/configs.js';
+import { openCheckpoint } from '../../src/checkpoint/open.js';
+import { BadInputError } from '../../src/errors.js';
 import { writeModel } from '../../src/onnx/write-model.js';
-import { folderConfig, folderWeights, goldens, relErr } from '../support/fixtures.js';
+import { FIXTURES, folderConfig, folderWeights, goldens, relErr } from '../support/fixtures.js';
 
 async function runTextEncoder(model: 'tiny-sd15' | 'tiny-sd21', dtype: 'float32' | 'float16') {
-  const cfg = normalizeClipTextConfig(folderConfig(model, 'text_encoder'));
+  const cfg = clipTextConfigFromJson(folderConfig(model, 'text_encoder'), 'text_encoder/config.json');
   const graph = buildClipTextGraph(folderWeights(model, ['text_encoder']), cfg, dtype);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'onestep-clip-'));
   try {
@@ -67,7 +78,7 @@ describe('architectures/clip-text output layers (SDXL)', () => {
   for (const dtype of ['float32', 'float16'] as const) {
     const tol = dtype === 'float32' ? 1e-4 : 2e-2;
     it(`${dtype}: text_encoder hidden_states[-2] without final norm; the last layer and the final norm are not built`, async () => {
-      const cfg = normalizeClipTextConfig(folderConfig('tiny-sdxl', 'text_encoder'));
+      const cfg = clipTextConfigFromJson(folderConfig('tiny-sdxl', 'text_encoder'), 'text_encoder/config.json');
       const graph = buildClipTextGraph(folderWeights('tiny-sdxl', ['text_encoder']), cfg, dtype, SDXL_TEXT_OUTPUT);
       const read = [...graph.initializers.values()].map((i) => i.weight?.key ?? '');
       assert.ok(!read.some((k) => /layers\.2\.|final_layer_norm/.test(k)), 'reads a weight after the output layer');
@@ -78,7 +89,7 @@ describe('architectures/clip-text output layers (SDXL)', () => {
     });
 
     it(`${dtype}: text_encoder_2 hidden_states[-2] and text_embeds (final-norm EOS row @ text_projection)`, async () => {
-      const cfg = normalizeClipTextConfig(folderConfig('tiny-sdxl', 'text_encoder_2'));
+      const cfg = clipTextConfigFromJson(folderConfig('tiny-sdxl', 'text_encoder_2'), 'text_encoder_2/config.json');
       const graph = buildClipTextGraph(folderWeights('tiny-sdxl', ['text_encoder_2']), cfg, dtype, SDXL_TEXT2_OUTPUT, 'text_encoder_2');
       const out = await run(graph, { input_ids: ids('te2.input_ids') });
       const hidden = relErr(out.hidden_states.data as Float32Array, get('te2.hidden_states_penultimate').data);
@@ -90,7 +101,7 @@ describe('architectures/clip-text output layers (SDXL)', () => {
   }
 
   it('SD output of the same encoder is last_hidden_state (every layer + final norm)', async () => {
-    const cfg = normalizeClipTextConfig(folderConfig('tiny-sdxl', 'text_encoder_2'));
+    const cfg = clipTextConfigFromJson(folderConfig('tiny-sdxl', 'text_encoder_2'), 'text_encoder_2/config.json');
     const graph = buildClipTextGraph(folderWeights('tiny-sdxl', ['text_encoder_2']), cfg, 'float32', SD_TEXT_OUTPUT, 'text_encoder_2');
     const out = await run(graph, { input_ids: ids('te2.input_ids') });
     const err = relErr(out.last_hidden_state.data as Float32Array, get('te2.last_hidden_state').data);
@@ -98,7 +109,46 @@ describe('architectures/clip-text output layers (SDXL)', () => {
   });
 
   it('refuses an output layer the encoder does not have', () => {
-    const cfg = normalizeClipTextConfig(folderConfig('tiny-sdxl', 'text_encoder'));
+    const cfg = clipTextConfigFromJson(folderConfig('tiny-sdxl', 'text_encoder'), 'text_encoder/config.json');
     assert.throws(() => buildClipTextGraph(folderWeights('tiny-sdxl', ['text_encoder']), cfg, 'float32', { ...SD_TEXT_OUTPUT, layer: -4 }), /output layer -4 does not exist in a 3-layer encoder/);
   });
+});
+
+describe('architectures/clip-text config', () => {
+  it('reads CLIPTextConfig config.json with its defaults, and rejects what it cannot build naming the file and field', () => {
+    const t = clipTextConfigFromJson(folderConfig('tiny-sd21', 'text_encoder'), 'text_encoder/config.json');
+    assert.equal(t.hidden_act, 'gelu');
+    assert.equal(t.num_attention_heads, 2);
+    assert.equal(t.projection_dim, null);
+    assert.equal(t.eos_token_id, CLIP_EOS_TOKEN_ID, 'legacy eos_token_id 2 means argmax pooling = first 49407');
+    assert.equal(clipTextConfigFromJson(folderConfig('tiny-sdxl', 'text_encoder_2'), 'x').projection_dim, 12);
+    const defaults = clipTextConfigFromJson({}, 'x');
+    assert.deepEqual([defaults.hidden_size, defaults.num_hidden_layers, defaults.hidden_act, defaults.eos_token_id], [512, 12, 'quick_gelu', 49407]);
+    assert.throws(
+      () => clipTextConfigFromJson({ hidden_act: 'relu' }, 'x/text_encoder/config.json'),
+      (e: unknown) => e instanceof BadInputError && /^x\/text_encoder\/config.json: hidden_act = "relu" is not supported/.test(e.message),
+    );
+  });
+
+  for (const [model, act] of [
+    ['tiny-sd15', 'quick_gelu'],
+    ['tiny-sd21', 'gelu'],
+  ] as const) {
+    it(`${model}: the config inferred from the single file's shapes agrees with the folder's config.json`, async () => {
+      const c = await openCheckpoint(path.join(FIXTURES, `${model}.safetensors`));
+      try {
+        const te = clipTextConfigFromShapes(shapeView(c.weights, 'x'), act);
+        const ref = folderConfig(model, 'text_encoder');
+        for (const key of ['vocab_size', 'hidden_size', 'intermediate_size', 'max_position_embeddings', 'hidden_act', 'layer_norm_eps'] as const) {
+          assert.deepEqual(te[key], ref[key], key);
+        }
+        // The SD 2.x file holds OpenCLIP's whole tower (3 blocks); diffusers' folder only the 2 layers SD 2.x uses.
+        assert.equal(te.num_hidden_layers, ref.num_hidden_layers + (model === 'tiny-sd21' ? 1 : 0));
+        assert.equal(te.num_attention_heads, 1);
+        assert.equal(te.eos_token_id, CLIP_EOS_TOKEN_ID);
+      } finally {
+        await c.weights.close();
+      }
+    });
+  }
 });

@@ -5,12 +5,15 @@ import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { UNetConfig } from '../../src/checkpoint/configs.js';
 import { timestepFrequencies } from '../../src/architectures/blocks.js';
-import { buildUNetGraph, normalizeUNetConfig, textEmbedsDim } from '../../src/architectures/unet.js';
-import { OnestepError } from '../../src/errors.js';
+import { buildUNetGraph, headsForHeadDim64, textEmbedsDim, unetConfigFromJson, unetConfigFromShapes } from '../../src/architectures/unet.js';
+import { shapeView } from '../../src/checkpoint/configs.js';
+import { openCheckpoint } from '../../src/checkpoint/open.js';
+import { SD1_UNET_RULES, SD2_UNET_RULES } from '../../src/families/sd.js';
+import { BadInputError } from '../../src/errors.js';
 import { writeModel } from '../../src/onnx/write-model.js';
 import { f16ToF32, f32ToF16 } from '../../src/safetensors/dtypes.js';
 import { AMPLIFICATION, caseBound, ulpSensitivity } from '../support/bounds.js';
-import { folderConfig, folderWeights, goldens, relErr, type Tensor } from '../support/fixtures.js';
+import { FIXTURES, folderConfig, folderWeights, goldens, relErr, type Tensor } from '../support/fixtures.js';
 
 type Model = 'tiny-sd15' | 'tiny-sd21' | 'tiny-sdxl' | 'tiny-sdxs';
 /** The UNet's inputs besides sample and timestep: encoder_hidden_states, and SDXL's text_embeds and time_ids. */
@@ -52,7 +55,7 @@ for (const model of ['tiny-sd15', 'tiny-sd21', 'tiny-sdxl', 'tiny-sdxs'] as cons
   describe(`architectures/unet ${model}`, () => {
     const gold = goldens(model);
     const get = (name: string) => gold.get(name)!;
-    const cfg = normalizeUNetConfig(folderConfig(model, 'unet'));
+    const cfg = unetConfigFromJson(folderConfig(model, 'unet'), 'unet/config.json');
     const cond: Conditioning = Object.fromEntries(
       ['encoder_hidden_states', 'text_embeds', 'time_ids'].filter((k) => gold.has(`unet.${k}`)).map((k) => [k, get(`unet.${k}`)]),
     );
@@ -120,33 +123,33 @@ for (const model of ['tiny-sd15', 'tiny-sd21', 'tiny-sdxl', 'tiny-sdxs'] as cons
 
 describe('architectures/unet config and timestep frequencies', () => {
   it('normalizes attention_head_dim / transformer_layers_per_block numbers to per-block lists', () => {
-    const sd15 = normalizeUNetConfig(folderConfig('tiny-sd15', 'unet'));
+    const sd15 = unetConfigFromJson(folderConfig('tiny-sd15', 'unet'), 'unet/config.json');
     assert.deepEqual(sd15.attention_head_dim, [8, 8, 8, 8]);
     assert.deepEqual(sd15.transformer_layers_per_block, [1, 1, 1, 1]);
     assert.equal(sd15.num_attention_heads, null);
     assert.equal(sd15.use_linear_projection, false);
-    const sd21 = normalizeUNetConfig(folderConfig('tiny-sd21', 'unet'));
+    const sd21 = unetConfigFromJson(folderConfig('tiny-sd21', 'unet'), 'unet/config.json');
     assert.deepEqual(sd21.attention_head_dim, [1, 2, 4, 4]);
     assert.equal(sd21.use_linear_projection, true);
   });
 
   it('reads SDXL added conditioning and SDXS\'s missing mid block', () => {
-    const sdxl = normalizeUNetConfig(folderConfig('tiny-sdxl', 'unet'));
+    const sdxl = unetConfigFromJson(folderConfig('tiny-sdxl', 'unet'), 'unet/config.json');
     assert.equal(sdxl.addition_embed_type, 'text_time');
     assert.equal(sdxl.addition_time_embed_dim, 8);
     assert.equal(textEmbedsDim(sdxl), 12);
     assert.deepEqual(sdxl.transformer_layers_per_block, [1, 1, 2]);
     assert.equal(sdxl.mid_block_type, 'UNetMidBlock2DCrossAttn');
-    const sdxs = normalizeUNetConfig(folderConfig('tiny-sdxs', 'unet'));
+    const sdxs = unetConfigFromJson(folderConfig('tiny-sdxs', 'unet'), 'unet/config.json');
     assert.equal(sdxs.mid_block_type, null);
     assert.equal(sdxs.layers_per_block, 1);
     assert.equal(textEmbedsDim(sdxs), null);
-    assert.deepEqual(normalizeUNetConfig({ ...folderConfig('tiny-sdxs', 'unet'), only_cross_attention: true }).only_cross_attention, [true, true, true]);
-    assert.equal(normalizeUNetConfig({}).mid_block_type, 'UNetMidBlock2DCrossAttn');
+    assert.deepEqual(unetConfigFromJson({ ...folderConfig('tiny-sdxs', 'unet'), only_cross_attention: true }, 'unet/config.json').only_cross_attention, [true, true, true]);
+    assert.equal(unetConfigFromJson({}, 'unet/config.json').mid_block_type, 'UNetMidBlock2DCrossAttn');
   });
 
   it('fills diffusers defaults for absent fields', () => {
-    const cfg = normalizeUNetConfig({});
+    const cfg = unetConfigFromJson({}, 'unet/config.json');
     assert.deepEqual(cfg.block_out_channels, [320, 640, 1280, 1280]);
     assert.deepEqual(cfg.attention_head_dim, [8, 8, 8, 8]);
     assert.equal(cfg.cross_attention_dim, 1280);
@@ -156,15 +159,53 @@ describe('architectures/unet config and timestep frequencies', () => {
 
   it('rejects variants it does not build with an error naming the config', () => {
     const base = folderConfig('tiny-sd15', 'unet');
-    const bad = (json: object, pattern: RegExp) =>
-      assert.throws(() => normalizeUNetConfig({ ...base, ...json }, 'x/unet/config.json'), (e: unknown) => e instanceof OnestepError && pattern.test(e.message));
+    const bad = (json: Record<string, unknown>, pattern: RegExp) =>
+      assert.throws(() => unetConfigFromJson({ ...base, ...json }, 'x/unet/config.json'), (e: unknown) => e instanceof BadInputError && pattern.test(e.message));
     bad({ addition_embed_type: 'image' }, /^x\/unet\/config.json: addition_embed_type/);
-    bad({ addition_embed_type: 'text_time' }, /text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim/);
+    bad({ addition_embed_type: 'text_time' }, /addition_embed_type = "text_time" needs addition_time_embed_dim and projection_class_embeddings_input_dim/);
     bad({ mid_block_type: 'UNetMidBlock2DSimpleCrossAttn' }, /mid_block_type/);
     bad({ time_cond_proj_dim: 256 }, /time_cond_proj_dim/);
     bad({ down_block_types: ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'SimpleCrossAttnDownBlock2D', 'DownBlock2D'] }, /SimpleCrossAttnDownBlock2D/);
-    bad({ attention_head_dim: [1, 2] }, /attention_head_dim has 2 entries for 4/);
+    bad({ attention_head_dim: [1, 2] }, /attention_head_dim = \[1,2\] has 2 entries for 4 blocks/);
   });
+
+  it('reads num_attention_heads per block, and refuses malformed fields naming them', () => {
+    const u = unetConfigFromJson({ block_out_channels: [320, 640], num_attention_heads: 5, down_block_types: ['CrossAttnDownBlock2D', 'DownBlock2D'], up_block_types: ['UpBlock2D', 'CrossAttnUpBlock2D'] }, 'x');
+    assert.deepEqual(u.num_attention_heads, [5, 5]);
+    assert.equal(u.cross_attention_dim, 1280);
+    assert.equal(unetConfigFromJson(folderConfig('tiny-sd15', 'unet'), 'x').sample_size, 8);
+    const bad = (json: Record<string, unknown>, pattern: RegExp) => assert.throws(() => unetConfigFromJson(json, 'x/unet/config.json'), (e: unknown) => e instanceof BadInputError && pattern.test(e.message));
+    bad({ conv_in_kernel: 5 }, /conv_in_kernel = 5 is not supported/);
+    bad({ act_fn: 'gelu' }, /act_fn = "gelu" is not supported/);
+    bad({ in_channels: '4' }, /in_channels = "4" is not a number/);
+    bad({ down_block_types: ['DownBlock2D'] }, /down_block_types = \["DownBlock2D"\] has 1 entries for 4 block_out_channels/);
+  });
+
+  it('SD 2.x / SDXL head rule: head dim 64 (SD 2.1: [5, 10, 20, 20])', () => {
+    assert.deepEqual([320, 640, 1280, 1280].map(headsForHeadDim64), [5, 10, 20, 20]);
+    assert.equal(headsForHeadDim64(32), 1);
+  });
+
+  for (const [model, rules] of [
+    ['tiny-sd15', SD1_UNET_RULES],
+    ['tiny-sd21', SD2_UNET_RULES],
+  ] as const) {
+    it(`${model}: the config inferred from the single file's shapes agrees with the folder's config.json`, async () => {
+      const c = await openCheckpoint(path.join(FIXTURES, `${model}.safetensors`));
+      try {
+        const unet = unetConfigFromShapes(shapeView(c.weights, 'x'), rules);
+        const ref = folderConfig(model, 'unet');
+        for (const key of ['in_channels', 'out_channels', 'block_out_channels', 'down_block_types', 'up_block_types', 'layers_per_block', 'cross_attention_dim', 'use_linear_projection'] as const) {
+          assert.deepEqual(unet[key], ref[key], key);
+        }
+        assert.deepEqual(unet.transformer_layers_per_block, [1, 1, 1, 1]);
+        // Heads cannot be seen in shapes: SD 1.x's rule (8) matches the folder; SD 2.x's (channels/64) cannot for tiny widths.
+        assert.deepEqual(unet.attention_head_dim, model === 'tiny-sd15' ? [8, 8, 8, 8] : [1, 1, 1, 1]);
+      } finally {
+        await c.weights.close();
+      }
+    });
+  }
 
   it('timestep frequencies agree with a float64 evaluation to float32 precision', () => {
     const f = timestepFrequencies(320, 0);
@@ -193,8 +234,8 @@ describe('architectures/unet only_cross_attention', function () {
   it('attn1 reads the text: equals two ordinary blocks with silent self-attention', async () => {
     const base = folderWeights('tiny-sdxs', ['unet']);
     const json = folderConfig('tiny-sdxs', 'unet');
-    const onlyCross = normalizeUNetConfig({ ...json, only_cross_attention: true });
-    const twoBlocks = normalizeUNetConfig({ ...json, transformer_layers_per_block: 2 });
+    const onlyCross = unetConfigFromJson({ ...json, only_cross_attention: true }, 'unet/config.json');
+    const twoBlocks = unetConfigFromJson({ ...json, transformer_layers_per_block: 2 }, 'unet/config.json');
     const tensors = new Map<string, Tensor>();
     for (const n of base.names()) tensors.set(n, { shape: base.meta(n).shape, dtype: 'F32', data: await base.readF32(n) });
     const a = new Map<string, Tensor>();

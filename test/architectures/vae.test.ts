@@ -4,10 +4,11 @@ import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
-import { buildVaeDecoderGraph, buildVaeEncoderGraph, normalizeVaeConfig } from '../../src/architectures/vae.js';
-import type { VaeConfig } from '../../src/checkpoint/configs.js';
+import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeConfigFromJson, vaeConfigFromShapes } from '../../src/architectures/vae.js';
+import { shapeView, type VaeConfig } from '../../src/checkpoint/configs.js';
+import { openCheckpoint } from '../../src/checkpoint/open.js';
 import type { TensorMeta, WeightSource } from '../../src/checkpoint/weight-source.js';
-import { OnestepError } from '../../src/errors.js';
+import { BadInputError, OnestepError } from '../../src/errors.js';
 import type { Graph } from '../../src/onnx/graph.js';
 import { writeModel } from '../../src/onnx/write-model.js';
 import { FIXTURES, folderConfig, folderWeights, goldens, relErr } from '../support/fixtures.js';
@@ -306,7 +307,7 @@ function randomImage(shape: number[], seed: number): Float32Array {
 
 describe('architectures/vae', () => {
   for (const model of MODELS) {
-    const cfg = () => normalizeVaeConfig(folderConfig(model, 'vae'));
+    const cfg = () => vaeConfigFromJson(folderConfig(model, 'vae'), 'vae/config.json');
 
     for (const [dtype, tolerance] of [['float32', 1e-4], ['float16', 2e-2]] as const) {
       it(`${model}: ${dtype} decoder reproduces diffusers' vae.decoded`, async () => {
@@ -349,7 +350,7 @@ describe('architectures/vae', () => {
   }
 
   describe('tiny-sd15 encoder at 64x64 against a float64 reference', () => {
-    const cfg = normalizeVaeConfig(folderConfig('tiny-sd15', 'vae'));
+    const cfg = vaeConfigFromJson(folderConfig('tiny-sd15', 'vae'), 'vae/config.json');
     const weights = folderWeights('tiny-sd15', ['vae']);
     const shape = [2, 3, 64, 64];
     const image = randomImage(shape, 7);
@@ -373,7 +374,7 @@ describe('architectures/vae', () => {
   });
 
   describe('channels that change between blocks (random weights)', () => {
-    const cfg = normalizeVaeConfig({ block_out_channels: [32, 64], layers_per_block: 1, norm_num_groups: 32, latent_channels: 4 });
+    const cfg = vaeConfigFromJson({ block_out_channels: [32, 64], layers_per_block: 1, norm_num_groups: 32, latent_channels: 4 }, 'vae/config.json');
     const weights = randomVaeWeights(cfg, 1);
 
     it('encoder matches the float64 reference', async () => {
@@ -397,8 +398,32 @@ describe('architectures/vae', () => {
     });
   });
 
-  it('rejects configs it cannot build', () => {
-    assert.throws(() => normalizeVaeConfig({ up_block_types: ['UpDecoderBlock2D', 'AttnUpDecoderBlock2D'] }), OnestepError);
-    assert.throws(() => normalizeVaeConfig({ block_out_channels: [48], norm_num_groups: 32 }), OnestepError);
+  it('reads AutoencoderKL config.json with its defaults, and rejects what it cannot build naming the file and field', () => {
+    const v = vaeConfigFromJson(folderConfig('tiny-sd15', 'vae'), 'vae/config.json');
+    assert.deepEqual(v.block_out_channels, [32, 32, 32, 32]);
+    assert.equal(v.sample_size, 64);
+    const defaults = vaeConfigFromJson({}, 'vae/config.json');
+    assert.deepEqual([defaults.block_out_channels, defaults.layers_per_block, defaults.sample_size, defaults.scaling_factor], [[64], 1, 32, 0.18215]);
+    const bad = (json: Record<string, unknown>, pattern: RegExp) =>
+      assert.throws(() => vaeConfigFromJson(json, 'x/vae/config.json'), (e: unknown) => e instanceof BadInputError && pattern.test(e.message));
+    bad({ block_out_channels: [32, 32], up_block_types: ['UpDecoderBlock2D', 'AttnUpDecoderBlock2D'] }, /^x\/vae\/config.json: up_block_types = .* is not supported/);
+    bad({ block_out_channels: [48], norm_num_groups: 32 }, /block_out_channels = \[48\] has 48 channels, which do not divide into norm_num_groups 32/);
+    bad({ act_fn: 'relu' }, /act_fn = "relu" is not supported/);
+    bad({ latent_channels: '4' }, /latent_channels = "4" is not a number/);
   });
+
+  for (const model of ['tiny-sd15', 'tiny-sd21'] as const) {
+    it(`${model}: the config inferred from the single file's shapes agrees with the folder's config.json`, async () => {
+      const c = await openCheckpoint(path.join(FIXTURES, `${model}.safetensors`));
+      try {
+        const vae = vaeConfigFromShapes(shapeView(c.weights, 'x'));
+        const ref = folderConfig(model, 'vae');
+        for (const key of ['in_channels', 'out_channels', 'latent_channels', 'block_out_channels', 'layers_per_block', 'use_quant_conv', 'use_post_quant_conv', 'mid_block_add_attention', 'norm_num_groups', 'scaling_factor', 'shift_factor'] as const) {
+          assert.deepEqual(vae[key], ref[key], key);
+        }
+      } finally {
+        await c.weights.close();
+      }
+    });
+  }
 });

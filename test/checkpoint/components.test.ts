@@ -4,7 +4,8 @@ import { copyFile, cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkComponentFits, detectComponentKeys, openComponent, withComponent, type OpenedComponent } from '../../src/checkpoint/components.js';
-import { unetConfigFromJson, vaeConfigFromJson } from '../../src/checkpoint/infer-config.js';
+import { unetConfigFromJson } from '../../src/architectures/unet.js';
+import { vaeConfigFromJson } from '../../src/architectures/vae.js';
 import { convertCheckpoint } from '../../src/convert.js';
 import { BadInputError } from '../../src/errors.js';
 import { folderConfig, folderWeights } from '../support/fixtures.js';
@@ -26,8 +27,8 @@ describe('checkpoint/components', () => {
   });
   after(() => rm(tmp, { recursive: true, force: true }));
 
-  const sdxlUnet = unetConfigFromJson(folderConfig('tiny-sdxl', 'unet'));
-  const sdxlVae = vaeConfigFromJson(folderConfig('tiny-sdxl', 'vae'));
+  const sdxlUnet = unetConfigFromJson(folderConfig('tiny-sdxl', 'unet'), 'unet/config.json');
+  const sdxlVae = vaeConfigFromJson(folderConfig('tiny-sdxl', 'vae'), 'vae/config.json');
 
   const folders = new Map<string, ReturnType<typeof folderWeights>>();
   async function sameAsFolder(c: OpenedComponent): Promise<void> {
@@ -74,7 +75,7 @@ describe('checkpoint/components', () => {
     await refuse(SDXL_FILE, 'unet', /tiny-sdxl\.safetensors: is not a UNet file/);
     const sd15 = await openComponent(join(FIX, 'tiny-sd15', 'unet'), 'unet');
     try {
-      const sd15Cfg = unetConfigFromJson(sd15.config!);
+      const sd15Cfg = unetConfigFromJson(sd15.config!, 'unet/config.json');
       assert.throws(
         () => checkComponentFits(sd15, sd15Cfg, sdxlUnet, 'tiny-sdxl'),
         (e: unknown) => e instanceof BadInputError && /unet: is a UNet with cross_attention_dim 32, but tiny-sdxl needs 24/.test(e.message),

@@ -9,10 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { buildUNetGraph } from '../../src/architectures/unet.js';
-import { buildVaeDecoderGraph } from '../../src/architectures/vae.js';
-import { expectedUnetTensors, expectedVaeTensors } from '../../src/checkpoint/expected.js';
-import { unetConfigFromJson, vaeConfigFromJson } from '../../src/checkpoint/infer-config.js';
+import { buildUNetGraph, expectedUnetWeights, unetConfigFromJson } from '../../src/architectures/unet.js';
+import { buildVaeDecoderGraph, expectedVaeWeights, vaeConfigFromJson } from '../../src/architectures/vae.js';
 import type { WeightSource } from '../../src/checkpoint/weight-source.js';
 import { convertCheckpoint } from '../../src/convert.js';
 import { OnestepError } from '../../src/errors.js';
@@ -24,8 +22,8 @@ import { graphStructure, readModelStructure } from '../../src/onnx/read-model.js
 import { writeModel } from '../../src/onnx/write-model.js';
 import { FIXTURES, memoryWeights } from '../support/fixtures.js';
 
-const SD15_UNET = unetConfigFromJson({ block_out_channels: [320, 640, 1280, 1280], layers_per_block: 2, attention_head_dim: 8, cross_attention_dim: 768, sample_size: 64 });
-const SD15_VAE = vaeConfigFromJson({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2, latent_channels: 4 });
+const SD15_UNET = unetConfigFromJson({ block_out_channels: [320, 640, 1280, 1280], layers_per_block: 2, attention_head_dim: 8, cross_attention_dim: 768, sample_size: 64 }, 'unet/config.json');
+const SD15_VAE = vaeConfigFromJson({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2, latent_channels: 4 }, 'vae/config.json');
 
 /** Tensor shapes only: building a graph never reads weights. */
 function shapesOnly(shapes: Map<string, number[]>): WeightSource {
@@ -48,7 +46,7 @@ describe('onnx/cuda-fusions', () => {
   after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('rewrites the full-size SD 1.5 UNet to the fused ops, keeping every shape (same FLOPs) and no plain group norm', () => {
-    const g = buildUNetGraph(shapesOnly(expectedUnetTensors(SD15_UNET)), SD15_UNET, 'float16');
+    const g = buildUNetGraph(shapesOnly(expectedUnetWeights(SD15_UNET)), SD15_UNET, 'float16');
     const symbols = { batch: 2, sequence: 77, height: 64, width: 64 };
     const before = countFlops(graphStructure(g), symbols);
     // DESIGN.md's figure for SD 1.5's UNet at 512x512: 803 GFLOP per image (here 2 rows).
@@ -73,7 +71,7 @@ describe('onnx/cuda-fusions', () => {
   });
 
   it('rewrites the full-size SD 1.5 VAE decoder (group norms, SiLU, convs; its attention has biases and stays)', () => {
-    const g = buildVaeDecoderGraph(shapesOnly(expectedVaeTensors(SD15_VAE)), SD15_VAE, 'float16');
+    const g = buildVaeDecoderGraph(shapesOnly(expectedVaeWeights(SD15_VAE)), SD15_VAE, 'float16');
     const symbols = { batch: 1, height: 64, width: 64 };
     const before = countFlops(graphStructure(g), symbols);
     assert.deepEqual(before.unresolved, []);

@@ -3,8 +3,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { Graph } from '../../src/onnx/graph.js';
+import { expectedWeights, Graph, NO_WEIGHTS } from '../../src/onnx/graph.js';
 import { writeModel } from '../../src/onnx/write-model.js';
+import type { WeightSource } from '../../src/checkpoint/weight-source.js';
 import { memoryWeights } from '../support/fixtures.js';
 
 async function run(g: Graph, feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.Tensor>> {
@@ -61,4 +62,39 @@ describe('onnx/graph', () => {
     assert.deepEqual(g.nodes.map((n) => n.name), ['/down_blocks.0/resnets.1/Add', '/down_blocks.0/resnets.1/Add_1']);
   });
 
+
+  describe('declared weight shapes and the dry run', () => {
+    const linearGraph = (w: WeightSource) => {
+      const g = new Graph('t', w);
+      const m = g.module('net');
+      const x = g.input('x', 'float32', ['batch', 3]);
+      g.output(m.conv2d(m.linear(x, 'fc', 3, 2), 'conv', 2, 4, { kernel: 1 }), 'y', ['batch', 4]);
+      return g;
+    };
+
+    it('a dry run lists every weight the builder reads, with the shape it declares', () => {
+      assert.deepEqual(
+        [...expectedWeights(linearGraph)],
+        [
+          ['net.fc.weight', [2, 3]],
+          ['net.fc.bias', [2]],
+          ['net.conv.bias', [4]],
+          ['net.conv.weight', [4, 2, 1, 1]],
+        ],
+      );
+    });
+
+    it('a real build refuses a stored weight whose shape is not the declared one, naming both', () => {
+      const w = memoryWeights({
+        'net.fc.weight': { shape: [2, 4], data: Array(8).fill(0) },
+        'net.fc.bias': { shape: [2], data: [0, 0] },
+      });
+      assert.throws(() => linearGraph(w), /weight net\.fc\.weight is \[2,4\], but the config needs \[2,3\]/);
+    });
+
+    it('a dry run refuses a builder that reads a weight without declaring its shape', () => {
+      const g = new Graph('t', NO_WEIGHTS);
+      assert.throws(() => g.linear(g.input('x', 'float32', [1, 3]), 'net.fc'), /dry run: the builder asks whether net\.fc\.bias exists|dry run: the builder reads net\.fc\.weight without declaring its shape/);
+    });
+  });
 });
