@@ -149,6 +149,9 @@ export function unetConfigFromShapes(view: ShapeView, rules: UnetShapeRules, poo
   const addIn = metaOf('unet.add_embedding.linear_1.weight')?.shape[1];
   // SDXL: add_embedding's input is the pooled text embedding plus six time-id embeddings (SDXL base: 1280 + 6 x 256).
   const timeDim = addIn === undefined ? null : pooledDim !== undefined ? (addIn - pooledDim) / 6 : 256;
+  if (timeDim !== null && !(Number.isInteger(timeDim) && timeDim > 0 && timeDim % 2 === 0)) {
+    throw new BadInputError(view.file, `its UNet's add_embedding takes ${addIn} inputs, which are not the ${pooledDim}-wide pooled text embedding plus six time-id embeddings (SDXL's text_time conditioning)`, BUILDS_HINT);
+  }
   return {
     in_channels: shape('unet.conv_in.weight')[1],
     out_channels: shape('unet.conv_out.weight')[0],
