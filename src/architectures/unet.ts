@@ -81,6 +81,11 @@ export function unetConfigFromJson(raw: Readonly<Record<string, unknown>>, file:
   const norm_num_groups = f.count('norm_num_groups', 32);
   const bad = block_out_channels.find((c) => c % norm_num_groups !== 0);
   if (bad !== undefined) f.fail('block_out_channels', `has ${bad} channels, which do not divide into norm_num_groups ${norm_num_groups}`);
+  // SD configs' attention_head_dim is the head count (diffusers' naming bug), unless num_attention_heads is given.
+  const headsKey = f.has('num_attention_heads') ? 'num_attention_heads' : 'attention_head_dim';
+  const heads = f.perBlock(headsKey, n, 8);
+  const uneven = block_out_channels.findIndex((c, i) => c % heads[i] !== 0);
+  if (uneven >= 0) f.fail(headsKey, `(heads) does not divide block_out_channels[${uneven}] = ${block_out_channels[uneven]}`);
   return {
     in_channels: f.count('in_channels', 4),
     out_channels: f.count('out_channels', 4),

@@ -15,7 +15,7 @@ import { TensorSet } from '../safetensors/tensor-set.js';
 import type { UNetConfig, VaeConfig } from './configs.js';
 import { expectedUnetWeights, unetConfigFromJson } from '../architectures/unet.js';
 import { expectedVaeWeights, vaeConfigFromJson } from '../architectures/vae.js';
-import { checkTensors } from './check.js';
+import { checkTensors } from './check-tensors.js';
 import { buildLdmKeyMap, isKnownIgnorableKey, UNET_PREFIX, VAE_PREFIX } from './keymap-sd.js';
 import { MappedSource } from './sources.js';
 import type { TensorMeta, WeightSource } from './weight-source.js';

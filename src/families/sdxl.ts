@@ -15,7 +15,7 @@ import { buildClipTextGraph, clipTextConfigFromJson, clipTextConfigFromShapes, e
 import { buildUNetGraph, expectedUnetWeights, headsForHeadDim64, unetConfigFromJson, unetConfigFromShapes, type UnetShapeRules } from '../architectures/unet.js';
 import { buildVaeDecoderGraph, buildVaeEncoderGraph, expectedVaeWeights, vaeConfigFromJson, vaeConfigFromShapes, vaeScaleFactor } from '../architectures/vae.js';
 import { shapeView, type ClipTextConfig, type UNetConfig, type VaeConfig } from '../checkpoint/configs.js';
-import { checkTensors } from '../checkpoint/check.js';
+import { checkTensors } from '../checkpoint/check-tensors.js';
 import { findConfigDir, openFolderComponents, pathExists, readConfigDir, readFolderScheduler } from '../checkpoint/folder.js';
 import { sdScheduler } from '../checkpoint/infer-config.js';
 import { buildLdmKeyMap } from '../checkpoint/keymap-sd.js';

@@ -9,7 +9,7 @@ import { buildClipTextGraph, clipTextConfigFromJson, expectedClipTextWeights } f
 import { buildTaesdDecoderGraph, inferTaesdDecoderConfig, normalizeTaesdConfig, taesdUpscale, type TaesdDecoderConfig } from '../architectures/taesd.js';
 import { buildUNetGraph, expectedUnetWeights, unetConfigFromJson } from '../architectures/unet.js';
 import type { ClipTextConfig, UNetConfig } from '../checkpoint/configs.js';
-import { checkTensors } from '../checkpoint/check.js';
+import { checkTensors } from '../checkpoint/check-tensors.js';
 import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
 import { BadInputError } from '../errors.js';
 import { clipTokenizerOf } from './sd.js';

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { clipTextConfigFromJson, expectedClipTextWeights } from '../../src/architectures/clip-text.js';
 import { expectedUnetWeights, unetConfigFromJson } from '../../src/architectures/unet.js';
 import { expectedVaeWeights, vaeConfigFromJson } from '../../src/architectures/vae.js';
-import { checkTensors } from '../../src/checkpoint/check.js';
+import { checkTensors } from '../../src/checkpoint/check-tensors.js';
 import { MappedSource } from '../../src/checkpoint/sources.js';
 import { TensorSet } from '../../src/safetensors/tensor-set.js';
 import { FIXTURES, folderConfig } from '../support/fixtures.js';
@@ -25,7 +25,7 @@ const EXPECTED: Record<string, (component: string, json: Record<string, unknown>
 };
 EXPECTED.text_encoder_2 = EXPECTED.text_encoder;
 
-describe('checkpoint/check', () => {
+describe('checkpoint/check-tensors', () => {
   // The tensor lists diffusers and transformers actually saved are the reference for the ones the builders expect.
   for (const [model, components] of [
     ['tiny-sd15', ['unet', 'vae', 'text_encoder']],
