@@ -132,9 +132,11 @@ for _ in $(seq 600); do
 done
 [ "$requeued" -gt 0 ] || { echo "task 1 finished before it could be requeued mid-run" >&2; exit 1; }
 echo "slurm test: task 1 requeued after $requeued of its 10 images (${SECONDS} s)" >&2
-# A requeued job waits out a begin time; make it eligible now.
-sleep 1
-scontrol update JobId="${JOB}_1" StartTime=now 2>/dev/null || true
+# Slurm gives a requeued job a begin time about two minutes ahead; once it is pending again, make it eligible now.
+for _ in $(seq 100); do
+  if [ "$(squeue -h -j "${JOB}_1" -o '%T' 2>/dev/null)" = PENDING ] && scontrol update JobId="${JOB}_1" StartTime=now 2>/dev/null; then break; fi
+  sleep 0.2
+done
 
 for _ in $(seq 900); do
   [ -z "$(squeue -h -j "$JOB" 2>/dev/null)" ] && break
