@@ -1,5 +1,5 @@
 /**
- * Issue "SDXL family and SDXS", through the command line with the flags SD uses (as ../shared/acceptance/run drives
+ * Issue "SDXL family and SDXS", through the command line with the flags SD uses (as the workplace acceptance script drives
  * it): tiny-sdxl's folder and single file convert to byte-identical graphs; `generate` with the goldens' latents
  * reproduces diffusers' images plain, with CFG and "", and with CFG and no negative prompt (zeros); `lora merge`
  * writes the fused goldens; tiny-sdxs's images likewise.
