@@ -184,7 +184,11 @@ export async function withAtomicDir(
       await rename(temp, finalDir);
       await rm(old, { recursive: true, force: true });
     } else {
-      await rename(temp, finalDir);
+      // Another process may have renamed its folder in since the check: rename refuses a non-empty target.
+      await rename(temp, finalDir).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOTEMPTY' || e.code === 'EEXIST') throw new OnestepError(`${finalDir} appeared while it was being built.`, 'Pass --force to replace it.');
+        throw e;
+      });
     }
     await fsyncDir(dirname(resolve(finalDir)));
   } catch (err) {
