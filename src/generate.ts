@@ -6,6 +6,7 @@
 import { img2imgTimestep } from './runtime/img2img.js';
 import { InitImages, initImageSize, loadInitImage } from './io/init-image.js';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { OnestepError, BadInputError } from './errors.js';
 import { removeStaleTemps } from './io/atomic.js';
@@ -274,7 +275,6 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     const r = records.get(img.index)!;
     records.delete(img.index);
     const req = { seed: resolveSeed(r, opts.seed), guidance: r.guidance ?? opts.guidance ?? m.recipe.guidance };
-    const file = names.allocate({ index: img.index, seed: req.seed, prompt: r.prompt, name: r.name, width: img.width, height: img.height });
     const negativePrompt = r.negativePrompt ?? opts.negativePrompt;
     const parameters = formatParameters({
       prompt: r.prompt,
@@ -289,6 +289,14 @@ async function generateLocked(source: string | NodeJS.ReadableStream, opts: Gene
     });
     const encodeStarted = performance.now();
     const data = await encodeImage(img.rgb, img.width, img.height, { format: opts.format, quality: opts.quality, parameters });
+    const sameBytes = (name: string) => {
+      try {
+        return readFileSync(path.join(opts.out, name)).equals(data);
+      } catch {
+        return false;
+      }
+    };
+    const file = names.allocate({ index: img.index, seed: req.seed, prompt: r.prompt, name: r.name, width: img.width, height: img.height }, sameBytes);
     const writeStarted = performance.now();
     const encodeMs = writeStarted - encodeStarted;
     stageMs.encode += encodeMs;

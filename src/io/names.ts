@@ -133,13 +133,18 @@ export class NameAllocator {
     for (const entry of existing) this.used.set(entry.file.toLowerCase(), entry.index);
   }
 
-  allocate(fields: NameFields): string {
+  /**
+   * `mayTakeOver(file)`: whether a file no manifest line records may be replaced under this name. generate allows it
+   * only when the file already holds exactly the bytes it is about to write: the image of a run killed between its
+   * rename and its manifest line, which the resumed run then keeps under its own name instead of duplicating it.
+   */
+  allocate(fields: NameFields, mayTakeOver?: (file: string) => boolean): string {
     const stem = this.template.render(fields);
     for (let attempt = 0; ; attempt++) {
       const suffix = attempt === 0 ? '' : attempt === 1 ? `-${fields.index}` : `-${fields.index}-${attempt}`;
       const file = `${stem}${suffix}.${this.extension}`;
       const holder = this.used.get(file.toLowerCase());
-      if (holder === undefined || holder === fields.index) {
+      if (holder === undefined || holder === fields.index || (holder === -1 && mayTakeOver?.(file))) {
         this.used.set(file.toLowerCase(), fields.index);
         return file;
       }

@@ -99,3 +99,15 @@ describe('io/names', () => {
     assert.equal(caseless.allocate({ ...base, index: 1, name: 'hero' }), 'hero-1.webp', 'case-insensitive file systems');
   });
 });
+
+describe('io/names NameAllocator take-over', () => {
+  it('a file no manifest line records keeps its name only when allowed (generate: when it holds the very bytes to write)', () => {
+    const fields = { index: 8, seed: 13n, prompt: 'a cat', width: 64, height: 64 };
+    const fresh = () => new NameAllocator('{index:06}-{seed}', 'png', [{ index: -1, file: '000008-13.png' }]);
+    assert.equal(fresh().allocate(fields), '000008-13-8.png');
+    assert.equal(fresh().allocate(fields, () => false), '000008-13-8.png');
+    assert.equal(fresh().allocate(fields, (f) => f === '000008-13.png'), '000008-13.png');
+    // A file another index records is never taken over.
+    assert.equal(new NameAllocator('{index:06}-{seed}', 'png', [{ index: 3, file: '000008-13.png' }]).allocate(fields, () => true), '000008-13-8.png');
+  });
+});
