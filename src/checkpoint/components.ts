@@ -19,6 +19,7 @@ import { checkTensors } from './check-tensors.js';
 import { buildLdmKeyMap, isKnownIgnorableKey, UNET_PREFIX, VAE_PREFIX } from './keymap-sd.js';
 import { MappedSource } from './sources.js';
 import type { TensorMeta, WeightSource } from './weight-source.js';
+import { renameLegacyVaeAttention } from './folder.js';
 
 export type ComponentName = 'unet' | 'vae';
 export type KeyStyle = 'diffusers' | 'ldm';
@@ -121,14 +122,6 @@ export async function openComponent(input: string, expected: ComponentName): Pro
     await set.close();
     throw e;
   }
-}
-
-/** diffusers < 0.14 saved the VAE's mid attention as query/key/value/proj_attn. */
-function renameLegacyVaeAttention(key: string): string {
-  return key.replace(/(\.attentions\.\d+\.)(query|key|value|proj_attn)\./, (_, head: string, p: string) => {
-    const to = { query: 'to_q', key: 'to_k', value: 'to_v', proj_attn: 'to_out.0' }[p as 'query'];
-    return `${head}${to}.`;
-  });
 }
 
 function mapComponent(

@@ -37,7 +37,7 @@ export async function readJson(path: string): Promise<Json> {
 }
 
 /** diffusers < 0.14 saved the VAE's mid attention as query/key/value/proj_attn. */
-function renameLegacyVaeAttention(key: string): string {
+export function renameLegacyVaeAttention(key: string): string {
   return key.replace(/(\.attentions\.\d+\.)(query|key|value|proj_attn)\./, (_, head: string, p: string) => {
     const to = { query: 'to_q', key: 'to_k', value: 'to_v', proj_attn: 'to_out.0' }[p as 'query'];
     return `${head}${to}.`;
