@@ -8,7 +8,7 @@
  */
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
-import { Graph, Module, type Value } from '../onnx/graph.js';
+import { expectedWeights, Graph, Module, type Value } from '../onnx/graph.js';
 import { basicTransformerBlock, layerNormOf, timestepEmbedding, timestepProjection } from './blocks.js';
 
 export interface PixArtConfig {
@@ -88,9 +88,6 @@ export interface PixArtInputs {
   aspectRatio?: Value;
 }
 
-/** Every linear of the transformer has a bias (attention_bias, PixArt's projections): a missing one is an error. */
-const BIAS = { bias: true };
-
 /**
  * get_2d_sincos_pos_embed for the latent's patch grid (h, w), computed in the graph so any size works: grid
  * coordinates in float32 (arange / (n / base_size) / interpolation_scale, as numpy does), the sin/cos in float64, the
@@ -130,7 +127,8 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
 
     // PatchEmbed: conv with stride p, flattened to tokens [B, h*w, D], plus the position embedding.
     let hidden = g.scope('pos_embed', () => {
-      const conv = g.node('Conv', [g.cast(x.sample, g.dtype), g.weight(`${prefix}.pos_embed.proj.weight`), g.weight(`${prefix}.pos_embed.proj.bias`)], {
+      const proj = `${prefix}.pos_embed.proj`;
+      const conv = g.node('Conv', [g.cast(x.sample, g.dtype), g.weight(`${proj}.weight`, {}, g.dtype, [dim, cfg.in_channels, p, p]), g.weight(`${proj}.bias`, {}, g.dtype, [dim])], {
         kernel_shape: [p, p],
         strides: [p, p],
       })[0];
@@ -155,11 +153,11 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
       }
       return emb;
     });
-    const tBlock = g.scope('adaln_single', () => g.linear(g.silu(embedded), `${prefix}.adaln_single.linear`, BIAS));
+    const tBlock = g.scope('adaln_single', () => g.linear(g.silu(embedded), `${prefix}.adaln_single.linear`, { features: [dim, 6 * dim] }));
 
     const context = g.scope('caption_projection', () => {
       const c = `${prefix}.caption_projection`;
-      return g.linear(g.gelu(g.linear(g.cast(x.encoderHiddenStates, g.dtype), `${c}.linear_1`, BIAS), 'tanh'), `${c}.linear_2`, BIAS);
+      return g.linear(g.gelu(g.linear(g.cast(x.encoderHiddenStates, g.dtype), `${c}.linear_1`, { features: [cfg.caption_channels, dim] }), 'tanh'), `${c}.linear_2`, { features: [dim, dim] });
     });
     // (1 - mask) * -10000 on the caption tokens, [B, 1, h*w, L] as MultiHeadAttention takes it.
     const contextBias = g.scope('encoder_attention_mask', () => {
@@ -180,9 +178,9 @@ export function pixartTransformer(g: Graph, cfg: PixArtConfig, x: PixArtInputs, 
 
     // Final layer: LayerNorm modulated by the table plus the embedded timestep (not t_block), then the projection.
     const out = g.scope('proj_out', () => {
-      const [shift, scale] = g.split(g.add(g.unsqueeze(g.weight(`${prefix}.scale_shift_table`), [0]), g.unsqueeze(embedded, [1])), [1, 1], 1);
+      const [shift, scale] = g.split(g.add(g.unsqueeze(g.weight(`${prefix}.scale_shift_table`, {}, g.dtype, [2, dim]), [0]), g.unsqueeze(embedded, [1])), [1, 1], 1);
       const normed = layerNormOf(new Module(g, prefix), hidden, 'norm_out', 1e-6, dim, false);
-      return g.linear(g.add(g.mul(normed, g.add(g.scalar(1), scale)), shift), `${prefix}.proj_out`, BIAS);
+      return g.linear(g.add(g.mul(normed, g.add(g.scalar(1), scale)), shift), `${prefix}.proj_out`, { features: [dim, p * p * cfg.out_channels] });
     });
 
     // Unpatchify: [B, h*w, p*p*C] -> [B, h, w, p, p, C] -> [B, C, h, p, w, p] -> [B, C, H, W].
@@ -213,4 +211,9 @@ export function buildPixArtTransformerGraph(weights: WeightSource, cfg: PixArtCo
   const out = pixartTransformer(g, cfg, { sample, timestep, encoderHiddenStates, encoderAttentionMask, ...extra });
   g.output(g.cast(out, 'float32'), 'out_sample', ['batch', cfg.out_channels, 'height', 'width']);
   return g;
+}
+
+/** The tensors a PixArt transformer of this config reads, with their shapes (the builder's dry run). */
+export function expectedPixArtTransformerWeights(cfg: PixArtConfig): Map<string, number[]> {
+  return expectedWeights((w) => buildPixArtTransformerGraph(w, cfg, 'float32'));
 }

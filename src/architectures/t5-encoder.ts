@@ -5,7 +5,7 @@
  */
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
-import { Graph, type Value } from '../onnx/graph.js';
+import { expectedWeights, Graph, type Value } from '../onnx/graph.js';
 
 export interface T5Config {
   vocab_size: number;
@@ -70,12 +70,13 @@ export function relativePositionBuckets(numBuckets: number, maxDistance: number)
 }
 
 /** T5LayerNorm: x / sqrt(mean(x^2) + eps) in float32 (no mean subtraction, no bias), back to the graph dtype, times weight. */
-function t5LayerNorm(g: Graph, x: Value, prefix: string, eps: number): Value {
+function t5LayerNorm(g: Graph, cfg: T5Config, x: Value, prefix: string): Value {
+  const eps = cfg.layer_norm_epsilon;
   return g.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
     const x32 = g.cast(x, 'float32');
     const variance = g.node('ReduceMean', [g.mul(x32, x32), g.ints([-1])], { keepdims: 1 })[0];
     const normed = g.mul(x32, g.node('Reciprocal', [g.node('Sqrt', [g.add(variance, g.scalar(eps, 'float32'))])[0]])[0]);
-    return g.mul(g.weight(`${prefix}.weight`), g.cast(normed, g.dtype));
+    return g.mul(g.weight(`${prefix}.weight`, {}, g.dtype, [cfg.d_model]), g.cast(normed, g.dtype));
   });
 }
 
@@ -88,25 +89,28 @@ function positionBias(g: Graph, cfg: T5Config, seqLen: Value, key: string): Valu
     const offsets = g.sub(g.unsqueeze(positions, [0]), g.unsqueeze(positions, [1])); // [q, k] = k - q
     const clamped = g.node('Min', [g.node('Max', [offsets, g.constant([-d], [], 'int64')])[0], g.constant([d], [], 'int64')])[0];
     const buckets = g.gather(table, g.add(clamped, g.constant([d], [], 'int64')));
-    const bias = g.gather(g.weight(key), buckets); // [S, S, heads]
+    const bias = g.gather(g.weight(key, {}, g.dtype, [cfg.relative_attention_num_buckets, cfg.num_heads]), buckets); // [S, S, heads]
     return g.unsqueeze(g.transpose(bias, [2, 0, 1]), [0]);
   });
 }
 
 function selfAttention(g: Graph, cfg: T5Config, x: Value, bias: Value, prefix: string): Value {
   return g.scope('SelfAttention', () => {
-    const q = g.linear(x, `${prefix}.q`, { bias: false });
-    const k = g.linear(x, `${prefix}.k`, { bias: false });
-    const v = g.linear(x, `${prefix}.v`, { bias: false });
-    return g.linear(g.attention(q, k, v, cfg.num_heads, { attentionBias: bias, scale: 1 }), `${prefix}.o`, { bias: false });
+    const inner: [number, number] = [cfg.d_model, cfg.num_heads * cfg.d_kv];
+    const q = g.linear(x, `${prefix}.q`, { bias: false, features: inner });
+    const k = g.linear(x, `${prefix}.k`, { bias: false, features: inner });
+    const v = g.linear(x, `${prefix}.v`, { bias: false, features: inner });
+    return g.linear(g.attention(q, k, v, cfg.num_heads, { attentionBias: bias, scale: 1 }), `${prefix}.o`, { bias: false, features: [inner[1], inner[0]] });
   });
 }
 
 function feedForward(g: Graph, cfg: T5Config, x: Value, prefix: string): Value {
   return g.scope('DenseReluDense', () => {
-    if (cfg.feed_forward_proj === 'relu') return g.linear(g.node('Relu', [g.linear(x, `${prefix}.wi`, { bias: false })])[0], `${prefix}.wo`, { bias: false });
-    const gate = g.gelu(g.linear(x, `${prefix}.wi_0`, { bias: false }), 'tanh');
-    return g.linear(g.mul(gate, g.linear(x, `${prefix}.wi_1`, { bias: false })), `${prefix}.wo`, { bias: false });
+    const up = { bias: false, features: [cfg.d_model, cfg.d_ff] as const };
+    const down = { bias: false, features: [cfg.d_ff, cfg.d_model] as const };
+    if (cfg.feed_forward_proj === 'relu') return g.linear(g.node('Relu', [g.linear(x, `${prefix}.wi`, up)])[0], `${prefix}.wo`, down);
+    const gate = g.gelu(g.linear(x, `${prefix}.wi_0`, up), 'tanh');
+    return g.linear(g.mul(gate, g.linear(x, `${prefix}.wi_1`, up)), `${prefix}.wo`, down);
   });
 }
 
@@ -120,38 +124,52 @@ function clampF16(g: Graph, x: Value): Value {
 }
 
 /**
+ * Where a T5 encoder's token embedding is stored: T5EncoderModel.shared, which encoder.embed_tokens ties to; files
+ * saved with the tie broken keep only the latter.
+ */
+export type T5Embedding = 'shared' | 'encoder.embed_tokens';
+
+/** The stored embedding of a component's weights (`shared` when present). */
+export function t5EmbeddingOf(weights: WeightSource, prefix = 'text_encoder'): T5Embedding {
+  return !weights.has(`${prefix}.shared.weight`) && weights.has(`${prefix}.encoder.embed_tokens.weight`) ? 'encoder.embed_tokens' : 'shared';
+}
+
+/**
  * input ids [B, S] int64 and attention mask [B, S] int64 (1 keep, 0 pad) -> last_hidden_state [B, S, d_model] in the
  * graph's dtype; the mask is added to the position bias of every block, as transformers does.
  */
-export function t5Encoder(g: Graph, cfg: T5Config, inputIds: Value, attentionMask: Value, prefix = 'text_encoder'): Value {
+export function t5Encoder(g: Graph, cfg: T5Config, inputIds: Value, attentionMask: Value, embedding: T5Embedding = 'shared', prefix = 'text_encoder'): Value {
   return g.scope('text_encoder', () => {
-    const embedKey = g.hasWeight(`${prefix}.shared.weight`) ? `${prefix}.shared.weight` : `${prefix}.encoder.embed_tokens.weight`;
-    let x = g.gather(g.weight(embedKey), inputIds);
+    let x = g.gather(g.weight(`${prefix}.${embedding}.weight`, {}, g.dtype, [cfg.vocab_size, cfg.d_model]), inputIds);
     const seqLen = g.shape(inputIds, 1, 2);
     // (1 - mask) * finfo(dtype).min, broadcast over heads and queries: [B, 1, 1, S].
     const min = g.dtype === 'float16' ? -65504 : -3.4028234663852886e38;
     const keep = g.cast(attentionMask, g.dtype);
     const maskBias = g.unsqueeze(g.mul(g.sub(g.scalar(1), keep), g.scalar(min)), [1, 2]);
     const bias = g.add(positionBias(g, cfg, seqLen, `${prefix}.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight`), maskBias);
-    const eps = cfg.layer_norm_epsilon;
     for (let i = 0; i < cfg.num_layers; i++) {
       const p = `${prefix}.encoder.block.${i}`;
       x = g.scope(`block.${i}`, () => {
-        let h = clampF16(g, g.add(x, selfAttention(g, cfg, t5LayerNorm(g, x, `${p}.layer.0.layer_norm`, eps), bias, `${p}.layer.0.SelfAttention`)));
-        h = clampF16(g, g.add(h, feedForward(g, cfg, t5LayerNorm(g, h, `${p}.layer.1.layer_norm`, eps), `${p}.layer.1.DenseReluDense`)));
+        let h = clampF16(g, g.add(x, selfAttention(g, cfg, t5LayerNorm(g, cfg, x, `${p}.layer.0.layer_norm`), bias, `${p}.layer.0.SelfAttention`)));
+        h = clampF16(g, g.add(h, feedForward(g, cfg, t5LayerNorm(g, cfg, h, `${p}.layer.1.layer_norm`), `${p}.layer.1.DenseReluDense`)));
         return h;
       });
     }
-    return t5LayerNorm(g, x, `${prefix}.encoder.final_layer_norm`, eps);
+    return t5LayerNorm(g, cfg, x, `${prefix}.encoder.final_layer_norm`);
   });
 }
 
 /** Standalone text-encoder graph: `input_ids`, `attention_mask` int64 [batch, sequence] -> `last_hidden_state` float32. */
-export function buildT5EncoderGraph(weights: WeightSource, cfg: T5Config, dtype: 'float32' | 'float16' = 'float32'): Graph {
+export function buildT5EncoderGraph(weights: WeightSource, cfg: T5Config, dtype: 'float32' | 'float16' = 'float32', embedding: T5Embedding = 'shared'): Graph {
   const g = new Graph('text_encoder', weights, dtype);
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
   const mask = g.input('attention_mask', 'int64', ['batch', 'sequence']);
-  const out = t5Encoder(g, cfg, ids, mask);
+  const out = t5Encoder(g, cfg, ids, mask, embedding);
   g.output(g.cast(out, 'float32'), 'last_hidden_state', ['batch', 'sequence', cfg.d_model]);
   return g;
+}
+
+/** The tensors a T5 encoder of this config reads, with their shapes (the builder's dry run). */
+export function expectedT5Weights(cfg: T5Config, embedding: T5Embedding = 'shared'): Map<string, number[]> {
+  return expectedWeights((w) => buildT5EncoderGraph(w, cfg, 'float32', embedding));
 }

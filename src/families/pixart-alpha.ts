@@ -5,11 +5,11 @@
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { buildPixArtTransformerGraph, normalizePixArtConfig, type PixArtConfig } from '../architectures/pixart-transformer.js';
-import { buildT5EncoderGraph, normalizeT5Config, type T5Config } from '../architectures/t5-encoder.js';
-import { buildVaeDecoderGraph, buildVaeEncoderGraph, vaeConfigFromJson, vaeScaleFactor } from '../architectures/vae.js';
+import { buildPixArtTransformerGraph, expectedPixArtTransformerWeights, normalizePixArtConfig, type PixArtConfig } from '../architectures/pixart-transformer.js';
+import { buildT5EncoderGraph, expectedT5Weights, normalizeT5Config, t5EmbeddingOf, type T5Config } from '../architectures/t5-encoder.js';
+import { buildVaeDecoderGraph, buildVaeEncoderGraph, expectedVaeWeights, vaeConfigFromJson, vaeScaleFactor } from '../architectures/vae.js';
+import { checkTensors } from '../checkpoint/check-tensors.js';
 import type { VaeConfig } from '../checkpoint/configs.js';
-import type { WeightSource } from '../checkpoint/weight-source.js';
 import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
 import { BadInputError, OnestepError } from '../errors.js';
 import { T5Tokenizer } from '../runtime/t5-tokenizer.js';
@@ -78,42 +78,18 @@ async function openPixArtFolder(folder: FolderInput, opts: OpenOptions): Promise
 }
 
 /**
- * The graphs' dry run over the folder's shapes: every weight they read must be there (all missing ones are named; a
- * missing one is given a placeholder shape so the run goes on to find the others, and nothing is written). Returns the
- * folder's tensors the graphs do not read (reported as unused).
+ * The folder's tensors against the ones its configs expect (checkTensors); returns the tensors no graph reads, which
+ * inspect reports as unused.
  */
 function checkWeights(ckpt: Checkpoint): string[] {
-  const used = new Set<string>();
-  const missing = new Set<string>();
-  const source = ckpt.weights;
-  const recording: WeightSource = {
-    names: () => source.names(),
-    has: (n) => source.has(n),
-    meta: (n) => {
-      if (source.has(n)) return source.meta(n);
-      missing.add(n);
-      return { shape: [1, 1], dtype: 'F32' };
-    },
-    readF32: (n) => source.readF32(n),
-    close: async () => {},
-  };
-  for (const spec of pixartGraphs(ckpt)) {
-    try {
-      const g = spec.build(recording, 'float32');
-      for (const init of g.initializers.values()) if (init.weight) used.add(init.weight.key);
-    } catch (e) {
-      if (missing.size === 0) throw e;
-    }
-  }
-  if (missing.size) {
-    const list = [...missing];
-    throw new BadInputError(
-      ckpt.path,
-      `is incomplete: ${list.length} tensor(s) missing: ${list.slice(0, 8).join('; ')}${list.length > 8 ? '; ...' : ''}`,
-      'Download the folder again: a weight file is missing or truncated.',
-    );
-  }
-  return source.names().filter((n) => !used.has(n) && !IGNORED.has(n));
+  const { transformer, text_encoder, vae } = configsOf(ckpt);
+  const expected = new Map([
+    ...expectedT5Weights(text_encoder, t5EmbeddingOf(ckpt.weights)),
+    ...expectedPixArtTransformerWeights(transformer),
+    ...expectedVaeWeights(vae),
+  ]);
+  checkTensors(ckpt.weights, expected, ckpt.path);
+  return ckpt.weights.names().filter((n) => !expected.has(n) && !IGNORED.has(n));
 }
 
 /**
@@ -125,7 +101,7 @@ const IGNORED = new Set(['transformer.caption_projection.y_embedding']);
 function pixartGraphs(ckpt: Checkpoint): GraphSpec[] {
   const { transformer, text_encoder, vae } = configsOf(ckpt);
   return [
-    { name: 'text_encoder', build: (w, dtype) => buildT5EncoderGraph(w, text_encoder, dtype) },
+    { name: 'text_encoder', build: (w, dtype) => buildT5EncoderGraph(w, text_encoder, dtype, t5EmbeddingOf(ckpt.weights)) },
     { name: 'transformer', build: (w, dtype) => buildPixArtTransformerGraph(w, transformer, dtype) },
     { name: 'vae_decoder', build: (w, dtype) => buildVaeDecoderGraph(w, vae, dtype) },
     { name: 'vae_encoder', build: (w, dtype) => buildVaeEncoderGraph(w, vae, dtype) },

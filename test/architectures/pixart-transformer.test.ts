@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { buildPixArtTransformerGraph, normalizePixArtConfig, positionEmbedding, type PixArtConfig } from '../../src/architectures/pixart-transformer.js';
+import { buildPixArtTransformerGraph, expectedPixArtTransformerWeights, normalizePixArtConfig, positionEmbedding, type PixArtConfig } from '../../src/architectures/pixart-transformer.js';
 import { Graph } from '../../src/onnx/graph.js';
 import { OnestepError } from '../../src/errors.js';
 import { writeModel } from '../../src/onnx/write-model.js';
@@ -111,6 +111,13 @@ describe('architectures/pixart-transformer', () => {
     });
     assert.deepEqual([legacy.interpolation_scale, legacy.use_additional_conditions, legacy.caption_channels], [2, true, 4096]);
     assert.throws(() => normalizePixArtConfig({ norm_type: 'ada_norm_zero' }, 'x/config.json'), (e: unknown) => e instanceof OnestepError && /x\/config.json: norm_type/.test(e.message));
+  });
+
+  it('expects exactly the tensors diffusers saves, with their shapes (the builder declares every one)', () => {
+    const stored = folderWeights('tiny-pixart', ['transformer']);
+    const expectedShapes = expectedPixArtTransformerWeights(cfg);
+    assert.deepEqual([...expectedShapes.keys()].sort(), stored.names());
+    for (const [name, shape] of expectedShapes) assert.deepEqual(shape, stored.meta(name).shape, name);
   });
 
   it('micro-conditions add cat(resolution_embedder(h), resolution_embedder(w), aspect_ratio_embedder(h/w)) to the timestep embedding', async () => {

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { buildT5EncoderGraph, normalizeT5Config, relativePositionBuckets } from '../../src/architectures/t5-encoder.js';
+import { buildT5EncoderGraph, expectedT5Weights, normalizeT5Config, relativePositionBuckets } from '../../src/architectures/t5-encoder.js';
 import { OnestepError } from '../../src/errors.js';
 import { writeModel } from '../../src/onnx/write-model.js';
 import { folderConfig, folderWeights, goldens, relErr } from '../support/fixtures.js';
@@ -38,6 +38,17 @@ describe('architectures/t5-encoder', () => {
       [32, 8, 64, 2, 4, 32, 128, 'gated-gelu'],
     );
     assert.throws(() => normalizeT5Config({ feed_forward_proj: 'gated-silu' }, 'x/config.json'), (e: unknown) => e instanceof OnestepError && /x\/config.json: feed_forward_proj "gated-silu"/.test(e.message));
+  });
+
+  it('expects exactly the tensors transformers saves, with their shapes (the builder declares every one)', () => {
+    const stored = folderWeights('tiny-pixart', ['text_encoder']);
+    const expectedShapes = expectedT5Weights(cfg);
+    assert.deepEqual([...expectedShapes.keys()].sort(), stored.names());
+    for (const [name, shape] of expectedShapes) assert.deepEqual(shape, stored.meta(name).shape, name);
+    // a file saved with the tie broken stores the embedding under encoder.embed_tokens instead of shared
+    const untied = expectedT5Weights(cfg, 'encoder.embed_tokens');
+    assert.deepEqual(untied.get('text_encoder.encoder.embed_tokens.weight'), [cfg.vocab_size, cfg.d_model]);
+    assert.equal(untied.has('text_encoder.shared.weight'), false);
   });
 
   it('relative position buckets match T5 (bidirectional, 32 buckets, max distance 128)', () => {

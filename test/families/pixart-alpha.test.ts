@@ -111,10 +111,45 @@ describe('families/pixart-alpha', function () {
       join(dir, rel),
       [...tensors].map(([name, t]) => ({ name, dtype: 'F32' as const, shape: t.shape, data: () => new Uint8Array(t.data.buffer) })),
     );
-    await assert.rejects(convertCheckpoint(dir, { out: join(work, 'out-broken') }), (e: unknown) => e instanceof BadInputError && /2 tensor\(s\) missing: transformer\.transformer_blocks\.1\.attn2\.to_k\.weight; transformer\.proj_out\.bias/.test(e.message));
+    await assert.rejects(convertCheckpoint(dir, { out: join(work, 'out-broken') }), (e: unknown) => e instanceof BadInputError && /2 required tensor\(s\) missing: transformer\.transformer_blocks\.1\.attn2\.to_k\.weight; transformer\.proj_out\.bias/.test(e.message));
     const report = await inspectPath(dir);
     assert.equal(report.convertible, false);
     assert.ok(report.warnings.some((w) => /attn2\.to_k\.weight/.test(w)), report.warnings.join('\n'));
+  });
+
+  it('a misshapen tensor is refused, naming it, before any output exists', async () => {
+    const dir = join(work, 'tiny-pixart-misshapen');
+    cpSync(TINY, dir, { recursive: true });
+    const rel = WEIGHT_FILES[1];
+    const tensors = readSafetensors(join(TINY, rel));
+    const wo = tensors.get('encoder.block.0.layer.1.DenseReluDense.wo.weight')!;
+    tensors.set('encoder.block.0.layer.1.DenseReluDense.wo.weight', { ...wo, shape: [...wo.shape].reverse() });
+    await writeSafetensors(
+      join(dir, rel),
+      [...tensors].map(([name, t]) => ({ name, dtype: 'F32' as const, shape: t.shape, data: () => new Uint8Array(t.data.buffer) })),
+    );
+    const out = join(work, 'out-misshapen');
+    await assert.rejects(convertCheckpoint(dir, { out }), (e: unknown) => e instanceof BadInputError && /1 tensor\(s\) with the wrong shape: text_encoder\.encoder\.block\.0\.layer\.1\.DenseReluDense\.wo\.weight is \[64,32\], expected \[32,64\]/.test(e.message));
+    assert.equal(readdirSync(work).includes('out-misshapen'), false);
+  });
+
+  it('a T5 saved with only encoder.embed_tokens (tie broken) converts to the same text encoder weights', async () => {
+    const dir = join(work, 'tiny-pixart-untied');
+    cpSync(TINY, dir, { recursive: true });
+    const rel = WEIGHT_FILES[1];
+    const tensors = readSafetensors(join(TINY, rel));
+    tensors.set('encoder.embed_tokens.weight', tensors.get('shared.weight')!);
+    tensors.delete('shared.weight');
+    await writeSafetensors(
+      join(dir, rel),
+      [...tensors].map(([name, t]) => ({ name, dtype: 'F32' as const, shape: t.shape, data: () => new Uint8Array(t.data.buffer) })),
+    );
+    const a = join(work, 'out-tied');
+    const b = join(work, 'out-untied');
+    await convertCheckpoint(TINY, { out: a });
+    await convertCheckpoint(dir, { out: b });
+    assert.ok(readFileSync(join(a, 'text_encoder.onnx.data')).equals(readFileSync(join(b, 'text_encoder.onnx.data'))));
+    assert.deepEqual((await inspectPath(dir)).warnings.filter((w) => /embed_tokens|unused/.test(w)), []);
   });
 
   it("released folders' caption_projection.y_embedding (unused by diffusers) is ignored, any other extra tensor is reported", async () => {
