@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { inspectPath } from '../../src/inspect.js';
 import { formatInspectReport } from '../../src/inspect/format.js';
+import { FIXTURES } from '../support/fixtures.js';
 import type { InspectReport } from '../../src/inspect/report.js';
 
 describe('inspect/format', () => {
@@ -39,5 +42,15 @@ describe('inspect/format', () => {
     const text = formatInspectReport({ ...report, kind: 'lora', layout: 'lora', family: 'sd1|sd2' });
     assert.match(text, /Family:\s+SD 1\.x or SD 2\.x/);
     assert.doesNotMatch(text, /Convertible:/);
+  });
+
+  describe('on a fixture', () => {
+    it('human output names layout, family and every component count', async () => {
+      const r = await inspectPath(join(FIXTURES, 'tiny-sd15.safetensors'));
+      const text = formatInspectReport(r);
+      assert.match(text, /Layout: +single file/);
+      assert.match(text, /Family: +SD 1\.x/);
+      for (const [c, v] of Object.entries(r.components)) assert.match(text, new RegExp(`${c} +${v.parameters.toLocaleString('en-US')} `));
+    });
   });
 });
