@@ -11,6 +11,7 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { BadInputError } from '../errors.js';
 import type { Checkpoint } from '../families/types.js';
+import { f32ToF16 } from '../safetensors/dtypes.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
 import type { UNetConfig, VaeConfig } from './configs.js';
 import { expectedUnetWeights, unetConfigFromJson } from '../architectures/unet.js';
@@ -251,6 +252,10 @@ export function withComponent(base: WeightSource, component: ComponentName, repl
     has: (n) => from(n).has(n),
     meta: (n): TensorMeta => from(n).meta(n),
     readF32: (n) => from(n).readF32(n),
+    readF16: (n) => {
+      const source = from(n);
+      return source.readF16 ? source.readF16(n) : source.readF32(n).then((v) => f32ToF16(v));
+    },
     close: async () => {
       await Promise.all([base.close(), replacement.close()]);
     },

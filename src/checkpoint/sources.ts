@@ -1,5 +1,6 @@
 /** WeightSource implementations: canonical names backed by tensors of one or more TensorSets. */
 import { BadInputError } from '../errors.js';
+import { bytesToF16 } from '../safetensors/dtypes.js';
 import type { TensorSet } from '../safetensors/tensor-set.js';
 import type { SourceRef } from './keymap-sd.js';
 import { numel, type TensorMeta, type WeightSource } from './weight-source.js';
@@ -18,17 +19,28 @@ export function presentedShape(stored: readonly number[], ref: SourceRef): numbe
   return shape;
 }
 
-/** [rows, cols] -> [cols, rows], in cache-sized tiles (a naive loop strides through memory on every write). */
-export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
+/** Float32 values or float16 bits: the element arrays weights are read into. */
+export type WeightArray = Float32Array | Uint16Array;
+
+/** An empty array of the same kind as `like`. */
+export function allocLike<T extends WeightArray>(like: T, length: number): T {
+  return (like instanceof Float32Array ? new Float32Array(length) : new Uint16Array(length)) as T;
+}
+
+/**
+ * [rows, cols] -> [cols, rows], in cache-sized tiles: each output row is written contiguously, a tile's columns read
+ * at a stride (a naive loop strides through memory on every write).
+ */
+export function transpose2d<T extends WeightArray>(data: T, rows: number, cols: number): T {
+  const out = allocLike(data, data.length);
   const T = 32;
-  for (let r0 = 0; r0 < rows; r0 += T) {
-    const r1 = Math.min(r0 + T, rows);
-    for (let c0 = 0; c0 < cols; c0 += T) {
-      const c1 = Math.min(c0 + T, cols);
-      for (let r = r0; r < r1; r++) {
-        const src = r * cols;
-        for (let c = c0; c < c1; c++) out[c * rows + r] = data[src + c];
+  for (let c0 = 0; c0 < cols; c0 += T) {
+    const c1 = Math.min(c0 + T, cols);
+    for (let r0 = 0; r0 < rows; r0 += T) {
+      const r1 = Math.min(r0 + T, rows);
+      for (let c = c0; c < c1; c++) {
+        let o = c * rows + r0;
+        for (let i = r0 * cols + c, end = r1 * cols; i < end; i += cols) out[o++] = data[i];
       }
     }
   }
@@ -121,11 +133,20 @@ export class MappedSource implements WeightSource {
 
   async readF32(name: string): Promise<Float32Array> {
     const { set, ref } = this.entry(name);
-    const stored = set.info(ref.key).shape;
-    let data = await set.readF32(ref.key);
+    return this.present(await set.readF32(ref.key), set.info(ref.key).shape, ref);
+  }
+
+  /** float16 bits (WeightSource.readF16): f16 storage as stored, bf16 through one table lookup, never via float32. */
+  async readF16(name: string): Promise<Uint16Array> {
+    const { set, ref } = this.entry(name);
+    const info = set.info(ref.key);
+    return this.present(bytesToF16(info.dtype, await set.readRaw(ref.key)), info.shape, ref);
+  }
+
+  private present<T extends WeightArray>(data: T, stored: number[], ref: SourceRef): T {
     if (ref.rows) {
       const rowSize = numel(stored.slice(1));
-      data = data.slice(ref.rows[0] * rowSize, ref.rows[1] * rowSize);
+      data = data.slice(ref.rows[0] * rowSize, ref.rows[1] * rowSize) as T;
     }
     if (ref.transpose) data = transpose2d(data, stored[0], stored[1]);
     return data;

@@ -25,5 +25,11 @@ export interface WeightSource {
   meta(name: string): TensorMeta;
   /** The tensor's values as float32 (exact for f16/bf16/f8 storage). */
   readF32(name: string): Promise<Float32Array>;
+  /**
+   * The tensor's values as float16 bits, exactly f32ToF16(readF32(name)) (a finite value beyond the float16 range
+   * becomes +-Infinity, for the caller to refuse), read without a float32 copy where the storage allows: a float16
+   * conversion of float16 weights passes their bits through. Optional: without it, callers convert readF32's values.
+   */
+  readF16?(name: string): Promise<Uint16Array>;
   close(): Promise<void>;
 }

@@ -7,7 +7,7 @@
  * `lora merge` (writing a checkpoint) and `convert --lora` (building graphs) share one implementation.
  */
 import { BadInputError, OnestepError } from '../errors.js';
-import { isFloatDType } from '../safetensors/dtypes.js';
+import { f32ToF16, isFloatDType } from '../safetensors/dtypes.js';
 import { numel, type TensorMeta, type WeightSource } from '../checkpoint/weight-source.js';
 import { guessLoraFamily } from './family.js';
 import type { LoraComponent } from './keys.js';
@@ -317,6 +317,12 @@ export class LoraMergedSource implements WeightSource {
     const values = Float32Array.from(await this.base.readF32(name));
     await applyLoras(values, this.base.meta(name).shape, apps, name);
     return values;
+  }
+
+  /** A weight no LoRA touches keeps the base's float16 path (its stored bits); a merged one is converted after the merge. */
+  async readF16(name: string): Promise<Uint16Array> {
+    if (!this.plan.byWeight.has(name) && this.base.readF16) return this.base.readF16(name);
+    return f32ToF16(await this.readF32(name));
   }
 
   async close(): Promise<void> {

@@ -1,8 +1,8 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError } from '../errors.js';
-import { transpose2d } from '../checkpoint/sources.js';
-import { countF16Overflow, f32ToF16 } from '../safetensors/dtypes.js';
+import { allocLike, transpose2d, type WeightArray } from '../checkpoint/sources.js';
+import { countF16NonFinite, countF16Overflow, countF32NonFinite, f32ToF16 } from '../safetensors/dtypes.js';
 import type { Graph, InitializerSpec } from './graph.js';
 import { encodeModel, type TensorProtoData, type ValueInfoData } from './proto.js';
 
@@ -18,10 +18,23 @@ export interface WriteProgress {
 }
 
 /** Reads the stored weight and applies its view (reshape, transpose), in float32. */
-export async function materialize(graph: Graph, init: InitializerSpec): Promise<Float32Array> {
+export function materialize(graph: Graph, init: InitializerSpec): Promise<Float32Array> {
+  return withView(graph, init, (k) => graph.weights.readF32(k));
+}
+
+/**
+ * The weight as float16 bits with its view applied: the stored bits of a float16 checkpoint, moved (transposed,
+ * packed) as 16-bit values, never widened to float32 and back (the same bits, at a fraction of the cost).
+ */
+export function materializeF16(graph: Graph, init: InitializerSpec): Promise<Uint16Array> {
+  const { weights } = graph;
+  return withView(graph, init, (k) => (weights.readF16 ? weights.readF16(k) : weights.readF32(k).then((v) => f32ToF16(v))));
+}
+
+async function withView<T extends WeightArray>(graph: Graph, init: InitializerSpec, read: (key: string) => Promise<T>): Promise<T> {
   const { key, view } = init.weight!;
-  if (view.pack) return packHeads(await Promise.all(view.pack.keys.map((k) => graph.weights.readF32(k))), view.pack.keys.map((k) => graph.weightShape(k)), view.pack.heads);
-  const data = await graph.weights.readF32(key);
+  if (view.pack) return packHeads(await Promise.all(view.pack.keys.map(read)), view.pack.keys.map((k) => graph.weightShape(k)), view.pack.heads);
+  const data = await read(key);
   if (view.permute) return permute4d(data, graph.weightShape(key), view.permute);
   if (!view.transpose) return data;
   const [rows, cols] = view.reshape ?? graph.weightShape(key);
@@ -29,10 +42,10 @@ export async function materialize(graph: Graph, init: InitializerSpec): Promise<
 }
 
 /** Reorders the axes of a 4-D tensor: out[i_p0, i_p1, i_p2, i_p3] = in[i0, i1, i2, i3]. */
-function permute4d(data: Float32Array, dims: number[], perm: number[]): Float32Array {
+function permute4d<T extends WeightArray>(data: T, dims: number[], perm: number[]): T {
   const stride = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
   const outDims = perm.map((p) => dims[p]);
-  const out = new Float32Array(data.length);
+  const out = allocLike(data, data.length);
   let o = 0;
   const idx = [0, 0, 0, 0];
   for (idx[0] = 0; idx[0] < outDims[0]; idx[0]++) {
@@ -52,36 +65,52 @@ function permute4d(data: Float32Array, dims: number[], perm: number[]): Float32A
  * head by head: for head h, W_0's h-th slice of out_0 / heads columns, then W_1's, ... (MultiHeadAttention's packed
  * QKV input [B, S, heads, 3, head_dim] is this product reshaped).
  */
-function packHeads(ws: Float32Array[], shapes: number[][], heads: number): Float32Array {
+function packHeads<T extends WeightArray>(ws: T[], shapes: number[][], heads: number): T {
   const inF = shapes[0][1];
   const per = shapes.map((s) => s[0] / heads);
   const total = shapes.reduce((a, s) => a + s[0], 0);
-  const out = new Float32Array(inF * total);
-  for (let r = 0; r < inF; r++) {
-    let c = 0;
-    for (let h = 0; h < heads; h++) {
-      ws.forEach((w, j) => {
-        for (let d = 0; d < per[j]; d++) out[r * total + c++] = w[(h * per[j] + d) * inF + r];
-      });
+  const out = allocLike(ws[0], inF * total);
+  // Column by column: each source row (one output column) is read contiguously, the output written at a stride.
+  let c = 0;
+  for (let h = 0; h < heads; h++) {
+    for (let j = 0; j < ws.length; j++) {
+      const w = ws[j];
+      for (let d = 0; d < per[j]; d++, c++) {
+        const row = (h * per[j] + d) * inF;
+        for (let r = 0, o = c; r < inF; r++, o += total) out[o] = w[row + r];
+      }
     }
   }
   return out;
 }
 
-function encodeAs(init: InitializerSpec, data: Float32Array): Uint8Array {
-  if (init.type === 'float32') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  if (init.type === 'float16') {
-    const overflow = countF16Overflow(data);
-    if (overflow) {
-      throw new OnestepError(
-        `weight ${init.weight!.key}: ${overflow} values exceed the float16 range`,
-        'Convert with --dtype fp32.',
-      );
-    }
-    const h = f32ToF16(data);
-    return new Uint8Array(h.buffer);
+const bytesOf = (a: WeightArray): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+/** The initializer's bytes as written: float32 values or float16 bits. NaN, Inf and float16 overflow are refused. */
+async function encodeWeight(graph: Graph, init: InitializerSpec): Promise<Uint8Array> {
+  const { key } = init.weight!;
+  if (init.type === 'float32') {
+    const data = await materialize(graph, init);
+    if (countF32NonFinite(data)) throw nonFinite(key, countF32NonFinite(data));
+    return bytesOf(data);
   }
-  throw new OnestepError(`weight ${init.weight!.key}: unsupported initializer type ${init.type}`);
+  if (init.type !== 'float16') throw new OnestepError(`weight ${key}: unsupported initializer type ${init.type}`);
+  const bits = await materializeF16(graph, init);
+  const bad = countF16NonFinite(bits);
+  if (bad) {
+    // Rare: tell finite values beyond the float16 range (the float32 fallback helps) from NaN/Inf in the checkpoint.
+    const overflow = countF16Overflow(await materialize(graph, init));
+    if (overflow) throw new OnestepError(`weight ${key}: ${overflow} values exceed the float16 range`, 'Convert with --dtype fp32.');
+    throw nonFinite(key, bad);
+  }
+  return bytesOf(bits);
+}
+
+function nonFinite(key: string, count: number): OnestepError {
+  return new OnestepError(
+    `weight ${key}: ${count} values are NaN or infinite, so every image from this model would be too`,
+    'The checkpoint is damaged (or was trained into NaN): re-download it or use another one.',
+  );
 }
 
 async function writeAll(fh: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
@@ -114,7 +143,7 @@ export async function writeModel(
   const load = (i: number): Promise<Uint8Array> | undefined => {
     const init = specs[i];
     if (!init || init.raw) return undefined;
-    const p = materialize(graph, init).then((data) => encodeAs(init, data));
+    const p = encodeWeight(graph, init);
     p.catch(() => undefined); // awaited in order below; this only keeps an early failure from being unhandled
     return p;
   };

@@ -140,6 +140,61 @@ export function f32ToBf16(values: Float32Array): Uint16Array {
   return out;
 }
 
+let bf16Table: Uint16Array | undefined;
+/** bfloat16 bits -> float16 bits, exactly as bf16ToF32 then f32ToF16 give them (one lookup instead of two passes). */
+function bf16ToF16Table(): Uint16Array {
+  if (!bf16Table) {
+    const all = new Uint32Array(65536);
+    for (let b = 0; b < 65536; b++) all[b] = b << 16;
+    bf16Table = f32ToF16(new Float32Array(all.buffer));
+  }
+  return bf16Table;
+}
+
+export function bf16ToF16(src: Uint16Array, dst = new Uint16Array(src.length)): Uint16Array {
+  const t = bf16ToF16Table();
+  for (let i = 0; i < src.length; i++) dst[i] = t[src[i]];
+  return dst;
+}
+
+/**
+ * Raw little-endian bytes of a tensor -> float16 bits, the values f32ToF16(bytesToF32(...)) gives (rounded to nearest
+ * even, a finite value beyond the float16 range becomes +-Infinity, NaN stays NaN). F16 is returned as the stored
+ * bits, without a copy, when `bytes` is 2-byte aligned.
+ */
+export function bytesToF16(dtype: SafetensorsDType, bytes: Uint8Array): Uint16Array {
+  if (dtype !== 'F16' && dtype !== 'BF16') return f32ToF16(bytesToF32(dtype, bytes));
+  const aligned = bytes.byteOffset % 2 === 0 ? bytes : new Uint8Array(bytes);
+  const bits = new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 2);
+  return dtype === 'F16' ? bits : bf16ToF16(bits);
+}
+
+/** Number of float16 values (bits) that are NaN or +-Infinity (exponent all ones). */
+export function countF16NonFinite(bits: Uint16Array): number {
+  let n = 0;
+  let i = 0;
+  // Two values per 32-bit word where the view allows: the scan runs over every weight of a float16 conversion.
+  if (bits.byteOffset % 4 === 0) {
+    const words = new Uint32Array(bits.buffer, bits.byteOffset, bits.length >>> 1);
+    for (let w = 0; w < words.length; w++) {
+      const x = words[w] & 0x7c007c00;
+      if ((x & 0x7c00) === 0x7c00) n++;
+      if (x >>> 16 === 0x7c00) n++;
+    }
+    i = words.length * 2;
+  }
+  for (; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) n++;
+  return n;
+}
+
+/** Number of float32 values that are NaN or +-Infinity. */
+export function countF32NonFinite(values: Float32Array): number {
+  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
+  let n = 0;
+  for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7f800000) === 0x7f800000) n++;
+  return n;
+}
+
 /** Number of finite float32 values that become +-Infinity in float16. */
 export function countF16Overflow(src: Float32Array): number {
   const bits = new Int32Array(src.buffer, src.byteOffset, src.length);

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MappedSource, presentedShape, transpose2d } from '../../src/checkpoint/sources.js';
 import { OnestepError } from '../../src/errors.js';
-import { f32ToF16 } from '../../src/safetensors/dtypes.js';
+import type { SourceRef } from '../../src/checkpoint/keymap-sd.js';
+import { f32ToBf16, f32ToF16 } from '../../src/safetensors/dtypes.js';
 import { TensorSet } from '../../src/safetensors/tensor-set.js';
 import { writeSafetensors } from '../../src/safetensors/writer.js';
 
@@ -63,6 +64,37 @@ describe('checkpoint/sources', () => {
     }
   });
 
+  it('readF16 gives exactly f32ToF16(readF32) through rows and transposes, for f16, bf16 and f32 storage', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'onestep-sources16-'));
+    try {
+      const values = Float32Array.from({ length: 6 * 5 }, (_, i) => (i - 11) * 0.3717 + (i === 4 ? 1e5 : 0));
+      const file = join(dir, 'w.safetensors');
+      await writeSafetensors(file, [
+        { name: 'f16', dtype: 'F16', shape: [6, 5], data: () => bytes(f32ToF16(values)) },
+        { name: 'bf16', dtype: 'BF16', shape: [6, 5], data: () => bytes(f32ToBf16(values)) },
+        { name: 'f32', dtype: 'F32', shape: [6, 5], data: () => bytes(values) },
+      ]);
+      const set = await TensorSet.open(file);
+      const refs = (key: string): [string, { set: TensorSet; ref: SourceRef }][] => [
+        [`${key}.plain`, { set, ref: { key } }],
+        [`${key}.rows`, { set, ref: { key, rows: [2, 4] } }],
+        [`${key}.t`, { set, ref: { key, transpose: true } }],
+      ];
+      const s = new MappedSource([...refs('f16'), ...refs('bf16'), ...refs('f32')], [set], 'w.safetensors');
+      try {
+        for (const name of s.names()) assert.deepEqual(await s.readF16(name), f32ToF16(await s.readF32(name)), name);
+        // f16 storage: the stored bits themselves; the 1e5 of f32 storage became +Inf for the caller to refuse.
+        assert.deepEqual(await s.readF16('f16.plain'), new Uint16Array((await set.readRaw('f16')).buffer));
+        assert.equal((await s.readF16('f32.plain'))[4], 0x7c00);
+        assert.deepEqual([...(await s.readF16('f16.t')).subarray(0, 3)], [...f32ToF16(Float32Array.of(values[0], values[5], values[10]))]);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses refs that do not fit the stored tensor', async () => {
     const set = await TensorSet.open(path);
     try {
@@ -94,11 +126,15 @@ describe('checkpoint/sources', () => {
     assert.deepEqual(presentedShape([1024, 768], { key: 'k', transpose: true }), [768, 1024]);
   });
 
-  it('transposes in tiles exactly like the naive loop, for shapes that are not tile multiples', () => {
+  it('transposes in tiles exactly like the naive loop, for shapes that are not tile multiples, float32 and 16-bit', () => {
     for (const [rows, cols] of [[1, 1], [3, 70], [65, 33], [128, 64]]) {
       const data = Float32Array.from({ length: rows * cols }, (_, i) => i * 0.5 - 7);
       const t = transpose2d(data, rows, cols);
       for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) assert.equal(t[c * rows + r], data[r * cols + c]);
+      const bits = Uint16Array.from({ length: rows * cols }, (_, i) => (i * 7919) & 0xffff);
+      const tb = transpose2d(bits, rows, cols);
+      assert.ok(tb instanceof Uint16Array);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) assert.equal(tb[c * rows + r], bits[r * cols + c]);
     }
   });
 });

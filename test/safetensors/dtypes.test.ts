@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict';
 import {
   DTYPE_SIZES,
+  bf16ToF16,
   bf16ToF32,
+  bytesToF16,
   bytesToF32,
+  countF16NonFinite,
   countF16Overflow,
+  countF32NonFinite,
   f16ToF32,
   f32ToBf16,
   f32ToF16,
@@ -194,6 +198,52 @@ describe('safetensors/dtypes', () => {
     assert.deepEqual([...bytesToF32('BOOL', Uint8Array.of(0, 1))], [0, 1]);
     assert.deepEqual([...bytesToF32('I16', bytesOf(Int16Array.of(-300, 7)))], [-300, 7]);
     assert.deepEqual([...bytesToF32('F32', bytesOf(Float32Array.of(0.5, -3)))], [0.5, -3]);
+  });
+
+  it('bf16ToF16 gives every bfloat16 the float16 bits of its value (vs the binary-search reference)', () => {
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const got = bf16ToF16(all);
+    const view = new DataView(new ArrayBuffer(4));
+    for (let b = 0; b < 65536; b++) {
+      view.setUint32(0, b * 65536);
+      const value = view.getFloat32(0);
+      if (Number.isNaN(value)) {
+        // Any NaN will do (its sign and payload are not values; convert refuses NaN weights anyway).
+        if ((got[b] & 0x7c00) !== 0x7c00 || !(got[b] & 0x3ff)) assert.fail(`bf16 ${b.toString(16)} (NaN): got ${got[b].toString(16)}`);
+        continue;
+      }
+      const expected = referenceF16Bits(value);
+      if (got[b] !== expected) assert.fail(`bf16 ${b.toString(16)}: got ${got[b].toString(16)}, expected ${expected.toString(16)}`);
+    }
+  });
+
+  it('bytesToF16 keeps float16 bits as stored (same memory) and equals f32ToF16(bytesToF32) for every other dtype', () => {
+    const next = seededUint32(11);
+    const f16 = new Uint16Array(257).map(() => next() & 0xffff);
+    const raw = bytesOf(f16);
+    const bits = bytesToF16('F16', raw);
+    assert.equal(bits.buffer, f16.buffer);
+    assert.deepEqual(bits, f16);
+    const unaligned = new Uint8Array(raw.length + 1).subarray(1);
+    unaligned.set(raw);
+    assert.deepEqual(bytesToF16('F16', unaligned), f16);
+    for (const dtype of ['BF16', 'F32', 'F64', 'I32', 'U8', 'F8_E4M3'] as const) {
+      const bytes = new Uint8Array(DTYPE_SIZES[dtype] * 64).map(() => next() & 0xff);
+      assert.deepEqual(bytesToF16(dtype, bytes), f32ToF16(bytesToF32(dtype, bytes)), dtype);
+    }
+  });
+
+  it('counts NaN and Inf in float16 bits and float32 values, at any offset and length', () => {
+    const next = seededUint32(5);
+    const naive = (h: Uint16Array) => h.reduce((n, x) => n + ((x & 0x7c00) === 0x7c00 ? 1 : 0), 0);
+    const buf = new Uint16Array(4099).map(() => next() & 0xffff);
+    for (const [start, end] of [[0, 4099], [1, 4099], [0, 4098], [3, 10], [2, 2], [7, 8]]) {
+      const h = buf.subarray(start, end);
+      assert.equal(countF16NonFinite(h), naive(h), `[${start}, ${end})`);
+    }
+    assert.ok(naive(buf) > 0);
+    assert.equal(countF16NonFinite(Uint16Array.of(0x7c00, 0xfc00, 0x7e00, 0x7bff, 0xfbff, 0x0001, 0x7c01)), 4);
+    assert.equal(countF32NonFinite(Float32Array.of(1, -0, 3.4e38, Infinity, -Infinity, NaN, 1e-45)), 3);
   });
 
   it('f32ToBf16: round to nearest even', () => {
