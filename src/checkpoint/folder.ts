@@ -2,6 +2,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { BadInputError } from '../errors.js';
+import type { Checkpoint, FolderInput, OpenOptions } from '../families/types.js';
 import { TensorSet } from '../safetensors/tensor-set.js';
 import type { PredictionType, SchedulerConfig } from './configs.js';
 import { schedulerConfigFromJson, sdScheduler } from './infer-config.js';
@@ -76,6 +77,63 @@ export async function readFolderScheduler(dir: string, rawConfigs: Record<string
     notes.push('no scheduler/scheduler_config.json: SD training schedule assumed');
   }
   return opts.predictionType ? { ...scheduler, prediction_type: opts.predictionType } : scheduler;
+}
+
+/** A pipeline folder opened for a family: its components' weights and configs as read, its scheduler, its tokenizers. */
+export interface OpenedFolder {
+  dir: string;
+  weights: MappedSource;
+  rawConfigs: Record<string, Json>;
+  scheduler: SchedulerConfig;
+  /** How things were decided so far (the scheduler); the family may add its own. */
+  notes: string[];
+  /** The tokenizer folders asked for that the folder has. */
+  tokenizerDirs: Record<string, string>;
+  /** `<dir>/<component>/config.json`, for errors about a component's config. */
+  configFile(component: string): string;
+}
+
+/** What a family reads from an opened folder: the rest of its Checkpoint is the folder's. */
+export type FolderParts = Pick<Checkpoint, 'family' | 'configs' | 'unmappedKeys'>;
+
+/**
+ * Opens a pipeline folder the way every family does (component folders, scheduler, tokenizers) and lets `read` turn
+ * it into configs and checked weights; the weights are closed again when opening fails.
+ */
+export async function openPipelineFolder(
+  folder: FolderInput,
+  components: string[],
+  tokenizers: string[],
+  opts: OpenOptions,
+  read: (f: OpenedFolder) => FolderParts | Promise<FolderParts>,
+): Promise<Checkpoint> {
+  const { dir } = folder;
+  const { weights, rawConfigs } = await openFolderComponents(dir, components);
+  try {
+    const notes: string[] = [];
+    const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
+    const tokenizerDirs: Record<string, string> = {};
+    for (const t of tokenizers) if (await pathExists(join(dir, t))) tokenizerDirs[t] = join(dir, t);
+    const configFile = (c: string) => join(dir, c, 'config.json');
+    const { family, configs, unmappedKeys } = await read({ dir, weights, rawConfigs, scheduler, notes, tokenizerDirs, configFile });
+    return {
+      path: dir,
+      layout: 'diffusers',
+      family,
+      weights,
+      configs,
+      scheduler,
+      rawConfigs,
+      tokenizerDirs,
+      pipelineIndex: folder.index,
+      notes,
+      unmappedKeys,
+      metadata: {},
+    };
+  } catch (e) {
+    await weights.close();
+    throw e;
+  }
 }
 
 /**

@@ -10,7 +10,8 @@ import { buildT5EncoderGraph, expectedT5Weights, normalizeT5Config, t5EmbeddingO
 import { buildVaeDecoderGraph, buildVaeEncoderGraph, expectedVaeWeights, vaeConfigFromJson, vaeScaleFactor } from '../architectures/vae.js';
 import { checkTensors } from '../checkpoint/check-tensors.js';
 import type { VaeConfig } from '../checkpoint/configs.js';
-import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
+import { openPipelineFolder } from '../checkpoint/folder.js';
+import type { WeightSource } from '../checkpoint/weight-source.js';
 import { BadInputError, OnestepError } from '../errors.js';
 import { T5Tokenizer } from '../runtime/t5-tokenizer.js';
 import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
@@ -42,54 +43,32 @@ function readConfig<T>(dir: string, component: string, read: () => T): T {
 }
 
 async function openPixArtFolder(folder: FolderInput, opts: OpenOptions): Promise<Checkpoint> {
-  const { dir } = folder;
-  const { weights, rawConfigs } = await openFolderComponents(dir, COMPONENTS);
-  try {
-    const notes: string[] = [];
-    const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
+  return openPipelineFolder(folder, COMPONENTS, ['tokenizer'], opts, ({ dir, weights, rawConfigs, tokenizerDirs, configFile }) => {
     const transformer = readConfig(dir, 'transformer', () => normalizePixArtConfig(rawConfigs.transformer));
     const textEncoder = readConfig(dir, 'text_encoder', () => normalizeT5Config(rawConfigs.text_encoder));
-    const vae = vaeConfigFromJson(rawConfigs.vae, path.join(dir, 'vae', 'config.json'));
-    const tokenizer = path.join(dir, 'tokenizer');
-    const ckpt: Checkpoint = {
-      path: dir,
-      layout: 'diffusers',
-      family: PIXART_ALPHA,
-      weights,
-      configs: { transformer, text_encoder: textEncoder, vae },
-      scheduler,
-      rawConfigs,
-      tokenizerDirs: (await pathExists(tokenizer)) ? { tokenizer } : {},
-      pipelineIndex: folder.index,
-      notes,
-      unmappedKeys: [],
-      metadata: {},
-    };
-    if (!ckpt.tokenizerDirs.tokenizer) throw new BadInputError(dir, 'has no tokenizer/ folder', 'A PixArt folder needs its T5 tokenizer (tokenizer/spiece.model).');
+    const vae = vaeConfigFromJson(rawConfigs.vae, configFile('vae'));
+    if (!tokenizerDirs.tokenizer) throw new BadInputError(dir, 'has no tokenizer/ folder', 'A PixArt folder needs its T5 tokenizer (tokenizer/spiece.model).');
     if (transformer.caption_channels !== textEncoder.d_model) {
       throw new BadInputError(dir, `the transformer reads ${transformer.caption_channels}-wide captions but the T5 encoder gives ${textEncoder.d_model}`, 'The transformer and text encoder do not belong together.');
     }
-    ckpt.unmappedKeys = checkWeights(ckpt);
-    return ckpt;
-  } catch (e) {
-    await weights.close();
-    throw e;
-  }
+    const configs: PixArtConfigs = { transformer, text_encoder: textEncoder, vae };
+    return { family: PIXART_ALPHA, configs: { ...configs }, unmappedKeys: checkWeights(weights, configs, dir) };
+  });
 }
 
 /**
  * The folder's tensors against the ones its configs expect (checkTensors); returns the tensors no graph reads, which
  * inspect reports as unused.
  */
-function checkWeights(ckpt: Checkpoint): string[] {
-  const { transformer, text_encoder, vae } = configsOf(ckpt);
+function checkWeights(weights: WeightSource, c: PixArtConfigs, dir: string): string[] {
+  const { transformer, text_encoder, vae } = c;
   const expected = new Map([
-    ...expectedT5Weights(text_encoder, t5EmbeddingOf(ckpt.weights)),
+    ...expectedT5Weights(text_encoder, t5EmbeddingOf(weights)),
     ...expectedPixArtTransformerWeights(transformer),
     ...expectedVaeWeights(vae),
   ]);
-  checkTensors(ckpt.weights, expected, ckpt.path);
-  return ckpt.weights.names().filter((n) => !expected.has(n) && !IGNORED.has(n));
+  checkTensors(weights, expected, dir);
+  return weights.names().filter((n) => !expected.has(n) && !IGNORED.has(n));
 }
 
 /**

@@ -13,7 +13,7 @@ import { shapeView, type ClipTextConfig, type UNetConfig, type VaeConfig } from 
 import { checkTensors } from '../checkpoint/check-tensors.js';
 import { parseConfigOverrides, sdScheduler } from '../checkpoint/infer-config.js';
 import { buildLdmKeyMap } from '../checkpoint/keymap-sd.js';
-import { findConfigDir, openFolderComponents, pathExists, readConfigDir, readFolderScheduler } from '../checkpoint/folder.js';
+import { findConfigDir, openPipelineFolder, readConfigDir } from '../checkpoint/folder.js';
 import { MappedSource } from '../checkpoint/sources.js';
 import { BadInputError } from '../errors.js';
 import { buildClipTokenizerJson, ClipTokenizer, clipTokenizerFromFolder } from '../runtime/tokenizer.js';
@@ -55,36 +55,18 @@ function expectedTensors(unet: UNetConfig, vae: VaeConfig, textEncoder: ClipText
 }
 
 async function openSdFolder(folder: FolderInput, opts: OpenOptions): Promise<Checkpoint> {
-  const { dir } = folder;
-  const { weights, rawConfigs } = await openFolderComponents(dir, COMPONENTS);
-  try {
-    const notes: string[] = [];
-    const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
-    const configFile = (c: string) => path.join(dir, c, 'config.json');
+  return openPipelineFolder(folder, COMPONENTS, ['tokenizer'], opts, ({ dir, weights, rawConfigs, configFile }) => {
     const unet = unetConfigFromJson(rawConfigs.unet, configFile('unet'));
     const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder, configFile('text_encoder'));
     const vae = vaeConfigFromJson(rawConfigs.vae, configFile('vae'));
     const expected = expectedTensors(unet, vae, textEncoder);
     checkTensors(weights, expected, dir);
-    const tokenizer = path.join(dir, 'tokenizer');
     return {
-      path: dir,
-      layout: 'diffusers',
       family: isSd2(textEncoder, unet) ? SD2 : SD1,
-      weights,
       configs: { unet, vae, text_encoder: textEncoder },
-      scheduler,
-      rawConfigs,
-      tokenizerDirs: (await pathExists(tokenizer)) ? { tokenizer } : {},
-      pipelineIndex: folder.index,
-      notes,
       unmappedKeys: weights.names().filter((n) => !expected.has(n)),
-      metadata: {},
     };
-  } catch (e) {
-    await weights.close();
-    throw e;
-  }
+  });
 }
 
 async function openSdSingleFile(family: FamilyDef, file: SingleFileInput & { set: import('../safetensors/tensor-set.js').TensorSet }, opts: OpenOptions): Promise<Checkpoint> {

@@ -16,7 +16,7 @@ import { buildUNetGraph, expectedUnetWeights, headsForHeadDim64, unetConfigFromJ
 import { buildVaeDecoderGraph, buildVaeEncoderGraph, expectedVaeWeights, vaeConfigFromJson, vaeConfigFromShapes, vaeScaleFactor } from '../architectures/vae.js';
 import { shapeView, type ClipTextConfig, type UNetConfig, type VaeConfig } from '../checkpoint/configs.js';
 import { checkTensors } from '../checkpoint/check-tensors.js';
-import { findConfigDir, openFolderComponents, pathExists, readConfigDir, readFolderScheduler } from '../checkpoint/folder.js';
+import { findConfigDir, openPipelineFolder, readConfigDir } from '../checkpoint/folder.js';
 import { sdScheduler } from '../checkpoint/infer-config.js';
 import { buildLdmKeyMap } from '../checkpoint/keymap-sd.js';
 import { MappedSource } from '../checkpoint/sources.js';
@@ -65,12 +65,7 @@ function checkUnet(unet: UNetConfig, text2: ClipTextConfig, file: string): void 
 }
 
 async function openSdxlFolder(folder: FolderInput, opts: OpenOptions): Promise<Checkpoint> {
-  const { dir } = folder;
-  const { weights, rawConfigs } = await openFolderComponents(dir, COMPONENTS);
-  try {
-    const notes: string[] = [];
-    const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
-    const configFile = (c: string) => path.join(dir, c, 'config.json');
+  return openPipelineFolder(folder, COMPONENTS, ['tokenizer', 'tokenizer_2'], opts, ({ dir, weights, rawConfigs, configFile }) => {
     const c: SdxlConfigs = {
       unet: unetConfigFromJson(rawConfigs.unet, configFile('unet')),
       vae: vaeConfigFromJson(rawConfigs.vae, configFile('vae')),
@@ -80,26 +75,8 @@ async function openSdxlFolder(folder: FolderInput, opts: OpenOptions): Promise<C
     checkUnet(c.unet, c.text_encoder_2, dir);
     const expected = expectedTensors(c);
     checkTensors(weights, expected, dir);
-    const tokenizerDirs: Record<string, string> = {};
-    for (const t of ['tokenizer', 'tokenizer_2']) if (await pathExists(path.join(dir, t))) tokenizerDirs[t] = path.join(dir, t);
-    return {
-      path: dir,
-      layout: 'diffusers',
-      family: SDXL,
-      weights,
-      configs: { ...c },
-      scheduler,
-      rawConfigs,
-      tokenizerDirs,
-      pipelineIndex: folder.index,
-      notes,
-      unmappedKeys: weights.names().filter((n) => !expected.has(n)),
-      metadata: {},
-    };
-  } catch (e) {
-    await weights.close();
-    throw e;
-  }
+    return { family: SDXL, configs: { ...c }, unmappedKeys: weights.names().filter((n) => !expected.has(n)) };
+  });
 }
 
 async function openSdxlSingleFile(file: SingleFileInput & { set: TensorSet }, opts: OpenOptions): Promise<Checkpoint> {

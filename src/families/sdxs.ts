@@ -10,7 +10,7 @@ import { buildTaesdDecoderGraph, inferTaesdDecoderConfig, normalizeTaesdConfig, 
 import { buildUNetGraph, expectedUnetWeights, unetConfigFromJson } from '../architectures/unet.js';
 import type { ClipTextConfig, UNetConfig } from '../checkpoint/configs.js';
 import { checkTensors } from '../checkpoint/check-tensors.js';
-import { openFolderComponents, pathExists, readFolderScheduler } from '../checkpoint/folder.js';
+import { openPipelineFolder } from '../checkpoint/folder.js';
 import { BadInputError } from '../errors.js';
 import { clipTokenizerOf } from './sd.js';
 import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
@@ -32,14 +32,10 @@ function configs(ckpt: Checkpoint): SdxsConfigs {
 }
 
 async function openSdxsFolder(folder: FolderInput, opts: OpenOptions): Promise<Checkpoint> {
-  const { dir } = folder;
-  const { weights, rawConfigs } = await openFolderComponents(dir, COMPONENTS);
-  try {
-    const notes: string[] = [];
-    const scheduler = await readFolderScheduler(dir, rawConfigs, notes, opts);
-    const unet = unetConfigFromJson(rawConfigs.unet, path.join(dir, 'unet', 'config.json'));
-    const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder, path.join(dir, 'text_encoder', 'config.json'));
-    const vaeFile = path.join(dir, 'vae', 'config.json');
+  return openPipelineFolder(folder, COMPONENTS, ['tokenizer'], opts, ({ dir, weights, rawConfigs, notes, configFile }) => {
+    const unet = unetConfigFromJson(rawConfigs.unet, configFile('unet'));
+    const textEncoder = clipTextConfigFromJson(rawConfigs.text_encoder, configFile('text_encoder'));
+    const vaeFile = configFile('vae');
     const decoder = normalizeTaesdConfig(rawConfigs.vae, vaeFile);
     const inferred = inferTaesdDecoderConfig(weights, path.join(dir, 'vae'), DECODER_PREFIX);
     for (const k of ['latent_channels', 'out_channels', 'num_decoder_blocks'] as const) {
@@ -51,27 +47,15 @@ async function openSdxsFolder(folder: FolderInput, opts: OpenOptions): Promise<C
     const vae = { ...decoder, scaling_factor: typeof scale === 'number' ? scale : 1 };
     const expected = new Map([...expectedUnetWeights(unet), ...expectedClipTextWeights(textEncoder)]);
     checkTensors(weights, expected, dir);
-    const tokenizer = path.join(dir, 'tokenizer');
+    notes.push('vae/ is an AutoencoderTiny: converted as the decoder (no encoder graph; image-to-image needs an AutoencoderKL)');
     return {
-      path: dir,
-      layout: 'diffusers',
       family: SDXS,
-      weights,
       // vae: the AutoencoderTiny's decoder config (CheckpointConfigs types vae as an AutoencoderKL's).
       configs: { unet, text_encoder: textEncoder, vae } as unknown as Checkpoint['configs'],
-      scheduler,
-      rawConfigs,
-      tokenizerDirs: (await pathExists(tokenizer)) ? { tokenizer } : {},
-      pipelineIndex: folder.index,
-      notes: [...notes, 'vae/ is an AutoencoderTiny: converted as the decoder (no encoder graph; image-to-image needs an AutoencoderKL)'],
       // The AutoencoderTiny (decoder read by its graph, encoder not used) is known, not unmapped.
       unmappedKeys: weights.names().filter((n) => !expected.has(n) && !n.startsWith('vae.')),
-      metadata: {},
     };
-  } catch (e) {
-    await weights.close();
-    throw e;
-  }
+  });
 }
 
 function sdxsGraphs(ckpt: Checkpoint): GraphSpec[] {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { openFolderComponents, readFolderScheduler, readJson } from '../../src/checkpoint/folder.js';
+import { openFolderComponents, openPipelineFolder, readFolderScheduler, readJson, type OpenedFolder } from '../../src/checkpoint/folder.js';
+import { SD1 } from '../../src/families/sd.js';
 import { BadInputError } from '../../src/errors.js';
 import { FIXTURES } from '../support/fixtures.js';
 
@@ -31,5 +32,41 @@ describe('checkpoint/folder', () => {
 
   it('names a missing config file', async () => {
     await assert.rejects(readJson(join(FIXTURES, 'tiny-sd15', 'nope', 'config.json')), (e: unknown) => e instanceof BadInputError && /nope\/config\.json: is missing/.test(e.message));
+  });
+
+  it('opens a pipeline folder for a family: the common Checkpoint fields, the tokenizers it has; closes the weights when reading fails', async () => {
+    const dir = join(FIXTURES, 'tiny-sd15');
+    const folder = { dir, index: { _class_name: 'StableDiffusionPipeline' }, pipelineClass: 'StableDiffusionPipeline' };
+    let seen: OpenedFolder | undefined;
+    const ckpt = await openPipelineFolder(folder, ['unet', 'vae'], ['tokenizer', 'tokenizer_2'], { predictionType: 'v_prediction' }, (f) => {
+      seen = f;
+      return { family: SD1, configs: {}, unmappedKeys: ['x'] };
+    });
+    try {
+      assert.equal(ckpt.layout, 'diffusers');
+      assert.equal(ckpt.path, dir);
+      assert.equal(ckpt.family, SD1);
+      assert.equal(ckpt.weights, seen!.weights);
+      assert.ok(ckpt.weights.has('unet.conv_in.weight') && ckpt.weights.has('vae.decoder.conv_in.weight'));
+      assert.ok(!ckpt.weights.names().some((n) => n.startsWith('text_encoder.')));
+      assert.deepEqual(Object.keys(ckpt.rawConfigs).sort(), ['scheduler', 'unet', 'vae']);
+      assert.equal(ckpt.scheduler.prediction_type, 'v_prediction');
+      assert.deepEqual(ckpt.tokenizerDirs, { tokenizer: join(dir, 'tokenizer') });
+      assert.equal(seen!.configFile('unet'), join(dir, 'unet', 'config.json'));
+      assert.equal(ckpt.pipelineIndex, folder.index);
+      assert.deepEqual(ckpt.unmappedKeys, ['x']);
+      assert.deepEqual(ckpt.metadata, {});
+    } finally {
+      await ckpt.weights.close();
+    }
+    const failure = new Error('the family refuses');
+    await assert.rejects(
+      openPipelineFolder(folder, ['unet'], [], {}, (f) => {
+        seen = f;
+        throw failure;
+      }),
+      (e) => e === failure,
+    );
+    await assert.rejects(seen!.weights.readF32('unet.conv_in.weight'), 'closed when reading fails');
   });
 });
