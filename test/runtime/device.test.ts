@@ -35,12 +35,13 @@ describe('runtime/device', () => {
     for (const bad of ['gpu', 'cuda:', 'cuda:x', 'cuda:-1', '']) assert.throws(() => parseDevice(bad), OnestepError, bad);
   });
 
-  it('builds session options: full optimization, threads, CUDA device id, optional prepacking switch', () => {
+  it('builds session options: full optimization, threads, no memory pattern on CPU, CUDA device id, optional prepacking switch', () => {
     const cpu = sessionOptions({ kind: 'cpu' }, { threads: 3 });
     assert.deepEqual(cpu.executionProviders, ['cpu']);
     assert.equal(cpu.graphOptimizationLevel, 'all');
     assert.equal(cpu.intraOpNumThreads, 3);
     assert.equal(cpu.extra, undefined);
+    assert.equal(cpu.enableMemPattern, false, 'the memory pattern keeps a second copy of the activations resident on CPU');
     const cuda = sessionOptions({ kind: 'cuda', id: 1 }, { threads: 1, disablePrepacking: true });
     assert.deepEqual(cuda.executionProviders, [{ name: 'cuda', deviceId: 1 }]);
     assert.deepEqual(cuda.extra, { session: { disable_prepacking: '1' } });
