@@ -25,107 +25,102 @@ export const OPENCLIP_PREFIX = 'cond_stage_model.model.';
 export const SGM_CLIP_PREFIX = 'conditioner.embedders.0.transformer.';
 export const SGM_OPENCLIP_PREFIX = 'conditioner.embedders.1.model.';
 
-function join(prefix: string, rest: string): string {
-  return rest ? `${prefix}.${rest}` : prefix;
+// ---------------------------------------------------------------------------------------------------------------
+// Path tables: each mapping is stated once, as a pair of paths, and read in either direction.
+
+/** Pairs of leading path segments: [LDM, canonical]. */
+type Pairs = ReadonlyArray<readonly [ldm: string, canonical: string]>;
+type Side = 'ldm' | 'canonical';
+type Indices = Record<string, number>;
+
+/**
+ * One module (or tensor) in both namings. `{x}` is an index; in an LDM path, `{x}` may instead name a slot of the
+ * table: one number there that packs several canonical indices. What follows the path is kept as it is, or renamed
+ * by `rest`; a `tensor` path is a whole name that nothing follows.
+ */
+interface PathRule {
+  ldm: string;
+  canonical: string;
+  rest?: Pairs;
+  tensor?: boolean;
+}
+
+/** An LDM number that packs canonical indices: read unpacks it (undefined: not this rule's), write packs them. */
+interface Slot<L> {
+  read(n: number, layout: L): Indices | undefined;
+  write(v: Indices, layout: L): number | undefined;
 }
 
 /** Rewrites the leading path segments of `rest` by the first matching pair; undefined when none matches. */
-function renameLeading(rest: string, table: ReadonlyArray<readonly [string, string]>): string | undefined {
-  for (const [from, to] of table) {
-    if (rest === from) return to;
-    if (rest.startsWith(from + '.')) return to + rest.slice(from.length);
+function renameLeading(rest: string, pairs: Pairs, from: Side): string | undefined {
+  const [a, b] = from === 'ldm' ? [0, 1] : [1, 0];
+  for (const pair of pairs) {
+    if (rest === pair[a]) return pair[b];
+    if (rest.startsWith(pair[a] + '.')) return pair[b] + rest.slice(pair[a].length);
   }
   return undefined;
 }
 
-const LDM_RESNET: ReadonlyArray<readonly [string, string]> = [
-  ['in_layers.0', 'norm1'],
-  ['in_layers.2', 'conv1'],
-  ['out_layers.0', 'norm2'],
-  ['out_layers.3', 'conv2'],
-  ['emb_layers.1', 'time_emb_proj'],
-  ['skip_connection', 'conv_shortcut'],
-];
-const CANONICAL_RESNET = LDM_RESNET.map(([a, b]) => [b, a] as const);
+class PathTable<L> {
+  private readonly rules: { rule: PathRule; pattern: Record<Side, RegExp>; names: Record<Side, string[]> }[];
 
-const LDM_UNET_TOP: ReadonlyArray<readonly [string, string]> = [
-  ['time_embed.0', 'time_embedding.linear_1'],
-  ['time_embed.2', 'time_embedding.linear_2'],
-  ['input_blocks.0.0', 'conv_in'],
-  ['label_emb.0.0', 'add_embedding.linear_1'],
-  ['label_emb.0.2', 'add_embedding.linear_2'],
-  ['out.0', 'conv_norm_out'],
-  ['out.2', 'conv_out'],
-];
-const CANONICAL_UNET_TOP = LDM_UNET_TOP.map(([a, b]) => [b, a] as const);
+  constructor(
+    rules: PathRule[],
+    private readonly slots: Record<string, Slot<L>> = {},
+  ) {
+    this.rules = rules.map((rule) => {
+      const compile = (template: string) => {
+        const names = [...template.matchAll(/\{([^}]+)\}/g)].map((m) => m[1]);
+        const literal = template.split(/\{[^}]+\}/).map((t) => t.replace(/[.*+?^$()[\]|\\]/g, '\\$&'));
+        return { names, re: new RegExp(`^${literal.join('(\\d+)')}${rule.tensor ? '' : '(?:\\.(.+))?'}$`) };
+      };
+      const ldm = compile(rule.ldm);
+      const canonical = compile(rule.canonical);
+      return { rule, pattern: { ldm: ldm.re, canonical: canonical.re }, names: { ldm: ldm.names, canonical: canonical.names } };
+    });
+  }
 
-function resnetRest(rest: string | undefined, table: ReadonlyArray<readonly [string, string]>): string | undefined {
-  if (rest === undefined || rest === '') return '';
-  return renameLeading(rest, table);
-}
-
-function withRest(prefix: string, rest: string | undefined): string | undefined {
-  return rest === undefined ? undefined : join(prefix, rest);
-}
-
-/**
- * LDM UNet key or module path (relative to `model.diffusion_model.`, or with that prefix) -> diffusers
- * UNet2DConditionModel key (without `unet.`). `layersPerBlock` is 2 for SD 1.x / 2.x.
- * Example: `input_blocks.4.1.proj_in` -> `down_blocks.1.attentions.0.proj_in`.
- */
-export function ldmUnetKeyToCanonical(key: string, layersPerBlock = 2): string | undefined {
-  if (key.startsWith(UNET_PREFIX)) key = key.slice(UNET_PREFIX.length);
-  const top = renameLeading(key, LDM_UNET_TOP);
-  if (top !== undefined) return top;
-  const per = layersPerBlock + 1;
-  let m = /^input_blocks\.(\d+)\.(\d+)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const i = Number(m[1]);
-    const part = Number(m[2]);
-    const rest = m[3] ?? '';
-    if (i === 0) return undefined;
-    const block = Math.floor((i - 1) / per);
-    const layer = (i - 1) % per;
-    if (layer === layersPerBlock) {
-      if (part !== 0) return undefined;
-      const op = renameLeading(rest, [['op', 'conv']]);
-      return withRest(`down_blocks.${block}.downsamplers.0`, op);
+  /** A key or module path from one naming to the other; undefined when no rule names it. */
+  map(path: string, from: Side, layout: L): string | undefined {
+    const to: Side = from === 'ldm' ? 'canonical' : 'ldm';
+    for (const { rule, pattern, names } of this.rules) {
+      const m = pattern[from].exec(path);
+      if (!m) continue;
+      const v = this.indices(names[from], m, from, layout);
+      if (!v) continue;
+      const values = names[to].map((name) => (to === 'ldm' && this.slots[name] ? this.slots[name].write(v, layout) : v[name]));
+      if (values.some((x) => x === undefined)) continue;
+      let i = 0;
+      const head = rule[to].replace(/\{[^}]+\}/g, () => String(values[i++]));
+      const rest = m[names[from].length + 1];
+      if (rest === undefined) return head;
+      const renamed = rule.rest ? renameLeading(rest, rule.rest, from) : rest;
+      return renamed === undefined ? undefined : `${head}.${renamed}`;
     }
-    if (part === 0) return withRest(`down_blocks.${block}.resnets.${layer}`, resnetRest(rest, LDM_RESNET));
-    if (part === 1) return join(`down_blocks.${block}.attentions.${layer}`, rest);
     return undefined;
   }
-  m = /^middle_block\.(\d)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const rest = m[2] ?? '';
-    if (m[1] === '0') return withRest('mid_block.resnets.0', resnetRest(rest, LDM_RESNET));
-    if (m[1] === '1') return join('mid_block.attentions.0', rest);
-    if (m[1] === '2') return withRest('mid_block.resnets.1', resnetRest(rest, LDM_RESNET));
-    return undefined;
+
+  private indices(names: string[], m: RegExpExecArray, from: Side, layout: L): Indices | undefined {
+    const v: Indices = {};
+    for (const [i, name] of names.entries()) {
+      const n = Number(m[i + 1]);
+      const slot = from === 'ldm' ? this.slots[name] : undefined;
+      if (!slot) {
+        v[name] = n;
+        continue;
+      }
+      const unpacked = slot.read(n, layout);
+      if (!unpacked) return undefined;
+      Object.assign(v, unpacked);
+    }
+    return v;
   }
-  m = /^output_blocks\.(\d+)\.(\d+)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const i = Number(m[1]);
-    const part = Number(m[2]);
-    const rest = m[3] ?? '';
-    const block = Math.floor(i / per);
-    const layer = i % per;
-    if (part === 0) return withRest(`up_blocks.${block}.resnets.${layer}`, resnetRest(rest, LDM_RESNET));
-    // The upsampler sits after the resnet (blocks without attention) or after the attention.
-    const up = renameLeading(rest, [['conv', 'conv']]);
-    if (up !== undefined) return layer === layersPerBlock ? join(`up_blocks.${block}.upsamplers.0`, up) : undefined;
-    if (part === 1) return join(`up_blocks.${block}.attentions.${layer}`, rest);
-    return undefined;
-  }
-  return undefined;
 }
 
-/** LDM-style UNet module path (as kohya LoRA keys may use) -> canonical module path; alias of ldmUnetKeyToCanonical. */
-export function ldmUnetModuleToCanonical(modulePath: string, layersPerBlock = 2): string | undefined {
-  return ldmUnetKeyToCanonical(modulePath, layersPerBlock);
-}
+// ---------------------------------------------------------------------------------------------------------------
+// UNet
 
-/** What the inverse UNet map needs to know about the network. */
+/** What the UNet map needs to know about the network. */
 export interface UnetLdmLayout {
   layersPerBlock: number;
   /** Whether up block b has attentions (decides whether its upsampler is `output_blocks.N.1` or `.2`). */
@@ -135,59 +130,134 @@ export interface UnetLdmLayout {
 /** SD 1.x / 2.x: 2 layers per block; up block 0 has no attention. */
 export const SD_UNET_LAYOUT: UnetLdmLayout = { layersPerBlock: 2, upBlockHasAttention: (b) => b > 0 };
 
+const LDM_RESNET: Pairs = [
+  ['in_layers.0', 'norm1'],
+  ['in_layers.2', 'conv1'],
+  ['out_layers.0', 'norm2'],
+  ['out_layers.3', 'conv2'],
+  ['emb_layers.1', 'time_emb_proj'],
+  ['skip_connection', 'conv_shortcut'],
+];
+
+/**
+ * LDM numbers its blocks along the path: with L layers per block, input block n = (L+1)·b + l + 1 is layer l of down
+ * block b (l = L: its downsampler), output block n = (L+1)·b + l is layer l of up block b (up blocks have L+1
+ * layers; the upsampler follows the last one, as part 1 without attention, 2 after it).
+ */
+const UNET_SLOTS: Record<string, Slot<UnetLdmLayout>> = {
+  down: {
+    read: (n, { layersPerBlock: L }) => (n >= 1 && (n - 1) % (L + 1) < L ? { b: Math.floor((n - 1) / (L + 1)), l: (n - 1) % (L + 1) } : undefined),
+    write: ({ b, l }, { layersPerBlock: L }) => (l < L ? b * (L + 1) + l + 1 : undefined),
+  },
+  downsampler: {
+    read: (n, { layersPerBlock: L }) => (n >= 1 && (n - 1) % (L + 1) === L ? { b: Math.floor((n - 1) / (L + 1)) } : undefined),
+    write: ({ b }, { layersPerBlock: L }) => b * (L + 1) + L + 1,
+  },
+  up: {
+    read: (n, { layersPerBlock: L }) => ({ b: Math.floor(n / (L + 1)), l: n % (L + 1) }),
+    write: ({ b, l }, { layersPerBlock: L }) => (l <= L ? b * (L + 1) + l : undefined),
+  },
+  upsampler: {
+    read: (n, { layersPerBlock: L }) => (n % (L + 1) === L ? { b: Math.floor(n / (L + 1)) } : undefined),
+    write: ({ b }, { layersPerBlock: L }) => b * (L + 1) + L,
+  },
+  upsamplerPart: {
+    read: (n) => (n === 1 || n === 2 ? {} : undefined),
+    write: ({ b }, layout) => (layout.upBlockHasAttention(b) ? 2 : 1),
+  },
+};
+
+const UNET = new PathTable<UnetLdmLayout>(
+  [
+    { ldm: 'time_embed.0', canonical: 'time_embedding.linear_1' },
+    { ldm: 'time_embed.2', canonical: 'time_embedding.linear_2' },
+    { ldm: 'input_blocks.0.0', canonical: 'conv_in' },
+    { ldm: 'label_emb.0.0', canonical: 'add_embedding.linear_1' },
+    { ldm: 'label_emb.0.2', canonical: 'add_embedding.linear_2' },
+    { ldm: 'out.0', canonical: 'conv_norm_out' },
+    { ldm: 'out.2', canonical: 'conv_out' },
+    { ldm: 'input_blocks.{down}.0', canonical: 'down_blocks.{b}.resnets.{l}', rest: LDM_RESNET },
+    { ldm: 'input_blocks.{down}.1', canonical: 'down_blocks.{b}.attentions.{l}' },
+    { ldm: 'input_blocks.{downsampler}.0.op', canonical: 'down_blocks.{b}.downsamplers.0.conv' },
+    { ldm: 'middle_block.0', canonical: 'mid_block.resnets.0', rest: LDM_RESNET },
+    { ldm: 'middle_block.1', canonical: 'mid_block.attentions.0' },
+    { ldm: 'middle_block.2', canonical: 'mid_block.resnets.1', rest: LDM_RESNET },
+    { ldm: 'output_blocks.{up}.0', canonical: 'up_blocks.{b}.resnets.{l}', rest: LDM_RESNET },
+    { ldm: 'output_blocks.{upsampler}.{upsamplerPart}.conv', canonical: 'up_blocks.{b}.upsamplers.0.conv' },
+    { ldm: 'output_blocks.{up}.1', canonical: 'up_blocks.{b}.attentions.{l}' },
+  ],
+  UNET_SLOTS,
+);
+
+/**
+ * LDM UNet key or module path (relative to `model.diffusion_model.`, or with that prefix) -> diffusers
+ * UNet2DConditionModel key (without `unet.`). `layersPerBlock` is 2 for SD 1.x / 2.x.
+ * Example: `input_blocks.4.1.proj_in` -> `down_blocks.1.attentions.0.proj_in`.
+ */
+export function ldmUnetKeyToCanonical(key: string, layersPerBlock = 2): string | undefined {
+  if (key.startsWith(UNET_PREFIX)) key = key.slice(UNET_PREFIX.length);
+  // Reading takes the upsampler at either part, so whether up blocks have attention does not matter here.
+  return UNET.map(key, 'ldm', { ...SD_UNET_LAYOUT, layersPerBlock });
+}
+
+/** LDM-style UNet module path (as kohya LoRA keys may use) -> canonical module path; alias of ldmUnetKeyToCanonical. */
+export function ldmUnetModuleToCanonical(modulePath: string, layersPerBlock = 2): string | undefined {
+  return ldmUnetKeyToCanonical(modulePath, layersPerBlock);
+}
+
 /** Canonical UNet key (without `unet.`) -> LDM key (without `model.diffusion_model.`). */
 export function canonicalUnetToLdm(key: string, layout: UnetLdmLayout = SD_UNET_LAYOUT): string | undefined {
-  const top = renameLeading(key, CANONICAL_UNET_TOP);
-  if (top !== undefined) return top;
-  const L = layout.layersPerBlock;
-  const per = L + 1;
-  let m = /^down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const i = Number(m[1]) * per + Number(m[3]) + 1;
-    if (m[2] === 'resnets') return withRest(`input_blocks.${i}.0`, resnetRest(m[4], CANONICAL_RESNET));
-    return join(`input_blocks.${i}.1`, m[4] ?? '');
-  }
-  m = /^down_blocks\.(\d+)\.downsamplers\.0\.conv(?:\.(.*))?$/.exec(key);
-  if (m) return join(`input_blocks.${Number(m[1]) * per + L + 1}.0.op`, m[2] ?? '');
-  m = /^mid_block\.(resnets|attentions)\.(\d)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    if (m[1] === 'attentions') return m[2] === '0' ? join('middle_block.1', m[3] ?? '') : undefined;
-    if (m[2] !== '0' && m[2] !== '1') return undefined;
-    return withRest(`middle_block.${m[2] === '0' ? 0 : 2}`, resnetRest(m[3], CANONICAL_RESNET));
-  }
-  m = /^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const i = Number(m[1]) * per + Number(m[3]);
-    if (m[2] === 'resnets') return withRest(`output_blocks.${i}.0`, resnetRest(m[4], CANONICAL_RESNET));
-    return join(`output_blocks.${i}.1`, m[4] ?? '');
-  }
-  m = /^up_blocks\.(\d+)\.upsamplers\.0\.conv(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const b = Number(m[1]);
-    return join(`output_blocks.${b * per + L}.${layout.upBlockHasAttention(b) ? 2 : 1}.conv`, m[2] ?? '');
-  }
-  return undefined;
+  return UNET.map(key, 'canonical', layout);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // VAE
 
-const VAE_RESNET: ReadonlyArray<readonly [string, string]> = [
+const VAE_RESNET: Pairs = [
   ['norm1', 'norm1'],
   ['conv1', 'conv1'],
   ['norm2', 'norm2'],
   ['conv2', 'conv2'],
   ['nin_shortcut', 'conv_shortcut'],
 ];
-const VAE_RESNET_INV = VAE_RESNET.map(([a, b]) => [b, a] as const);
-const VAE_ATTN: ReadonlyArray<readonly [string, string]> = [
+const VAE_ATTN: Pairs = [
   ['norm', 'group_norm'],
   ['q', 'to_q'],
   ['k', 'to_k'],
   ['v', 'to_v'],
   ['proj_out', 'to_out.0'],
 ];
-const VAE_ATTN_INV = VAE_ATTN.map(([a, b]) => [b, a] as const);
+
+/** The decoder's `up.i` is diffusers' `up_blocks.(levels-1-i)`; the mid block's resnets count from 1 in LDM. */
+const VAE_SLOTS: Record<string, Slot<number>> = {
+  level: {
+    read: (n, levels) => (n < levels ? { b: levels - 1 - n } : undefined),
+    write: ({ b }, levels) => (b < levels ? levels - 1 - b : undefined),
+  },
+  'k+1': {
+    read: (n) => (n === 1 || n === 2 ? { k: n - 1 } : undefined),
+    write: ({ k }) => (k === 0 || k === 1 ? k + 1 : undefined),
+  },
+};
+
+const VAE = new PathTable<number>(
+  [
+    { ldm: 'quant_conv', canonical: 'quant_conv' },
+    { ldm: 'post_quant_conv', canonical: 'post_quant_conv' },
+    ...(['encoder', 'decoder'] as const).flatMap((c): PathRule[] => [
+      { ldm: `${c}.conv_in`, canonical: `${c}.conv_in` },
+      { ldm: `${c}.conv_out`, canonical: `${c}.conv_out` },
+      { ldm: `${c}.norm_out`, canonical: `${c}.conv_norm_out` },
+      { ldm: `${c}.mid.block_{k+1}`, canonical: `${c}.mid_block.resnets.{k}`, rest: VAE_RESNET },
+      { ldm: `${c}.mid.attn_1`, canonical: `${c}.mid_block.attentions.0`, rest: VAE_ATTN },
+    ]),
+    { ldm: 'encoder.down.{i}.block.{j}', canonical: 'encoder.down_blocks.{i}.resnets.{j}', rest: VAE_RESNET },
+    { ldm: 'encoder.down.{i}.downsample.conv', canonical: 'encoder.down_blocks.{i}.downsamplers.0.conv' },
+    { ldm: 'decoder.up.{level}.block.{j}', canonical: 'decoder.up_blocks.{b}.resnets.{j}', rest: VAE_RESNET },
+    { ldm: 'decoder.up.{level}.upsample.conv', canonical: 'decoder.up_blocks.{b}.upsamplers.0.conv' },
+  ],
+  VAE_SLOTS,
+);
 
 export interface CanonicalTarget {
   name: string;
@@ -197,62 +267,20 @@ export interface CanonicalTarget {
 
 /**
  * LDM VAE key (relative to `first_stage_model.`) -> diffusers AutoencoderKL key (without `vae.`).
- * `levels` is the number of resolution levels (4 for SD); the decoder's `up.i` is diffusers' `up_blocks.(levels-1-i)`.
+ * `levels` is the number of resolution levels (4 for SD).
  */
 export function ldmVaeKeyToCanonical(key: string, levels: number): CanonicalTarget | undefined {
   if (key.startsWith(VAE_PREFIX)) key = key.slice(VAE_PREFIX.length);
-  let m = /^(quant_conv|post_quant_conv)(\..*)?$/.exec(key);
-  if (m) return { name: key };
-  m = /^(encoder|decoder)\.(conv_in|conv_out|norm_out)(?:\.(.*))?$/.exec(key);
-  if (m) return { name: join(`${m[1]}.${m[2] === 'norm_out' ? 'conv_norm_out' : m[2]}`, m[3] ?? '') };
-  m = /^(encoder\.down|decoder\.up)\.(\d+)\.block\.(\d+)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const rest = resnetRest(m[4], VAE_RESNET);
-    if (rest === undefined) return undefined;
-    const enc = m[1] === 'encoder.down';
-    const block = enc ? Number(m[2]) : levels - 1 - Number(m[2]);
-    return { name: join(`${enc ? 'encoder.down_blocks' : 'decoder.up_blocks'}.${block}.resnets.${m[3]}`, rest) };
-  }
-  m = /^encoder\.down\.(\d+)\.downsample\.conv(?:\.(.*))?$/.exec(key);
-  if (m) return { name: join(`encoder.down_blocks.${m[1]}.downsamplers.0.conv`, m[2] ?? '') };
-  m = /^decoder\.up\.(\d+)\.upsample\.conv(?:\.(.*))?$/.exec(key);
-  if (m) return { name: join(`decoder.up_blocks.${levels - 1 - Number(m[1])}.upsamplers.0.conv`, m[2] ?? '') };
-  m = /^(encoder|decoder)\.mid\.block_([12])(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const rest = resnetRest(m[3], VAE_RESNET);
-    return rest === undefined ? undefined : { name: join(`${m[1]}.mid_block.resnets.${Number(m[2]) - 1}`, rest) };
-  }
-  m = /^(encoder|decoder)\.mid\.attn_1\.(.*)$/.exec(key);
-  if (m) {
-    const rest = renameLeading(m[2], VAE_ATTN);
-    if (rest === undefined) return undefined;
-    const isProjection = !rest.startsWith('group_norm');
-    return { name: `${m[1]}.mid_block.attentions.0.${rest}`, squeeze: isProjection && rest.endsWith('.weight') };
-  }
-  return undefined;
+  const name = VAE.map(key, 'ldm', levels);
+  if (name === undefined) return undefined;
+  // The attention's q/k/v/out projections are 1x1 convs in LDM, linear layers in diffusers.
+  const projection = /\.mid_block\.attentions\.0\.(?!group_norm\.)/.test(name) && name.endsWith('.weight');
+  return projection ? { name, squeeze: true } : { name };
 }
 
 /** Canonical VAE key (without `vae.`) -> LDM key (without `first_stage_model.`). */
 export function canonicalVaeToLdm(key: string, levels = 4): string | undefined {
-  let m = /^(quant_conv|post_quant_conv)(\..*)?$/.exec(key);
-  if (m) return key;
-  m = /^(encoder|decoder)\.(conv_in|conv_out|conv_norm_out)(?:\.(.*))?$/.exec(key);
-  if (m) return join(`${m[1]}.${m[2] === 'conv_norm_out' ? 'norm_out' : m[2]}`, m[3] ?? '');
-  m = /^(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.resnets\.(\d+)(?:\.(.*))?$/.exec(key);
-  if (m) {
-    const enc = m[1] === 'encoder.down_blocks';
-    const i = enc ? Number(m[2]) : levels - 1 - Number(m[2]);
-    return withRest(`${enc ? 'encoder.down' : 'decoder.up'}.${i}.block.${m[3]}`, resnetRest(m[4], VAE_RESNET_INV));
-  }
-  m = /^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv(?:\.(.*))?$/.exec(key);
-  if (m) return join(`encoder.down.${m[1]}.downsample.conv`, m[2] ?? '');
-  m = /^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv(?:\.(.*))?$/.exec(key);
-  if (m) return join(`decoder.up.${levels - 1 - Number(m[1])}.upsample.conv`, m[2] ?? '');
-  m = /^(encoder|decoder)\.mid_block\.resnets\.([01])(?:\.(.*))?$/.exec(key);
-  if (m) return withRest(`${m[1]}.mid.block_${Number(m[2]) + 1}`, resnetRest(m[3], VAE_RESNET_INV));
-  m = /^(encoder|decoder)\.mid_block\.attentions\.0\.(.*)$/.exec(key);
-  if (m) return withRest(`${m[1]}.mid.attn_1`, renameLeading(m[2], VAE_ATTN_INV));
-  return undefined;
+  return VAE.map(key, 'canonical', levels);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -269,13 +297,24 @@ export function ldmClipKeyToCanonical(key: string): string | undefined {
   return undefined;
 }
 
-const OPENCLIP_BLOCK: ReadonlyArray<readonly [string, string]> = [
-  ['ln_1', 'layer_norm1'],
-  ['ln_2', 'layer_norm2'],
-  ['attn.out_proj', 'self_attn.out_proj'],
-  ['mlp.c_fc', 'mlp.fc1'],
-  ['mlp.c_proj', 'mlp.fc2'],
-];
+/** OpenCLIP's text tower in CLIPTextModel names; its packed q/k/v `attn.in_proj_*` is mapped apart (one to three). */
+const OPENCLIP = new PathTable<undefined>([
+  { ldm: 'token_embedding', canonical: 'text_model.embeddings.token_embedding' },
+  { ldm: 'positional_embedding', canonical: 'text_model.embeddings.position_embedding.weight', tensor: true },
+  { ldm: 'text_projection', canonical: 'text_projection.weight', tensor: true },
+  { ldm: 'ln_final', canonical: 'text_model.final_layer_norm' },
+  {
+    ldm: 'transformer.resblocks.{n}',
+    canonical: 'text_model.encoder.layers.{n}',
+    rest: [
+      ['ln_1', 'layer_norm1'],
+      ['ln_2', 'layer_norm2'],
+      ['attn.out_proj', 'self_attn.out_proj'],
+      ['mlp.c_fc', 'mlp.fc1'],
+      ['mlp.c_proj', 'mlp.fc2'],
+    ],
+  },
+]);
 
 export interface OpenClipTarget {
   name: string;
@@ -290,26 +329,16 @@ export interface OpenClipTarget {
  */
 export function openClipKeyToCanonical(key: string, width: number): OpenClipTarget[] | undefined {
   if (key.startsWith(OPENCLIP_PREFIX)) key = key.slice(OPENCLIP_PREFIX.length);
-  if (key === 'token_embedding.weight') return [{ name: 'text_model.embeddings.token_embedding.weight' }];
-  if (key === 'positional_embedding') return [{ name: 'text_model.embeddings.position_embedding.weight' }];
-  if (key === 'text_projection') return [{ name: 'text_projection.weight', transpose: true }];
-  let m = /^ln_final\.(weight|bias)$/.exec(key);
-  if (m) return [{ name: `text_model.final_layer_norm.${m[1]}` }];
-  m = /^transformer\.resblocks\.(\d+)\.(.*)$/.exec(key);
-  if (!m) return undefined;
-  const layer = `text_model.encoder.layers.${m[1]}`;
-  const packed = /^attn\.in_proj_(weight|bias)$/.exec(m[2]);
-  let targets: OpenClipTarget[] | undefined;
+  const packed = /^transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$/.exec(key);
   if (packed) {
-    targets = (['q', 'k', 'v'] as const).map((p, i) => ({
-      name: `${layer}.self_attn.${p}_proj.${packed[1]}`,
+    return (['q', 'k', 'v'] as const).map((p, i) => ({
+      name: `text_model.encoder.layers.${packed[1]}.self_attn.${p}_proj.${packed[2]}`,
       rows: [i * width, (i + 1) * width] as [number, number],
     }));
-  } else {
-    const rest = renameLeading(m[2], OPENCLIP_BLOCK);
-    targets = rest === undefined ? undefined : [{ name: `${layer}.${rest}` }];
   }
-  return targets;
+  const name = OPENCLIP.map(key, 'ldm', undefined);
+  if (name === undefined) return undefined;
+  return [name === 'text_projection.weight' ? { name, transpose: true } : { name }];
 }
 
 /**
@@ -323,13 +352,8 @@ export function ldmTextModuleToCanonical(modulePath: string): string | undefined
     return ldmClipKeyToCanonical(p.slice('transformer.'.length));
   }
   if (p.startsWith('model.')) p = p.slice('model.'.length);
-  if (p === 'ln_final') return 'text_model.final_layer_norm';
-  if (p === 'token_embedding') return 'text_model.embeddings.token_embedding';
-  const m = /^transformer\.resblocks\.(\d+)\.(.*)$/.exec(p);
-  if (m) {
-    const rest = renameLeading(m[2], OPENCLIP_BLOCK);
-    return rest === undefined ? undefined : `text_model.encoder.layers.${m[1]}.${rest}`;
-  }
+  const name = OPENCLIP.map(p, 'ldm', undefined);
+  if (name !== undefined) return name;
   if (/^text_model\./.test(p)) return p;
   return undefined;
 }
@@ -370,24 +394,10 @@ export function canonicalToLdm(name: string, layout: LdmLayout = SD1_LDM_LAYOUT)
 }
 
 function canonicalToOpenClip(key: string, prefix: string): string | undefined {
-  const fixed: Record<string, string> = {
-    'text_model.embeddings.token_embedding.weight': 'token_embedding.weight',
-    'text_model.embeddings.position_embedding.weight': 'positional_embedding',
-    'text_model.final_layer_norm.weight': 'ln_final.weight',
-    'text_model.final_layer_norm.bias': 'ln_final.bias',
-    'text_projection.weight': 'text_projection',
-  };
-  if (fixed[key]) return prefix + fixed[key];
-  const m = /^text_model\.encoder\.layers\.(\d+)\.(.*)$/.exec(key);
-  if (!m) return undefined;
-  const block = `${prefix}transformer.resblocks.${m[1]}`;
-  const qkv = /^self_attn\.[qkv]_proj\.(weight|bias)$/.exec(m[2]);
-  if (qkv) return `${block}.attn.in_proj_${qkv[1]}`;
-  const rest = renameLeading(
-    m[2],
-    OPENCLIP_BLOCK.map(([a, b]) => [b, a] as const),
-  );
-  return rest === undefined ? undefined : `${block}.${rest}`;
+  const qkv = /^text_model\.encoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$/.exec(key);
+  if (qkv) return `${prefix}transformer.resblocks.${qkv[1]}.attn.in_proj_${qkv[2]}`;
+  const k = OPENCLIP.map(key, 'canonical', undefined);
+  return k === undefined ? undefined : prefix + k;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -160,6 +160,46 @@ describe('checkpoint/keymap-sd', () => {
     });
   }
 
+  // The maps are one table read both ways: LDM/SGM name -> diffusers name -> LDM/SGM name gives back the name, for
+  // every tensor of the fixtures' single files and for every module path above a UNet or VAE tensor (LoRA keys).
+  for (const [file, text] of [
+    ['tiny-sd15.safetensors', 'clip'],
+    ['tiny-sd21.safetensors', 'openclip'],
+    ['tiny-sdxl.safetensors', 'sgm'],
+  ] as const) {
+    it(`${file}: round trip of every key, and of every UNet and VAE module path`, async () => {
+      const shapes = await shapesOf(`test/fixtures/${file}`);
+      const keys = [...shapes.keys()];
+      const map = buildLdmKeyMap(keys, (k) => shapes.get(k)!, text);
+      const back = new Map<string, string[]>();
+      for (const [name, ref] of map.entries) back.set(ref.key, [...(back.get(ref.key) ?? []), name]);
+      for (const key of keys.filter((k) => !isKnownIgnorableKey(k))) {
+        const names = back.get(key);
+        assert.ok(names, `${key} maps to a diffusers name`);
+        for (const name of names) assert.equal(canonicalToLdm(name, map.layout), key, name);
+      }
+      let modules = 0;
+      const roundTrip = (path: string, name: string | undefined, back: (name: string) => string | undefined) => {
+        if (name === undefined) return;
+        assert.equal(back(name), path, `${path} -> ${name}`);
+        modules++;
+      };
+      for (const key of keys) {
+        const parts = key.split('.');
+        for (let n = 2; n < parts.length; n++) {
+          if (key.startsWith('model.diffusion_model.')) {
+            const path = parts.slice(2, n + 1).join('.');
+            roundTrip(path, ldmUnetModuleToCanonical(path, map.layout.unet.layersPerBlock), (name) => canonicalUnetToLdm(name, map.layout.unet));
+          } else if (key.startsWith('first_stage_model.')) {
+            const path = parts.slice(1, n + 1).join('.');
+            roundTrip(path, ldmVaeKeyToCanonical(path, map.layout.vaeLevels)?.name, (name) => canonicalVaeToLdm(name, map.layout.vaeLevels));
+          }
+        }
+      }
+      assert.ok(modules > keys.length, `${modules} module paths`);
+    });
+  }
+
   it('reports keys it cannot map', () => {
     const keys = ['model.diffusion_model.input_blocks.0.0.weight', 'model.diffusion_model.mystery.weight', 'cond_stage_model.transformer.vision_model.x', 'something_else'];
     const map = buildLdmKeyMap(keys, () => [1], 'clip');
