@@ -14,7 +14,7 @@ import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { BadInputError } from './errors.js';
-import { writeFileAtomic } from './io/atomic.js';
+import { removeStaleTemps, tempPathFor, writeFileAtomic } from './io/atomic.js';
 import { splitLines } from './io/lines.js';
 import { MANIFEST_FILE } from './io/manifest.js';
 import { listTar, type TarEntry } from './io/tar.js';
@@ -109,7 +109,7 @@ async function mtimeOrUndefined(p: string): Promise<number | undefined> {
 
 async function makeThumbnail(image: string | Buffer, thumb: string, size: number): Promise<void> {
   // A cache, so no fsync; the rename still keeps a killed build from leaving a torn thumbnail under the final name.
-  const temp = path.join(path.dirname(thumb), `.${path.basename(thumb)}.tmp-${process.pid}`);
+  const temp = tempPathFor(thumb);
   await sharp(image).resize(size, size, { fit: 'inside', withoutEnlargement: true }).webp({ quality: 80 }).toFile(temp);
   await rename(temp, thumb);
 }
@@ -123,7 +123,7 @@ export async function buildGallery(opts: GalleryOptions): Promise<GallerySummary
   const present = new Set(await readdir(dir));
   const thumbs = path.join(dir, GALLERY_DIR, THUMBS_DIR);
   await mkdir(thumbs, { recursive: true });
-  for (const name of await readdir(thumbs)) if (/^\..*\.tmp-\d+$/.test(name)) await rm(path.join(thumbs, name), { force: true });
+  await removeStaleTemps(thumbs);
 
   // The members of the shards the manifest names (headers only).
   const members = new Map<string, Map<string, TarEntry>>();

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
 import { buildGallery, GALLERY_DIR, THUMBS_DIR } from '../src/gallery.js';
+import { tempPathFor } from '../src/io/atomic.js';
 import { onestep } from './support/cli.js';
 import { ROOT } from './support/fixtures.js';
 
@@ -79,8 +80,13 @@ describe('gallery', function () {
       const meta = await sharp(path.join(thumbs, t)).metadata();
       assert.deepEqual([meta.format, meta.width, meta.height], ['webp', 64, 64], t);
     }
+    // Thumbnails a killed build was writing (a dead pid's temp names, this version's and an older one's) are removed.
+    const dead = 2 ** 22 + 1;
+    const torn = [path.basename(tempPathFor(path.join(thumbs, 'x.png.webp'))).replace(`-${process.pid}-`, `-${dead}-`), `.y.png.webp.tmp-${dead}`];
+    for (const t of torn) fs.writeFileSync(path.join(thumbs, t), 'torn');
     const again = await buildGallery({ dir: out });
     assert.deepEqual([again.thumbnails_made, again.thumbnails_kept], [0, 12]);
+    assert.deepEqual(fs.readdirSync(thumbs).sort(), images.map((f) => `${f}.webp`).sort());
     const later = new Date(Date.now() + 5000);
     fs.utimesSync(path.join(out, images[3]), later, later);
     const third = await buildGallery({ dir: out });

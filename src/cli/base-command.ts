@@ -1,5 +1,6 @@
 import { Command } from '@oclif/core';
 import { OnestepError } from '../errors.js';
+import { parseTempName } from '../io/atomic.js';
 
 /** What to do about the operating system's refusals that reach a user (a full disk, a read-only folder, ...). */
 const SYSTEM_ERRORS: Record<string, [string, string]> = {
@@ -19,9 +20,12 @@ const SYSTEM_ERRORS: Record<string, [string, string]> = {
   ENOMEM: ['out of memory', 'Lower --batch-size or --workers, or use a smaller image size.'],
 };
 
-/** The path a user asked for, not the temp sibling it was being written through (`.x.building-<pid>-<hex>`, `x.tmp-<pid>-<hex>`). */
+/** The path a user asked for, not the temp path it was being written through (io/atomic.ts tempPathFor). */
 function userPath(p: string): string {
-  return p.replace(/\/\.([^/]+)\.(building|tmp|old)-\d+-[0-9a-f]+/, '/$1').replace(/\.tmp-\d+-[0-9a-f]+$/, '');
+  return p
+    .split('/')
+    .map((part) => parseTempName(part)?.target ?? part)
+    .join('/');
 }
 
 /**

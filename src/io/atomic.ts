@@ -64,15 +64,46 @@ export function tempSuffix(): string {
   return `${process.pid}-${HOST_TAG}${randomBytes(4).toString('hex')}`;
 }
 
-function tempSibling(path: string, tag: string): string {
-  return join(dirname(path), `.${basename(path)}.${tag}-${tempSuffix()}`);
+/** What a temp path is for: a file or folder being written, a folder being built, an old folder moved aside. */
+export type TempKind = 'tmp' | 'building' | 'old';
+
+/**
+ * The temp path through which `target` is written, in its folder: `.<name>.<kind>-<pid>-<host tag><random>`. Every
+ * writer of this project names its temp files and folders so, and parseTempName reads them back.
+ */
+export function tempPathFor(target: string, kind: TempKind = 'tmp'): string {
+  return join(dirname(target), `.${basename(target)}.${kind}-${tempSuffix()}`);
 }
 
 /**
- * Temp names this project writes: `.<name>.tmp|building|old-<suffix>` (this file) and `<name>.tmp-<suffix>` (the
- * safetensors writer). Older versions wrote the suffix without a host tag (`<pid>-<8 or 12 hex>`).
+ * The temp names tempPathFor writes, then the ones older versions wrote: the suffix without a host tag
+ * (`<pid>-<8 or 12 hex>`), the safetensors writer's `<name>.tmp-<suffix>`, the graph cache's `.tmp-<pid>-<hex>` and
+ * the gallery's `.<name>.tmp-<pid>`.
  */
-const TEMP_NAME = /^(?:\..+\.(?:tmp|building|old)|.+\.tmp)-(\d+)-([0-9a-f]{8,16})$/;
+const TEMP_NAMES: readonly RegExp[] = [
+  /^\.(?<target>.+)\.(?:tmp|building|old)-(?<pid>\d+)-(?<suffix>[0-9a-f]{8,16})$/,
+  /^(?<target>.+)\.tmp-(?<pid>\d+)-(?<suffix>[0-9a-f]{8,16})$/,
+  /^\.tmp-(?<pid>\d+)-[0-9a-f]+$/,
+  /^\.(?<target>.+)\.tmp-(?<pid>\d+)$/,
+];
+
+export interface TempName {
+  /** The name of what was being written (absent for the graph cache's old temp folders, which did not say). */
+  target?: string;
+  pid: number;
+  /** The host tag of the process that wrote it; absent in older names (taken to be this host's). */
+  hostTag?: string;
+}
+
+/** Whose temp file or folder `name` is and what it was writing; undefined for a name no writer of this project makes. */
+export function parseTempName(name: string): TempName | undefined {
+  for (const re of TEMP_NAMES) {
+    const g = re.exec(name)?.groups;
+    if (!g) continue;
+    return { target: g.target, pid: Number(g.pid), hostTag: g.suffix?.length === 16 ? g.suffix.slice(0, 8) : undefined };
+  }
+  return undefined;
+}
 
 function isAlive(pid: number): boolean {
   if (pid === process.pid) return true;
@@ -98,10 +129,8 @@ export async function removeStaleTemps(dir: string): Promise<string[]> {
   }
   const removed: string[] = [];
   for (const name of names) {
-    const m = TEMP_NAME.exec(name);
-    if (!m) continue;
-    const hostTag = m[2].length === 16 ? m[2].slice(0, 8) : HOST_TAG;
-    if (hostTag !== HOST_TAG || isAlive(Number(m[1]))) continue;
+    const temp = parseTempName(name);
+    if (!temp || (temp.hostTag ?? HOST_TAG) !== HOST_TAG || isAlive(temp.pid)) continue;
     await rm(join(dir, name), { recursive: true, force: true });
     removed.push(name);
   }
@@ -127,7 +156,7 @@ async function fsyncDir(dir: string): Promise<void> {
  * temp file in the same folder, fsyncs it, renames it over `path`. The temp file is removed on error or interruption.
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const temp = tempSibling(path, 'tmp');
+  const temp = tempPathFor(path);
   const unregister = registerTempPath(temp);
   try {
     const handle = await open(temp, 'wx', 0o644);
@@ -172,14 +201,14 @@ export async function withAtomicDir(
   }
   await mkdir(dirname(resolve(finalDir)), { recursive: true });
   await removeStaleTemps(dirname(resolve(finalDir)));
-  const temp = tempSibling(finalDir, 'building');
+  const temp = tempPathFor(finalDir, 'building');
   const unregister = registerTempPath(temp);
   try {
     await mkdir(temp);
     await fn(temp);
     if (await exists(finalDir)) {
       if (!opts.force) throw new OnestepError(`${finalDir} appeared while it was being built.`, 'Pass --force to replace it.');
-      const old = tempSibling(finalDir, 'old');
+      const old = tempPathFor(finalDir, 'old');
       await rename(finalDir, old);
       await rename(temp, finalDir);
       await rm(old, { recursive: true, force: true });

@@ -11,11 +11,10 @@
  * - `--resume` keeps complete shards and regenerates every prompt of an incomplete one.
  * Images finished out of order wait in memory for the ones before them (about the batches in flight).
  */
-import { randomBytes } from 'node:crypto';
 import { open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError } from '../errors.js';
-import { registerTempPath } from './atomic.js';
+import { registerTempPath, tempPathFor } from './atomic.js';
 import { toManifestEntry, type Manifest, type ManifestInput } from './manifest.js';
 import type { ImageOutput, OutputImage } from './outputs.js';
 import { TAR_END, tarMember } from './tar.js';
@@ -181,7 +180,7 @@ export class WebDatasetOutput implements ImageOutput {
 
   private async append(shard: OpenShard, image: OutputImage): Promise<void> {
     if (!shard.handle) {
-      shard.temp = path.join(this.opts.out, `.${shard.name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+      shard.temp = tempPathFor(path.join(this.opts.out, shard.name));
       shard.unregister = registerTempPath(shard.temp);
       shard.handle = await open(shard.temp, 'wx', 0o644);
     }

@@ -11,12 +11,13 @@
  * written last, after an atomic rename of its folder); one whose key no longer matches is never read, and is removed
  * when a new entry for the same graph is written. Any failure to write the cache only costs the cache.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { readFile, readdir, rename, rm, stat, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Device } from './device.js';
 import { cpuInfo } from './machine.js';
+import { removeStaleTemps, tempPathFor } from '../io/atomic.js';
 
 export const CACHE_DIR = '.onestep-cache';
 const ENTRY = 'entry.json';
@@ -79,34 +80,18 @@ export interface PendingEntry {
   abort(): Promise<void>;
 }
 
-/** Temp folders of processes that died while writing an entry (each can hold gigabytes). */
-async function removeAbandoned(root: string): Promise<void> {
-  for (const n of await readdir(root).catch(() => [] as string[])) {
-    const m = /^\.tmp-(\d+)-[0-9a-f]+$/.exec(n);
-    if (m && !isAlive(Number(m[1]))) await rm(path.join(root, n), { recursive: true, force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** A temp folder for a new entry, or undefined when the model directory is not writable. */
 export async function beginCacheEntry(file: string, key: string): Promise<PendingEntry | undefined> {
   const root = path.join(path.dirname(file), CACHE_DIR);
-  const tmp = path.join(root, `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const name = entryName(file, key);
+  const tmp = tempPathFor(path.join(root, name), 'building');
   try {
     await mkdir(tmp, { recursive: true });
   } catch {
     return undefined;
   }
-  await removeAbandoned(root);
+  // Temp folders of processes that died while writing an entry (each can hold gigabytes).
+  await removeStaleTemps(root);
   const config: Record<string, string> = {
     optimized_model_external_initializers_file_name: DATA,
     optimized_model_external_initializers_min_size_in_bytes: '1024',
@@ -122,7 +107,6 @@ export async function beginCacheEntry(file: string, key: string): Promise<Pendin
       try {
         await stat(path.join(tmp, DATA));
         await writeFile(path.join(tmp, ENTRY), JSON.stringify({ key, graph: path.basename(file), onnxruntime: ort.env.versions.common, cpu: cpuInfo().model }) + '\n');
-        const name = entryName(file, key);
         await rename(tmp, path.join(root, name)).catch(async () => abort()); // another process published it first
         const base = path.basename(file, '.onnx');
         const stale = (await readdir(root)).filter((n) => n !== name && /-[0-9a-f]{20}$/.test(n) && n.slice(0, -21) === base);

@@ -5,7 +5,7 @@ import { OnestepError } from '../errors.js';
 import { DTYPE_SIZES, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
 import { MAX_HEADER_BYTES } from './reader.js';
-import { registerTempPath, removeStaleTemps, tempSuffix } from '../io/atomic.js';
+import { registerTempPath, removeStaleTemps, tempPathFor } from '../io/atomic.js';
 
 export interface TensorToWrite {
   name: string;
@@ -61,7 +61,7 @@ export async function writeSafetensors(
 
   // A run killed before its cleanup (SIGKILL, OOM) left a multi-GB temp file here: the next write removes it.
   await removeStaleTemps(dirname(resolve(path)));
-  const tempPath = `${path}.tmp-${tempSuffix()}`;
+  const tempPath = tempPathFor(path);
   // Removed on Ctrl-C / SIGTERM too, not only on errors: a multi-GB temp file must not outlive an interrupted run.
   const unregister = registerTempPath(tempPath);
   let handle: FileHandle | undefined;

@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { OnestepError } from '../../src/errors.js';
-import { pendingTempPathCount, registerTempPath, removeStaleTemps, tempSuffix, withAtomicDir, writeFileAtomic } from '../../src/io/atomic.js';
+import { parseTempName, pendingTempPathCount, registerTempPath, removeStaleTemps, tempPathFor, tempSuffix, withAtomicDir, writeFileAtomic } from '../../src/io/atomic.js';
 import { writeSafetensors } from '../../src/safetensors/writer.js';
 
 let dir: string;
@@ -131,14 +131,16 @@ describe('io/atomic', () => {
     await new Promise((res) => child.on('exit', res));
     const left = (await readdir(dir)).filter((n) => n !== 'killed.mts').sort();
     assert.equal(left.length, 2, left.join(', '));
-    assert.match(left[0], /^\.model\.building-\d+-[0-9a-f]{16}$/);
-    assert.match(left[1], /^merged\.safetensors\.tmp-\d+-[0-9a-f]{16}$/);
+    assert.match(left[0], /^\.merged\.safetensors\.tmp-\d+-[0-9a-f]{16}$/);
+    assert.match(left[1], /^\.model\.building-\d+-[0-9a-f]{16}$/);
     // Kept: this (live) process's own temp, and one whose host tag is another host's (a shared file system).
     const mine = `.other.building-${tempSuffix()}`;
     const otherHost = `.other.building-${2 ** 22 + 1}-ffffffff00000000`;
-    // Removed too: an older version's name (no host tag) of a dead pid.
-    const legacy = `.old-style.png.tmp-${2 ** 22 + 1}-0123abcd`;
-    for (const n of [mine, otherHost, legacy]) await mkdir(join(dir, n));
+    // Removed too: older versions' names (no host tag) of a dead pid: atomic writes, the safetensors writer, the graph
+    // cache, the gallery's thumbnails.
+    const dead = 2 ** 22 + 1;
+    const legacy = [`.old-style.png.tmp-${dead}-0123abcd`, `old.safetensors.tmp-${dead}-0123abcd`, `.tmp-${dead}-0123abcd`, `.000001.webp.tmp-${dead}`];
+    for (const n of [mine, otherHost, ...legacy]) await mkdir(join(dir, n));
 
     await withAtomicDir(join(dir, 'next-model'), async (tmp) => writeFile(join(tmp, 'x'), 'y'), { force: false });
     assert.deepEqual((await readdir(dir)).filter((n) => n !== 'killed.mts').sort(), [mine, otherHost, 'next-model'].sort());
@@ -146,6 +148,24 @@ describe('io/atomic', () => {
     await writeSafetensors(join(dir, 'b.safetensors'), [{ name: 'a', dtype: 'F32', shape: [1], data: () => new Uint8Array(4) }]);
     assert.deepEqual(await removeStaleTemps(dir), []);
     assert.ok(existsSync(join(dir, mine)) && existsSync(join(dir, otherHost)));
+  });
+
+  it('tempPathFor names every temp path one way, and parseTempName reads back what it was for and whose it is', () => {
+    for (const kind of ['tmp', 'building', 'old'] as const) {
+      const temp = tempPathFor(join(dir, 'out', 'model.v2.safetensors'), kind);
+      assert.equal(resolve(temp, '..'), join(dir, 'out'), 'beside its target');
+      const name = temp.slice(temp.lastIndexOf('/') + 1);
+      assert.match(name, new RegExp(`^\\.model\\.v2\\.safetensors\\.${kind}-${process.pid}-[0-9a-f]{16}$`));
+      const parsed = parseTempName(name);
+      assert.equal(parsed?.target, 'model.v2.safetensors');
+      assert.equal(parsed?.pid, process.pid);
+      assert.equal(parsed?.hostTag, tempSuffix().split('-')[1].slice(0, 8));
+    }
+    assert.notEqual(tempPathFor(join(dir, 'a')), tempPathFor(join(dir, 'a')), 'two writers of one target do not collide');
+    assert.deepEqual(parseTempName('000001.webp.tmp-42-0123abcd'), { target: '000001.webp', pid: 42, hostTag: undefined });
+    assert.deepEqual(parseTempName('.tmp-42-0123abcd'), { target: undefined, pid: 42, hostTag: undefined });
+    assert.deepEqual(parseTempName('.000001.webp.tmp-42'), { target: '000001.webp', pid: 42, hostTag: undefined });
+    for (const name of ['000001.png', '.onestep.lock', 'model.tmp', '.x.tmp-', '.x.building-12-nothex00', 'x.old-12-0123abcd']) assert.equal(parseTempName(name), undefined, name);
   });
 
   it('writeSafetensors with noReplace leaves a file that appeared meanwhile (a concurrent run) and removes its temp', async () => {

@@ -6,6 +6,7 @@ import * as ort from 'onnxruntime-node';
 import { Graph } from '../../src/onnx/graph.js';
 import { writeModel } from '../../src/onnx/write-model.js';
 import { openSession, type CacheUse } from '../../src/runtime/device.js';
+import { tempPathFor } from '../../src/io/atomic.js';
 import { CACHE_DIR, findCachedGraph, graphCacheKey } from '../../src/runtime/graph-cache.js';
 import { folderWeights } from '../support/fixtures.js';
 
@@ -69,6 +70,17 @@ describe('runtime/graph-cache', () => {
     assert.notEqual(newKey, oldKey);
     assert.equal((await run(file)).cache, 'written');
     assert.deepEqual(fs.readdirSync(path.join(dir, CACHE_DIR)), [`conv-${newKey}`]);
+  });
+
+  it('temp folders of dead processes (this naming and the older one) are removed when an entry is written', async () => {
+    const file = await build(path.join(tmp, 'e'));
+    const root = path.join(tmp, 'e', CACHE_DIR);
+    const key = await graphCacheKey(file, { kind: 'cpu' });
+    const dead = 2 ** 22 + 1;
+    const planted = [path.basename(tempPathFor(path.join(root, `conv-${key}`), 'building')).replace(`-${process.pid}-`, `-${dead}-`), `.tmp-${dead}-0123abcd`];
+    for (const n of planted) fs.mkdirSync(path.join(root, n), { recursive: true });
+    assert.equal((await run(file)).cache, 'written');
+    assert.deepEqual(fs.readdirSync(root), [`conv-${key}`]);
   });
 
   it('a damaged entry is not trusted: rebuilt from the graph, with the right outputs', async () => {
