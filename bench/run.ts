@@ -1,6 +1,6 @@
 /**
  * `npm run bench [-- <names...>] [-- --model <dir>]`: runs the benchmarks and prints figures; never fails on them.
- * Names: safetensors, convert, sdxl, pixart, lora, generate, gallery, model (`onestep bench`'s figures), writer (default: all). Big files go to bench/.work/ (git-ignored).
+ * Names: safetensors, convert, sdxl, pixart, lora, generate, gallery, model (`onestep bench`'s figures), writer, quantize (int8 / fp16 layers against float32) (default: all). Big files go to bench/.work/ (git-ignored).
  */
 export {};
 
@@ -8,7 +8,7 @@ const argv = process.argv.slice(2);
 const modelAt = argv.indexOf('--model');
 const modelDir = modelAt >= 0 ? argv[modelAt + 1] : undefined;
 const names = argv.filter((a, i) => !a.startsWith('--') && (modelAt < 0 || i !== modelAt + 1));
-const all = ['safetensors', 'convert', 'sdxl', 'pixart', 'lora', 'generate', 'gallery', 'model', 'writer'];
+const all = ['safetensors', 'convert', 'sdxl', 'pixart', 'lora', 'generate', 'gallery', 'model', 'writer', 'quantize'];
 const selected = names.length ? names : all;
 for (const name of selected) if (!all.includes(name)) throw new Error(`unknown benchmark "${name}" (known: ${all.join(', ')})`);
 
@@ -24,5 +24,10 @@ for (const name of selected) {
   if (name === 'gallery') await (await import('./gallery.js')).benchGallery({});
   if (name === 'model') await (await import('./model.js')).benchModel({ modelDir });
   if (name === 'writer') await (await import('./writer.js')).benchWriter({});
+  if (name === 'quantize') {
+    const q = await import('./quantize.js');
+    await q.benchQuantize({ quick: argv.includes('--quick') });
+    if (argv.includes('--full')) await q.benchQuantizedModel({ dir: process.env.ONESTEP_BENCH_DIR });
+  }
   console.log(`(${name}: ${((performance.now() - started) / 1000).toFixed(0)} s)`);
 }

@@ -14,7 +14,7 @@ import { openCheckpoint } from './checkpoint/open.js';
 import { convertibleLabels } from './families/index.js';
 import type { WeightSource } from './checkpoint/weight-source.js';
 import { formatMergeReport, LoraMergedSource, type LoraSpec } from './lora/merge.js';
-import { BadInputError } from './errors.js';
+import { BadInputError, OnestepError } from './errors.js';
 import { withAtomicDir } from './io/atomic.js';
 import type { Graph } from './onnx/graph.js';
 import { fuseForCuda } from './onnx/cuda-fusions.js';
@@ -22,6 +22,7 @@ import { float16Overflows } from './onnx/fp16-check.js';
 import { writeModel, type WriteProgress, type WrittenModel } from './onnx/write-model.js';
 import { MODEL_FORMAT, MODEL_FORMAT_VERSION, type ModelManifest } from './runtime/model-dir.js';
 import { detectRecipe, resolveRecipe } from './runtime/recipes.js';
+import { CALIBRATION_PROMPT, quantizeModelDir } from './quantize.js';
 
 export const ONESTEP_VERSION = '0.1.0';
 
@@ -43,6 +44,11 @@ export interface ConvertOptions {
    * `dtype` says otherwise. Default 'cpu': standard ops that run everywhere.
    */
   target?: 'cpu' | 'cuda';
+  /**
+   * 'int8': the denoiser and the VAE decoder as static int8 QDQ graphs for the CPU (src/quantize.ts), calibrated on
+   * one fixed reference image. float32 and the CPU target only.
+   */
+  quantize?: 'int8';
   /** A TAESD decoder (AutoencoderTiny folder or taesd_decoder.safetensors) written as vae_decoder.onnx instead of the VAE's. */
   taesd?: string;
   /** A UNet alone (file or folder, diffusers or LDM keys) used instead of the checkpoint's (checkpoint/components.ts). */
@@ -107,6 +113,9 @@ function telling(input: string): string[] {
 export async function convertCheckpoint(input: string, opts: ConvertOptions): Promise<ConvertResult> {
   const target = opts.target ?? 'cpu';
   const dtype = opts.dtype ?? (target === 'cuda' ? 'float16' : 'float32');
+  if (opts.quantize && (target !== 'cpu' || dtype !== 'float32')) {
+    throw new OnestepError(`--quantize ${opts.quantize} makes int8 graphs for the CPU from float32 ones; it cannot be combined with ${target !== 'cpu' ? `--target ${target}` : '--dtype fp16'}`, 'Drop --dtype / --target, or --quantize.');
+  }
   const forTarget = (g: Graph): Graph => {
     if (target === 'cuda') fuseForCuda(g);
     return g;
@@ -185,6 +194,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
       async (tmp) => {
         const float32Graphs: string[] = [];
         const unchecked: string[] = [];
+        const built = new Map<string, { graph: Graph; written: WrittenModel }>();
         for (const [name, build] of graphs) {
           const progress = (p: WriteProgress) => opts.onProgress?.({ component: name, ...p });
           const graph = build(dtype);
@@ -198,6 +208,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
             }
           }
           bytes += written.dataBytes;
+          built.set(name, { graph, written });
         }
         if (float32Graphs.length) notes.push(`kept in float32, as float16 gives NaN/Inf on a reference input: ${float32Graphs.join(', ')}`);
         if (unchecked.length) notes.push(`not evaluated in float16 (over ${FP16_CHECK_MAX_BYTES / 2 ** 20} MiB of weights, too large to load within convert's memory): ${unchecked.join(', ')}`);
@@ -223,6 +234,15 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
           ...(target === 'cuda' ? { target } : {}),
         };
         await writeFile(path.join(tmp, 'model.json'), JSON.stringify(manifest, null, 2) + '\n');
+        if (opts.quantize === 'int8') {
+          opts.onProgress?.({ component: 'int8 calibration', tensors: 0, totalTensors: 0, bytes: 0 });
+          const quantized = await quantizeModelDir(tmp, manifest, built);
+          for (const q of quantized) bytes += q.written.dataBytes - built.get(q.name)!.written.dataBytes;
+          const sites = quantized.map((q) => `${q.name} ${q.report.convs} convs + ${q.report.matmuls} matmuls`).join(', ');
+          notes.push(`int8: ${sites}, activation ranges calibrated on "${CALIBRATION_PROMPT}" (seed 0, ${manifest.default_size.width}x${manifest.default_size.height}, no guidance)`);
+          manifest = { ...manifest, quantize: 'int8' };
+          await writeFile(path.join(tmp, 'model.json'), JSON.stringify(manifest, null, 2) + '\n');
+        }
       },
       { force: !!opts.force },
     );

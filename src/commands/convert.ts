@@ -22,6 +22,10 @@ export default class Convert extends OnestepCommand {
       options: ['cpu', 'cuda'] as const,
       default: 'cpu' as const,
     })(),
+    quantize: Flags.option({
+      description: 'int8: the UNet and VAE decoder as int8 graphs for the CPU (QLinearConv / QLinearMatMul), calibrated on one fixed reference image; faster on x86 CPUs, slightly lower quality (see bench/README.md)',
+      options: ['int8'] as const,
+    })(),
     force: Flags.boolean({ description: 'replace an existing output directory' }),
     prediction: sharedFlags.prediction('what the UNet predicts (a single file cannot tell; SD 2.x 768 models are v_prediction)'),
     config: Flags.string({
@@ -48,6 +52,7 @@ export default class Convert extends OnestepCommand {
       out: flags.out,
       dtype: precision(flags.dtype),
       target: flags.target,
+      quantize: flags.quantize,
       force: flags.force,
       prediction: flags.prediction,
       recipe: flags.recipe,
@@ -70,6 +75,6 @@ export default class Convert extends OnestepCommand {
     for (const note of result.notes) this.logToStderr(`note: ${note}`);
     if (result.loraReport) this.logToStderr(result.loraReport);
     const m = result.manifest;
-    this.log(`${result.out}: ${m.family}, ${m.dtype}, recipe ${m.recipe.name} (${m.recipe.prediction_type} at t=${m.recipe.timestep}, guidance ${m.recipe.guidance})`);
+    this.log(`${result.out}: ${m.family}, ${m.dtype}${m.quantize ? ` (${m.quantize} UNet and decoder)` : ''}, recipe ${m.recipe.name} (${m.recipe.prediction_type} at t=${m.recipe.timestep}, guidance ${m.recipe.guidance})`);
   }
 }

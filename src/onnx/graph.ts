@@ -25,6 +25,12 @@ export interface WeightView {
    * columns of each key in turn (the packed QKV layout of com.microsoft MultiHeadAttention). `key` is the first.
    */
   pack?: { keys: string[]; heads: number };
+  /**
+   * The int8 form `convert --quantize int8` stores (onnx/int8.ts), computed from the weight as viewed, of `dims`, with
+   * channels along `axis`: 'values' int8, 'scales' their float32 per-channel scales (times `times`), 'bias' this
+   * tensor as int32 at scale `times` * the scales of `weight`.
+   */
+  quant?: { part: 'values' | 'scales' | 'bias'; axis: number; dims: number[]; times?: number; weight?: { key: string; view: WeightView } };
 }
 
 /** Where Graph.groupNorm emitted a group normalization: the node range and what it reads (for cuda-fusions.ts). */
@@ -71,6 +77,8 @@ function typedBytes(type: ElemType, values: ArrayLike<number | bigint>): Uint8Ar
     case 'uint8':
     case 'bool':
       return Uint8Array.from(values as ArrayLike<number>);
+    case 'int8':
+      return new Uint8Array(Int8Array.from(values as ArrayLike<number>).buffer);
     default:
       throw new Error(`constants of type ${type} are built with constF16`);
   }

@@ -4,7 +4,8 @@ import { OnestepError } from '../errors.js';
 import { allocLike, transpose2d, type WeightArray } from '../checkpoint/sources.js';
 import { countF16NonFinite, countF16Overflow, countF32NonFinite, f32ToF16 } from '../safetensors/dtypes.js';
 import type { Graph, InitializerSpec } from './graph.js';
-import { encodeModel, type TensorProtoData, type ValueInfoData } from './proto.js';
+import { quantizedInitializerBytes } from './int8.js';
+import { encodeModel, type NodeProtoData, type TensorProtoData, type ValueInfoData } from './proto.js';
 
 export const OPSET = 21;
 export const IR_VERSION = 10;
@@ -86,9 +87,18 @@ function packHeads<T extends WeightArray>(ws: T[], shapes: number[][], heads: nu
 
 const bytesOf = (a: WeightArray): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-/** The initializer's bytes as written: float32 values or float16 bits. NaN, Inf and float16 overflow are refused. */
+/**
+ * The initializer's bytes as written: float32 values, float16 bits, or an int8 form (onnx/int8.ts). NaN, Inf and
+ * float16 overflow are refused.
+ */
 async function encodeWeight(graph: Graph, init: InitializerSpec): Promise<Uint8Array> {
-  const { key } = init.weight!;
+  const { key, view } = init.weight!;
+  const quant = view.quant;
+  if (quant) {
+    const [data, weight] = await Promise.all([materialize(graph, init), quant.weight && materialize(graph, { ...init, weight: quant.weight })]);
+    if (countF32NonFinite(data)) throw nonFinite(key, countF32NonFinite(data));
+    return quantizedInitializerBytes(quant, data, weight);
+  }
   if (init.type === 'float32') {
     const data = await materialize(graph, init);
     if (countF32NonFinite(data)) throw nonFinite(key, countF32NonFinite(data));
@@ -183,8 +193,8 @@ export interface WrittenModel {
   initializers: TensorProtoData[];
 }
 
-/** Writes the graph's proto with the given outputs (the weights stay where `initializers` say). */
-export async function writeGraphProto(graph: Graph, initializers: TensorProtoData[], outputs: ValueInfoData[], onnxPath: string): Promise<void> {
+/** Writes the graph's proto with the given outputs (the weights stay where `initializers` say), and `extraNodes` after its own. */
+export async function writeGraphProto(graph: Graph, initializers: TensorProtoData[], outputs: ValueInfoData[], onnxPath: string, extraNodes: NodeProtoData[] = []): Promise<void> {
   const opsets = [{ domain: '', version: OPSET }];
   if (graph.domains.has('com.microsoft')) opsets.push({ domain: 'com.microsoft', version: 1 });
   const proto = encodeModel({
@@ -192,7 +202,7 @@ export async function writeGraphProto(graph: Graph, initializers: TensorProtoDat
     producerName: 'onestep',
     producerVersion: '1',
     opsets,
-    graph: { name: graph.name, nodes: graph.nodes, initializers, inputs: graph.inputs, outputs },
+    graph: { name: graph.name, nodes: extraNodes.length ? [...graph.nodes, ...extraNodes] : graph.nodes, initializers, inputs: graph.inputs, outputs },
     metadata: [],
   });
   const out = await open(onnxPath, 'w');

@@ -71,6 +71,8 @@ export interface WorkerConfig {
   /** alphas_cumprod at the recipe timestep (unused by flow models). */
   alphaBar: number;
   initLatentMean?: Float32Array;
+  /** ORT's optimized-graph cache (default on; convert's int8 calibration runs probe graphs without it). */
+  graphCache?: boolean;
 }
 
 export interface SessionLoad {
@@ -166,13 +168,16 @@ export class InferencePipeline {
     readonly loads: SessionLoad[],
   ) {}
 
+  /** Sees every output of each denoiser and decoder run (convert's int8 calibration reads its probes' ranges). */
+  onRun?: (graph: 'denoiser' | 'decoder', outputs: ort.InferenceSession.ReturnType) => void;
+
   /** The VAE encoder, opened on the first image-to-image batch (text-to-image runs never pay for it). */
   private vaeEncoder?: Promise<ort.InferenceSession>;
 
   static async load(cfg: WorkerConfig): Promise<InferencePipeline> {
     const m = cfg.manifest;
     const file = (rel: string) => path.join(cfg.modelDir, rel);
-    const settings = { threads: cfg.threads, disablePrepacking: cfg.disablePrepacking };
+    const settings = { threads: cfg.threads, disablePrepacking: cfg.disablePrepacking, graphCache: cfg.graphCache };
     const t0 = performance.now();
     const tokenizers = await Promise.all(m.conditioning.map((c) => loadTokenizer(file(c.tokenizer))));
     const loads: SessionLoad[] = [{ component: 'tokenizer', ms: performance.now() - t0 }];
@@ -344,6 +349,7 @@ export class InferencePipeline {
     }
     const denoiserFeeds = Object.fromEntries(m.denoiser.inputs.map((k) => [k, feeds[k]]));
     const denoised = await this.denoiser.run(denoiserFeeds);
+    this.onRun?.('denoiser', denoised);
     const out = denoised.out_sample;
     const outData = out.data as Float32Array;
     // Models with learned variance (PixArt: 8 channels) give the prediction in the first C channels.
@@ -374,6 +380,7 @@ export class InferencePipeline {
       const k = Math.min(slice, n - at);
       const input = decoderInput.subarray(at * latentSize, (at + k) * latentSize);
       const decoded = await this.vaeDecoder.run({ latent_sample: new ort.Tensor('float32', input, [k, C, h, w]) });
+      this.onRun?.('decoder', decoded);
       if (decoded.image) {
         // A decoder graph built with its uint8 tail already gives NHWC bytes.
         const bytes = decoded.image.data as Uint8Array;

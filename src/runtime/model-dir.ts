@@ -106,6 +106,8 @@ export interface ModelManifest {
   converter: { name: 'onestep'; version: string };
   /** 'cuda': graphs with CUDA-only fused ops (`convert --target cuda`); absent: standard ops that run anywhere. */
   target?: 'cuda';
+  /** 'int8': the denoiser and decoder are static int8 QDQ graphs (`convert --quantize int8`, src/quantize.ts). */
+  quantize?: 'int8';
 }
 
 export async function readModelManifest(dir: string): Promise<ModelManifest> {
