@@ -51,6 +51,17 @@ describe('onestep convert (spawned CLI)', function () {
   });
   afterEach(() => rmSync(work, { recursive: true, force: true }));
 
+  it('--quantize int8: int8 UNet and decoder, said on stdout and in a note; with --dtype fp16 one clear error', async () => {
+    const out = join(models, 'sd15-int8');
+    const res = await onestep('convert', join(FIXTURES, 'tiny-sd15.safetensors'), '-o', out, '--quantize', 'int8');
+    assert.equal(res.code, 0, res.stderr);
+    assert.equal(res.stdout, `${out}: sd1, float32 (int8 UNet and decoder), recipe default (epsilon at t=999, guidance 0)\n`);
+    assert.match(res.stderr, /note: int8: unet \d+ convs \+ \d+ matmuls, vae_decoder \d+ convs \+ \d+ matmuls, activation ranges calibrated on/);
+    const refused = await onestep('convert', join(FIXTURES, 'tiny-sd15.safetensors'), '-o', join(models, 'x'), '--quantize', 'int8', '--dtype', 'fp16');
+    assertCleanFailure(refused, /--quantize int8 makes int8 graphs for the CPU from float32 ones/);
+    assert.ok(!existsSync(join(models, 'x')));
+  });
+
   it('converts a single file: summary on stdout, progress and notes on stderr, exit 0, a working model', async () => {
     const out = join(models, 'sd15');
     const res = await onestep('convert', join(FIXTURES, 'tiny-sd15.safetensors'), '-o', out);
