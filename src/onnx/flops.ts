@@ -88,7 +88,7 @@ const UNARY_SAME = new Set([
   'Floor', 'Ceil', 'Reciprocal', 'Not', 'Gelu', 'FastGelu', 'QuickGelu', 'BiasGelu', 'Softmax', 'Clip',
   'LayerNormalization', 'SkipLayerNormalization', 'SimplifiedLayerNormalization', 'SkipSimplifiedLayerNormalization',
   'RMSNormalization', 'GroupNormalization', 'InstanceNormalization', 'GroupNorm', 'SkipGroupNorm', 'BiasAdd',
-  'Dropout', 'Pow', 'LeakyRelu', 'Softplus', 'Mish', 'HardSigmoid',
+  'Dropout', 'Pow', 'LeakyRelu', 'Softplus', 'Mish', 'HardSigmoid', 'QuantizeLinear', 'DequantizeLinear',
 ]);
 const BINARY = new Set(['Add', 'Sub', 'Mul', 'Div', 'Equal', 'Less', 'Greater', 'And', 'Or', 'Max', 'Min', 'Where', 'Mod']);
 

@@ -5,7 +5,8 @@ import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Graph } from '../../src/onnx/graph.js';
 import { activationParams, int8Sites, quantizeGraphInt8, rangeName, rangeProbes, type Range } from '../../src/onnx/int8.js';
-import { decodeModelStructure } from '../../src/onnx/read-model.js';
+import { countFlops } from '../../src/onnx/flops.js';
+import { decodeModelStructure, graphStructure } from '../../src/onnx/read-model.js';
 import { writeGraphProto, writeModel } from '../../src/onnx/write-model.js';
 import { memoryWeights } from '../support/fixtures.js';
 import { signedRandom } from '../support/random.js';
@@ -67,6 +68,10 @@ describe('onnx/int8', function () {
     const g = build();
     const report = quantizeGraphInt8(g, ranges);
     assert.deepEqual(report, { convs: 1, matmuls: 1 });
+    // The int8 graph does the same arithmetic: the FLOP count (`onestep bench`) walks through its Q / DQ nodes.
+    const flops = (graph: Graph) => countFlops(graphStructure(graph), {});
+    assert.deepEqual(flops(g), { ...flops(build()), nodes: g.nodes.length });
+    assert.equal(flops(g).flops, 2 * COUT * H * W * CIN * 9 + 2 * ROWS * IN * OUT);
     assert.ok(![...g.initializers.keys()].some((n) => n === 'conv.weight' || n === 'lin.weight.T'), 'the float32 weights are no longer stored');
     const { onnxPath } = await writeModel(g, tmp, 'q');
     const optimized = path.join(tmp, 'q.opt.onnx');
