@@ -69,7 +69,7 @@ describe('quantize (convert --quantize int8)', function () {
         for (const img of images) {
           const p = psnr(img.rgb, await goldenPng(`${model}-onestep-${img.index}.png`));
           console.log(`      ${model} image ${img.index}: int8 against the float32 golden: PSNR ${p.toFixed(1)} dB`);
-          // The bound: measured on an AMD EPYC (AVX-512 VNNI) 37.7-40.8 dB (tiny-sd15) and 25.9-26.3 dB (tiny-sd21,
+          // The bound: measured on an AMD EPYC (AVX-512 VNNI) 37.8-40.9 dB (tiny-sd15) and 25.8-26.6 dB (tiny-sd21,
           // whose 32-channel layers quantize worse), less 4 dB for CPUs whose int8 kernels round or saturate
           // differently (AVX2 without VNNI); a float32 conversion is within +-1 of the golden, a wrong graph ~10 dB.
           assert.ok(p >= MIN_PSNR[model], `${model} image ${img.index}: PSNR ${p.toFixed(1)} dB against the golden (bound ${MIN_PSNR[model]})`);
