@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { OnestepError } from '../errors.js';
@@ -137,8 +137,18 @@ export async function removeStaleTemps(dir: string): Promise<string[]> {
   return removed;
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  // Makes the rename durable. Not every platform lets a folder be opened for fsync; that only costs durability.
+/** Writes all of `data` at the handle's position (one write call moves at most 1 GiB, and may move less). */
+export async function writeAll(handle: FileHandle, data: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < data.byteLength) {
+    const { bytesWritten } = await handle.write(data, done, Math.min(data.byteLength - done, 1 << 30));
+    done += bytesWritten;
+  }
+}
+
+/** Makes a rename into `dir` durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  // Not every platform lets a folder be opened for fsync; that only costs durability.
   try {
     const handle = await open(dir, 'r');
     try {

@@ -14,7 +14,7 @@
 import { open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError } from '../errors.js';
-import { registerTempPath, tempPathFor } from './atomic.js';
+import { fsyncDir, registerTempPath, tempPathFor, writeAll } from './atomic.js';
 import { toManifestEntry, type Manifest, type ManifestInput } from './manifest.js';
 import type { ImageOutput, OutputImage } from './outputs.js';
 import { TAR_END, tarMember } from './tar.js';
@@ -54,24 +54,6 @@ interface OpenShard {
   temp?: string;
   unregister?: () => void;
   chain: Promise<void>;
-}
-
-async function writeAll(handle: FileHandle, data: Buffer): Promise<void> {
-  let offset = 0;
-  while (offset < data.length) offset += (await handle.write(data, offset, data.length - offset)).bytesWritten;
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  try {
-    const h = await open(dir, 'r');
-    try {
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-  } catch {
-    // Some platforms cannot fsync a folder; that only costs durability.
-  }
 }
 
 export class WebDatasetOutput implements ImageOutput {

@@ -5,7 +5,7 @@ import { OnestepError } from '../errors.js';
 import { DTYPE_SIZES, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
 import { MAX_HEADER_BYTES } from './reader.js';
-import { registerTempPath, removeStaleTemps, tempPathFor } from '../io/atomic.js';
+import { registerTempPath, removeStaleTemps, tempPathFor, writeAll } from '../io/atomic.js';
 
 export interface TensorToWrite {
   name: string;
@@ -175,10 +175,3 @@ function encodeHeader(path: string, list: TensorToWrite[], metadata?: Record<str
   return out;
 }
 
-async function writeAll(handle: FileHandle, data: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < data.byteLength) {
-    const { bytesWritten } = await handle.write(data, done, Math.min(data.byteLength - done, 1 << 30));
-    done += bytesWritten;
-  }
-}

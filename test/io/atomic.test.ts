@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { OnestepError } from '../../src/errors.js';
-import { parseTempName, pendingTempPathCount, registerTempPath, removeStaleTemps, tempPathFor, tempSuffix, withAtomicDir, writeFileAtomic } from '../../src/io/atomic.js';
+import { parseTempName, pendingTempPathCount, registerTempPath, removeStaleTemps, tempPathFor, tempSuffix, withAtomicDir, writeAll, writeFileAtomic } from '../../src/io/atomic.js';
 import { writeSafetensors } from '../../src/safetensors/writer.js';
 
 let dir: string;
@@ -166,6 +166,19 @@ describe('io/atomic', () => {
     assert.deepEqual(parseTempName('.tmp-42-0123abcd'), { target: undefined, pid: 42, hostTag: undefined });
     assert.deepEqual(parseTempName('.000001.webp.tmp-42'), { target: '000001.webp', pid: 42, hostTag: undefined });
     for (const name of ['000001.png', '.onestep.lock', 'model.tmp', '.x.tmp-', '.x.building-12-nothex00', 'x.old-12-0123abcd']) assert.equal(parseTempName(name), undefined, name);
+  });
+
+  it('writeAll writes every byte of a buffer, from the handle\'s position on', async () => {
+    const file = join(dir, 'all.bin');
+    const data = Uint8Array.from({ length: 3 << 20 }, (_, i) => (i * 31) & 255);
+    const handle = await open(file, 'w');
+    try {
+      await writeAll(handle, data.subarray(0, 5));
+      await writeAll(handle, data.subarray(5));
+    } finally {
+      await handle.close();
+    }
+    assert.deepEqual(new Uint8Array(await readFile(file)), data);
   });
 
   it('writeSafetensors with noReplace leaves a file that appeared meanwhile (a concurrent run) and removes its temp', async () => {
