@@ -45,8 +45,9 @@ export async function quantizeModelDir(dir: string, manifest: ModelManifest, gra
       manifest: { ...manifest, denoiser: { ...manifest.denoiser, graph: probeFile(names[0]) }, decoder: { ...manifest.decoder, graph: probeFile(names[1]) } },
       device: { kind: 'cpu' },
       threads: os.availableParallelism(),
-      // No prepacked copies of the weights (the probe sessions run once): the float32 UNet's memory is its weights.
+      // The probe sessions run once: no prepacked or reordered copies of the weights, which stay mapped from disk.
       disablePrepacking: true,
+      optimization: 'basic',
       graphCache: false,
       recipe: { prediction_type: recipe.prediction_type, timestep: recipe.timestep },
       alphaBar: recipe.prediction_type === 'flow' ? Number.NaN : alphaBar(manifest.configs.scheduler, recipe.timestep),

@@ -7,8 +7,10 @@
  *     -> QuantizeLinear(sy, zy) -> DequantizeLinear -> y
  *
  * which ONNX Runtime's CPU provider fuses into QLinearConv / QLinearMatMul (int8 GEMMs: 2.3-3.8x the float32 convs of
- * SD 1.5 on an AVX-512 VNNI CPU, bench/quantize.ts). Weights: symmetric int8 per output channel (scale max|w| / 127,
- * zero point 0); a conv's bias: int32 at scale sx * sw. Activations: uint8 per tensor, asymmetric over the calibrated
+ * SD 1.5 on an AVX-512 VNNI CPU, bench/quantize.ts). Weights: symmetric per output channel in 7 bits, [-63, 63] (scale
+ * max|w| / 63, zero point 0): CPUs without VNNI multiply uint8 by int8 with VPMADDUBSW, whose pairwise int16 sums
+ * saturate beyond 2 * 255 * 64, so full-range weights would give other numbers there (ORT's reduce_range); 7 bits
+ * keep the integer math exact on every x86 CPU; a conv's bias: int32 at scale sx * sw. Activations: uint8 per tensor, asymmetric over the calibrated
  * [min, max] (widened to hold 0). Without the output Q, ORT leaves a Conv unfused (slower than float32), so the output
  * is quantized too. A Conv's output range comes from calibration: the float32 graph run once on a reference input with
  * every quantized op's input and output reduced to its min and max (rangeProbes).
@@ -40,7 +42,10 @@ function channelIndexer(dims: readonly number[], axis: number): (i: number) => n
   return (i) => Math.floor(i / inner) % n;
 }
 
-/** Per-channel symmetric int8 scales along `axis`: max |w| / 127 (1 for an all-zero channel), as float32. */
+/** The largest weight magnitude stored: 7 bits, so that no CPU's uint8 x int8 pair sum saturates (see above). */
+export const WEIGHT_MAX = 63;
+
+/** Per-channel symmetric scales along `axis`: max |w| / WEIGHT_MAX (1 for an all-zero channel), as float32. */
 export function int8Scales(w: Float32Array, dims: readonly number[], axis: number): Float32Array {
   const channelOf = channelIndexer(dims, axis);
   const max = new Float64Array(dims[axis]);
@@ -48,14 +53,14 @@ export function int8Scales(w: Float32Array, dims: readonly number[], axis: numbe
     const c = channelOf(i);
     max[c] = Math.max(max[c], Math.abs(w[i]));
   }
-  return Float32Array.from(max, (m) => Math.fround(m / 127) || 1);
+  return Float32Array.from(max, (m) => Math.fround(m / WEIGHT_MAX) || 1);
 }
 
-/** w / scale of its channel, rounded and clamped to [-127, 127]. */
+/** w / scale of its channel, rounded and clamped to [-WEIGHT_MAX, WEIGHT_MAX]. */
 export function int8Values(w: Float32Array, dims: readonly number[], axis: number, scales = int8Scales(w, dims, axis)): Int8Array {
   const channelOf = channelIndexer(dims, axis);
   const q = new Int8Array(w.length);
-  for (let i = 0; i < w.length; i++) q[i] = Math.max(-127, Math.min(127, Math.round(w[i] / scales[channelOf(i)])));
+  for (let i = 0; i < w.length; i++) q[i] = Math.max(-WEIGHT_MAX, Math.min(WEIGHT_MAX, Math.round(w[i] / scales[channelOf(i)])));
   return q;
 }
 

@@ -49,6 +49,11 @@ export interface SessionSettings {
    * Costs disk (about the graph's weights again, in ORT's layouts) and saves most of a big graph's load time.
    */
   graphCache?: boolean;
+  /**
+   * ORT's graph optimization level (default 'all': the CPU's NCHWc conv layout, which keeps a reordered copy of every
+   * conv weight in memory). 'basic' leaves the weights where ORT maps them from disk: for one-off runs.
+   */
+  optimization?: 'all' | 'basic';
 }
 
 /** How a session was created: from the cache, writing the cache, or without it. */
@@ -57,7 +62,7 @@ export type CacheUse = 'hit' | 'written' | 'off';
 export function sessionOptions(device: Device, settings: SessionSettings): ort.InferenceSession.SessionOptions {
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders: device.kind === 'cuda' ? [{ name: 'cuda', deviceId: device.id }] : ['cpu'],
-    graphOptimizationLevel: 'all',
+    graphOptimizationLevel: settings.optimization ?? 'all',
     executionMode: 'sequential',
     intraOpNumThreads: settings.threads,
     interOpNumThreads: 1,
@@ -122,7 +127,8 @@ export async function openSession(
 }
 
 function cacheEnabled(settings: SessionSettings): boolean {
-  return settings.graphCache !== false && process.env.ONESTEP_GRAPH_CACHE !== '0';
+  // The cache holds graphs optimized at level 'all' only.
+  return settings.graphCache !== false && (settings.optimization ?? 'all') === 'all' && process.env.ONESTEP_GRAPH_CACHE !== '0';
 }
 
 /**

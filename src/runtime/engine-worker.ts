@@ -73,6 +73,8 @@ export interface WorkerConfig {
   initLatentMean?: Float32Array;
   /** ORT's optimized-graph cache (default on; convert's int8 calibration runs probe graphs without it). */
   graphCache?: boolean;
+  /** ORT's optimization level (SessionSettings.optimization). */
+  optimization?: 'all' | 'basic';
 }
 
 export interface SessionLoad {
@@ -177,7 +179,7 @@ export class InferencePipeline {
   static async load(cfg: WorkerConfig): Promise<InferencePipeline> {
     const m = cfg.manifest;
     const file = (rel: string) => path.join(cfg.modelDir, rel);
-    const settings = { threads: cfg.threads, disablePrepacking: cfg.disablePrepacking, graphCache: cfg.graphCache };
+    const settings = { threads: cfg.threads, disablePrepacking: cfg.disablePrepacking, graphCache: cfg.graphCache, optimization: cfg.optimization };
     const t0 = performance.now();
     const tokenizers = await Promise.all(m.conditioning.map((c) => loadTokenizer(file(c.tokenizer))));
     const loads: SessionLoad[] = [{ component: 'tokenizer', ms: performance.now() - t0 }];
