@@ -152,8 +152,11 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
       weights = merged;
       loraReport = formatMergeReport(merged.report);
     }
-    const loras = await Promise.all(loraSpecs.map(async (l) => ({ name: path.basename(l.path), sha256: await sha256Path(l.path), scale: l.scale })));
-    const components = await Promise.all(replaced.map(async (r) => ({ component: r.component, name: path.basename(path.resolve(r.input)), sha256: await sha256Path(r.path) })));
+    // Hashed while converting (a replacement UNet is GBs, like the base): awaited when the manifest is written.
+    const lorasPromise = Promise.all(loraSpecs.map(async (l) => ({ name: path.basename(l.path), sha256: await sha256Path(l.path), scale: l.scale })));
+    const componentsPromise = Promise.all(replaced.map(async (r) => ({ component: r.component, name: path.basename(path.resolve(r.input)), sha256: await sha256Path(r.path) })));
+    lorasPromise.catch(() => undefined);
+    componentsPromise.catch(() => undefined);
     // Before any graph is built: a recipe that does not fit the family must not cost a whole conversion.
     const recipe = resolveRecipe({
       family: family.id,
@@ -215,12 +218,13 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
         await family.writeTokenizers!(ckpt, tmp);
         const names = new Set(graphs.map(([name]) => name));
         const decoderKind = (name: string) => (name === 'vae_decoder' && (taesd || inference.decoder === 'taesd') ? 'taesd' : 'autoencoder-kl');
+        const components = await componentsPromise;
         manifest = {
           format: MODEL_FORMAT,
           version: MODEL_FORMAT_VERSION,
           family: family.id,
           dtype,
-          source: { name: path.basename(path.resolve(input)), layout: ckpt.layout, sha256: await hashPromise, loras, ...(components.length ? { components } : {}) },
+          source: { name: path.basename(path.resolve(input)), layout: ckpt.layout, sha256: await hashPromise, loras: await lorasPromise, ...(components.length ? { components } : {}) },
           conditioning: inference.conditioning,
           negative: inference.negative,
           denoiser: inference.denoiser,

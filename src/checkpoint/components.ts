@@ -252,9 +252,9 @@ export function withComponent(base: WeightSource, component: ComponentName, repl
     has: (n) => from(n).has(n),
     meta: (n): TensorMeta => from(n).meta(n),
     readF32: (n) => from(n).readF32(n),
-    readF16: (n) => {
+    readF16: (n, alloc) => {
       const source = from(n);
-      return source.readF16 ? source.readF16(n) : source.readF32(n).then((v) => f32ToF16(v));
+      return source.readF16 ? source.readF16(n, alloc) : source.readF32(n).then((v) => f32ToF16(v));
     },
     close: async () => {
       await Promise.all([base.close(), replacement.close()]);

@@ -1,5 +1,6 @@
 /** WeightSource implementations: canonical names backed by tensors of one or more TensorSets. */
 import { BadInputError } from '../errors.js';
+import { freshBuffer, type Allocator } from '../io/buffers.js';
 import { bytesToF16 } from '../safetensors/dtypes.js';
 import type { TensorSet } from '../safetensors/tensor-set.js';
 import type { SourceRef } from './keymap-sd.js';
@@ -22,17 +23,26 @@ export function presentedShape(stored: readonly number[], ref: SourceRef): numbe
 /** Float32 values or float16 bits: the element arrays weights are read into. */
 export type WeightArray = Float32Array | Uint16Array;
 
-/** An empty array of the same kind as `like`. */
-export function allocLike<T extends WeightArray>(like: T, length: number): T {
-  return (like instanceof Float32Array ? new Float32Array(length) : new Uint16Array(length)) as T;
+/**
+ * An array of the same kind as `like`, uninitialized (no zero fill: weight-sized arrays are allocated per tensor): only
+ * for callers that write every element.
+ */
+export function allocLike<T extends WeightArray>(like: T, length: number, alloc: Allocator = freshBuffer): T {
+  const buffer = alloc(length * like.BYTES_PER_ELEMENT);
+  return (like instanceof Float32Array ? new Float32Array(buffer, 0, length) : new Uint16Array(buffer, 0, length)) as T;
 }
 
 /**
  * [rows, cols] -> [cols, rows], in cache-sized tiles: each output row is written contiguously, a tile's columns read
- * at a stride (a naive loop strides through memory on every write).
+ * at a stride (a naive loop strides through memory on every write). 16-bit values with even sides move as 2x2 blocks
+ * of two 32-bit words (half the loads and stores: every linear weight of a float16 conversion is transposed).
  */
-export function transpose2d<T extends WeightArray>(data: T, rows: number, cols: number): T {
-  const out = allocLike(data, data.length);
+export function transpose2d<T extends WeightArray>(data: T, rows: number, cols: number, alloc?: Allocator): T {
+  const out = allocLike(data, data.length, alloc);
+  if (data instanceof Uint16Array && rows % 2 === 0 && cols % 2 === 0 && data.byteOffset % 4 === 0) {
+    transposePairs(new Uint32Array(data.buffer, data.byteOffset, data.length / 2), new Uint32Array(out.buffer, out.byteOffset, data.length / 2), rows / 2, cols / 2);
+    return out;
+  }
   const T = 32;
   for (let c0 = 0; c0 < cols; c0 += T) {
     const c1 = Math.min(c0 + T, cols);
@@ -45,6 +55,30 @@ export function transpose2d<T extends WeightArray>(data: T, rows: number, cols: 
     }
   }
   return out;
+}
+
+/**
+ * The 16-bit transpose on words: word (r, c) of `src` holds elements (r, 2c) low and (r, 2c + 1) high; rows 2r and
+ * 2r + 1 of column pair c become output rows 2c and 2c + 1, word r of each.
+ */
+function transposePairs(src: Uint32Array, dst: Uint32Array, halfRows: number, halfCols: number): void {
+  const T = 32;
+  for (let c0 = 0; c0 < halfCols; c0 += T) {
+    const c1 = Math.min(c0 + T, halfCols);
+    for (let r0 = 0; r0 < halfRows; r0 += T) {
+      const r1 = Math.min(r0 + T, halfRows);
+      for (let c = c0; c < c1; c++) {
+        let even = 2 * c * halfRows + r0;
+        let odd = even + halfRows;
+        for (let r = r0; r < r1; r++) {
+          const a = src[2 * r * halfCols + c];
+          const b = src[(2 * r + 1) * halfCols + c];
+          dst[even++] = (a & 0xffff) | (b << 16);
+          dst[odd++] = (a >>> 16) | (b & 0xffff0000);
+        }
+      }
+    }
+  }
 }
 
 /**
@@ -137,18 +171,18 @@ export class MappedSource implements WeightSource {
   }
 
   /** float16 bits (WeightSource.readF16): f16 storage as stored, bf16 through one table lookup, never via float32. */
-  async readF16(name: string): Promise<Uint16Array> {
+  async readF16(name: string, alloc?: Allocator): Promise<Uint16Array> {
     const { set, ref } = this.entry(name);
     const info = set.info(ref.key);
-    return this.present(bytesToF16(info.dtype, await set.readRaw(ref.key)), info.shape, ref);
+    return this.present(bytesToF16(info.dtype, await set.readRaw(ref.key, alloc)), info.shape, ref, alloc);
   }
 
-  private present<T extends WeightArray>(data: T, stored: number[], ref: SourceRef): T {
+  private present<T extends WeightArray>(data: T, stored: number[], ref: SourceRef, alloc?: Allocator): T {
     if (ref.rows) {
       const rowSize = numel(stored.slice(1));
       data = data.slice(ref.rows[0] * rowSize, ref.rows[1] * rowSize) as T;
     }
-    if (ref.transpose) data = transpose2d(data, stored[0], stored[1]);
+    if (ref.transpose) data = transpose2d(data, stored[0], stored[1], alloc);
     return data;
   }
 

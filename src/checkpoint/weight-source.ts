@@ -1,3 +1,4 @@
+import type { Allocator } from '../io/buffers.js';
 import type { SafetensorsDType } from '../safetensors/dtypes.js';
 
 /** Elements of a tensor of this shape (1 for a scalar). */
@@ -29,7 +30,8 @@ export interface WeightSource {
    * The tensor's values as float16 bits, exactly f32ToF16(readF32(name)) (a finite value beyond the float16 range
    * becomes +-Infinity, for the caller to refuse), read without a float32 copy where the storage allows: a float16
    * conversion of float16 weights passes their bits through. Optional: without it, callers convert readF32's values.
+   * With `alloc`, the result may lie in a buffer from it (the caller's to reuse once done with the values).
    */
-  readF16?(name: string): Promise<Uint16Array>;
+  readF16?(name: string, alloc?: Allocator): Promise<Uint16Array>;
   close(): Promise<void>;
 }

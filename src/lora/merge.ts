@@ -7,6 +7,7 @@
  * `lora merge` (writing a checkpoint) and `convert --lora` (building graphs) share one implementation.
  */
 import { BadInputError, OnestepError } from '../errors.js';
+import type { Allocator } from '../io/buffers.js';
 import { f32ToF16, isFloatDType } from '../safetensors/dtypes.js';
 import { numel, type TensorMeta, type WeightSource } from '../checkpoint/weight-source.js';
 import { guessLoraFamily } from './family.js';
@@ -320,8 +321,8 @@ export class LoraMergedSource implements WeightSource {
   }
 
   /** A weight no LoRA touches keeps the base's float16 path (its stored bits); a merged one is converted after the merge. */
-  async readF16(name: string): Promise<Uint16Array> {
-    if (!this.plan.byWeight.has(name) && this.base.readF16) return this.base.readF16(name);
+  async readF16(name: string, alloc?: Allocator): Promise<Uint16Array> {
+    if (!this.plan.byWeight.has(name) && this.base.readF16) return this.base.readF16(name, alloc);
     return f32ToF16(await this.readF32(name));
   }
 

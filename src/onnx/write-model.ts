@@ -1,8 +1,9 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError } from '../errors.js';
+import { BufferPool, type Allocator } from '../io/buffers.js';
 import { allocLike, transpose2d, type WeightArray } from '../checkpoint/sources.js';
-import { countF16NonFinite, countF16Overflow, countF32NonFinite, f32ToF16 } from '../safetensors/dtypes.js';
+import { countF16NonFinite, countF16Overflow, countF32NonFinite, f32ToF16, hasF16NonFinite } from '../safetensors/dtypes.js';
 import type { Graph, InitializerSpec } from './graph.js';
 import { quantizedInitializerBytes } from './int8.js';
 import { encodeModel, type NodeProtoData, type TensorProtoData, type ValueInfoData } from './proto.js';
@@ -27,26 +28,26 @@ export function materialize(graph: Graph, init: InitializerSpec): Promise<Float3
  * The weight as float16 bits with its view applied: the stored bits of a float16 checkpoint, moved (transposed,
  * packed) as 16-bit values, never widened to float32 and back (the same bits, at a fraction of the cost).
  */
-export function materializeF16(graph: Graph, init: InitializerSpec): Promise<Uint16Array> {
+export function materializeF16(graph: Graph, init: InitializerSpec, alloc?: Allocator): Promise<Uint16Array> {
   const { weights } = graph;
-  return withView(graph, init, (k) => (weights.readF16 ? weights.readF16(k) : weights.readF32(k).then((v) => f32ToF16(v))));
+  return withView(graph, init, (k) => (weights.readF16 ? weights.readF16(k, alloc) : weights.readF32(k).then((v) => f32ToF16(v))), alloc);
 }
 
-async function withView<T extends WeightArray>(graph: Graph, init: InitializerSpec, read: (key: string) => Promise<T>): Promise<T> {
+async function withView<T extends WeightArray>(graph: Graph, init: InitializerSpec, read: (key: string) => Promise<T>, alloc?: Allocator): Promise<T> {
   const { key, view } = init.weight!;
-  if (view.pack) return packHeads(await Promise.all(view.pack.keys.map(read)), view.pack.keys.map((k) => graph.weightShape(k)), view.pack.heads);
+  if (view.pack) return packHeads(await Promise.all(view.pack.keys.map(read)), view.pack.keys.map((k) => graph.weightShape(k)), view.pack.heads, alloc);
   const data = await read(key);
-  if (view.permute) return permute4d(data, graph.weightShape(key), view.permute);
+  if (view.permute) return permute4d(data, graph.weightShape(key), view.permute, alloc);
   if (!view.transpose) return data;
   const [rows, cols] = view.reshape ?? graph.weightShape(key);
-  return transpose2d(data, rows, cols);
+  return transpose2d(data, rows, cols, alloc);
 }
 
 /** Reorders the axes of a 4-D tensor: out[i_p0, i_p1, i_p2, i_p3] = in[i0, i1, i2, i3]. */
-function permute4d<T extends WeightArray>(data: T, dims: number[], perm: number[]): T {
+function permute4d<T extends WeightArray>(data: T, dims: number[], perm: number[], alloc?: Allocator): T {
   const stride = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
   const outDims = perm.map((p) => dims[p]);
-  const out = allocLike(data, data.length);
+  const out = allocLike(data, data.length, alloc);
   let o = 0;
   const idx = [0, 0, 0, 0];
   for (idx[0] = 0; idx[0] < outDims[0]; idx[0]++) {
@@ -66,11 +67,11 @@ function permute4d<T extends WeightArray>(data: T, dims: number[], perm: number[
  * head by head: for head h, W_0's h-th slice of out_0 / heads columns, then W_1's, ... (MultiHeadAttention's packed
  * QKV input [B, S, heads, 3, head_dim] is this product reshaped).
  */
-function packHeads<T extends WeightArray>(ws: T[], shapes: number[][], heads: number): T {
+function packHeads<T extends WeightArray>(ws: T[], shapes: number[][], heads: number, alloc?: Allocator): T {
   const inF = shapes[0][1];
   const per = shapes.map((s) => s[0] / heads);
   const total = shapes.reduce((a, s) => a + s[0], 0);
-  const out = allocLike(ws[0], inF * total);
+  const out = allocLike(ws[0], inF * total, alloc);
   // Column by column: each source row (one output column) is read contiguously, the output written at a stride.
   let c = 0;
   for (let h = 0; h < heads; h++) {
@@ -91,7 +92,7 @@ const bytesOf = (a: WeightArray): Uint8Array => new Uint8Array(a.buffer, a.byteO
  * The initializer's bytes as written: float32 values, float16 bits, or an int8 form (onnx/int8.ts). NaN, Inf and
  * float16 overflow are refused.
  */
-async function encodeWeight(graph: Graph, init: InitializerSpec): Promise<Uint8Array> {
+async function encodeWeight(graph: Graph, init: InitializerSpec, alloc: Allocator): Promise<Uint8Array> {
   const { key, view } = init.weight!;
   const quant = view.quant;
   if (quant) {
@@ -105,13 +106,12 @@ async function encodeWeight(graph: Graph, init: InitializerSpec): Promise<Uint8A
     return bytesOf(data);
   }
   if (init.type !== 'float16') throw new OnestepError(`weight ${key}: unsupported initializer type ${init.type}`);
-  const bits = await materializeF16(graph, init);
-  const bad = countF16NonFinite(bits);
-  if (bad) {
+  const bits = await materializeF16(graph, init, alloc);
+  if (hasF16NonFinite(bits)) {
     // Rare: tell finite values beyond the float16 range (the float32 fallback helps) from NaN/Inf in the checkpoint.
     const overflow = countF16Overflow(await materialize(graph, init));
     if (overflow) throw new OnestepError(`weight ${key}: ${overflow} values exceed the float16 range`, 'Convert with --dtype fp32.');
-    throw nonFinite(key, bad);
+    throw nonFinite(key, countF16NonFinite(bits));
   }
   return bytesOf(bits);
 }
@@ -149,11 +149,13 @@ export async function writeModel(
   let done = 0;
   const total = graph.initializers.size;
   const specs = [...graph.initializers.values()];
-  // The next weight is read (and converted) while the current one is written: at most two tensors in memory.
+  // The next weight is read (and converted) while the current one is written: at most two tensors in memory, in two
+  // slots of reused buffers (load(i) starts once tensor i - 2, the slot's last user, is written).
+  const pool = new BufferPool(2);
   const load = (i: number): Promise<Uint8Array> | undefined => {
     const init = specs[i];
     if (!init || init.raw) return undefined;
-    const p = encodeWeight(graph, init);
+    const p = encodeWeight(graph, init, pool.recycle(i % 2));
     p.catch(() => undefined); // awaited in order below; this only keeps an early failure from being unhandled
     return p;
   };

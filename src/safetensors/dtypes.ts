@@ -172,19 +172,33 @@ export function bytesToF16(dtype: SafetensorsDType, bytes: Uint8Array): Uint16Ar
 /** Number of float16 values (bits) that are NaN or +-Infinity (exponent all ones). */
 export function countF16NonFinite(bits: Uint16Array): number {
   let n = 0;
+  for (let i = 0; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) n++;
+  return n;
+}
+
+/**
+ * Whether any float16 value (bits) is NaN or +-Infinity: the check a float16 conversion runs over every weight, so
+ * branch-free on 32-bit words. Per 16-bit half, e = the inverted exponent bits (zero exactly for NaN/Inf); with bit 15
+ * set, subtracting one exponent unit clears bit 15 only where e is zero, and cannot borrow from the other half.
+ */
+export function hasF16NonFinite(bits: Uint16Array): boolean {
   let i = 0;
-  // Two values per 32-bit word where the view allows: the scan runs over every weight of a float16 conversion.
   if (bits.byteOffset % 4 === 0) {
-    const words = new Uint32Array(bits.buffer, bits.byteOffset, bits.length >>> 1);
-    for (let w = 0; w < words.length; w++) {
-      const x = words[w] & 0x7c007c00;
-      if ((x & 0x7c00) === 0x7c00) n++;
-      if (x >>> 16 === 0x7c00) n++;
+    const words = new Int32Array(bits.buffer, bits.byteOffset, bits.length >>> 1);
+    let a = -1;
+    let b = -1;
+    const pairs = words.length & ~1;
+    let w = 0;
+    for (; w < pairs; w += 2) {
+      a &= ((~words[w] & 0x7c007c00) | 0x80008000) - 0x04000400;
+      b &= ((~words[w + 1] & 0x7c007c00) | 0x80008000) - 0x04000400;
     }
+    for (; w < words.length; w++) a &= ((~words[w] & 0x7c007c00) | 0x80008000) - 0x04000400;
+    if ((a & b & 0x80008000) !== (0x80008000 | 0)) return true;
     i = words.length * 2;
   }
-  for (; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) n++;
-  return n;
+  for (; i < bits.length; i++) if ((bits[i] & 0x7c00) === 0x7c00) return true;
+  return false;
 }
 
 /** Number of float32 values that are NaN or +-Infinity. */

@@ -1,6 +1,7 @@
 /** Lazy, validated safetensors reader: parses and checks the header on open, reads one tensor at a time by position. */
 import { open as openFile, stat, type FileHandle } from 'node:fs/promises';
 import { extname } from 'node:path';
+import { freshBuffer, type Allocator } from '../io/buffers.js';
 import { fileKind } from '../io/files.js';
 import { DTYPE_SIZES, bytesToF32, countF16Overflow, f32ToF16, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
 import { F16OverflowError, SafetensorsError } from './errors.js';
@@ -85,10 +86,10 @@ export class SafetensorsFile {
     return info;
   }
 
-  /** The tensor's bytes exactly as stored (little-endian). The result is a fresh buffer at offset 0. */
-  async readRaw(name: string): Promise<Uint8Array> {
+  /** The tensor's bytes exactly as stored (little-endian), at offset 0 of a buffer from `alloc` (default: a fresh one). */
+  async readRaw(name: string, alloc?: Allocator): Promise<Uint8Array> {
     const info = this.info(name);
-    return readExactly(this.openHandle(), this.path, info.byteOffset, info.byteLength, name);
+    return readExactly(this.openHandle(), this.path, info.byteOffset, info.byteLength, name, alloc);
   }
 
   /** Where a tensor's bytes lie, for copying them as stored without holding them in memory (the writer's copyFrom). */
@@ -146,8 +147,9 @@ function maxFiniteAbs(values: Float32Array): number {
   return max;
 }
 
-async function readExactly(handle: FileHandle, path: string, position: number, length: number, tensor?: string): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
+async function readExactly(handle: FileHandle, path: string, position: number, length: number, tensor?: string, alloc: Allocator = freshBuffer): Promise<Uint8Array> {
+  // Not zero-filled first (every byte is read into it, or this throws): tensors are up to GBs, read one after another.
+  const out = new Uint8Array(alloc(length), 0, length);
   let done = 0;
   while (done < length) {
     const want = Math.min(length - done, MAX_READ_CHUNK);

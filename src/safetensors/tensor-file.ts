@@ -4,6 +4,7 @@
  */
 import { open as openFile, stat, type FileHandle } from 'node:fs/promises';
 import { extname } from 'node:path';
+import type { Allocator } from '../io/buffers.js';
 import { isPickleStream } from '../pytorch/legacy.js';
 import { PickleError } from '../pytorch/pickle.js';
 import { PyTorchFile } from '../pytorch/tensor-file.js';
@@ -18,8 +19,8 @@ export interface TensorFile {
   /** `byteOffset` is -1 for a tensor that is not one contiguous range of the file (a pickle's strided view). */
   readonly tensors: ReadonlyMap<string, TensorInfo>;
   info(name: string): TensorInfo;
-  /** Row-major little-endian bytes, a fresh buffer at offset 0. */
-  readRaw(name: string): Promise<Uint8Array>;
+  /** Row-major little-endian bytes at offset 0 of a fresh buffer, or of one from `alloc` where the format reads in place. */
+  readRaw(name: string, alloc?: Allocator): Promise<Uint8Array>;
   readF32(name: string): Promise<Float32Array>;
   readF16(name: string): Promise<Uint16Array>;
   /** Where the tensor's bytes lie as stored, for copying without holding them; undefined when not one range. */

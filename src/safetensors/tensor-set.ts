@@ -5,6 +5,7 @@
 import { statSync, type Dirent } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, sep } from 'node:path';
+import type { Allocator } from '../io/buffers.js';
 import { SafetensorsError } from './errors.js';
 import type { TensorInfo } from './reader.js';
 import { PICKLE_EXTENSION, isPyTorchFile, openTensorFile, type TensorFile } from './tensor-file.js';
@@ -61,8 +62,8 @@ export class TensorSet {
     return { ...file.info(name), file };
   }
 
-  readRaw(name: string): Promise<Uint8Array> {
-    return this.info(name).file.readRaw(name);
+  readRaw(name: string, alloc?: Allocator): Promise<Uint8Array> {
+    return this.info(name).file.readRaw(name, alloc);
   }
 
   readF32(name: string): Promise<Float32Array> {

@@ -127,7 +127,8 @@ describe('checkpoint/sources', () => {
   });
 
   it('transposes in tiles exactly like the naive loop, for shapes that are not tile multiples, float32 and 16-bit', () => {
-    for (const [rows, cols] of [[1, 1], [3, 70], [65, 33], [128, 64]]) {
+    // Even sides take the 16-bit word path (2x2 blocks), odd ones the element loop.
+    for (const [rows, cols] of [[1, 1], [3, 70], [65, 33], [128, 64], [2, 2], [66, 34], [2, 130]]) {
       const data = Float32Array.from({ length: rows * cols }, (_, i) => i * 0.5 - 7);
       const t = transpose2d(data, rows, cols);
       for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) assert.equal(t[c * rows + r], data[r * cols + c]);

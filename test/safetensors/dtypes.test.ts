@@ -6,6 +6,7 @@ import {
   bytesToF16,
   bytesToF32,
   countF16NonFinite,
+  hasF16NonFinite,
   countF16Overflow,
   countF32NonFinite,
   f16ToF32,
@@ -242,6 +243,19 @@ describe('safetensors/dtypes', () => {
       assert.equal(countF16NonFinite(h), naive(h), `[${start}, ${end})`);
     }
     assert.ok(naive(buf) > 0);
+    // hasF16NonFinite: every finite pattern next to every non-finite one, at each position of a word pair and tail.
+    const finite = Uint16Array.from({ length: 65536 }, (_, i) => i).filter((h) => (h & 0x7c00) !== 0x7c00);
+    assert.equal(hasF16NonFinite(finite), false);
+    for (let k = 0; k < 2; k++) assert.equal(hasF16NonFinite(finite.subarray(k)), false);
+    for (const bad of [0x7c00, 0xfc00, 0x7e00, 0x7c01, 0xffff, 0x7fff]) {
+      for (const [length, at] of [[8, 0], [8, 1], [8, 2], [8, 3], [8, 7], [7, 6], [9, 8], [1, 0]]) {
+        for (const offset of [0, 1]) {
+          const h = new Uint16Array(length + offset).fill(0x7bff).subarray(offset);
+          h[at] = bad;
+          assert.equal(hasF16NonFinite(h), true, `${bad.toString(16)} at ${at} of ${length}, offset ${offset}`);
+        }
+      }
+    }
     assert.equal(countF16NonFinite(Uint16Array.of(0x7c00, 0xfc00, 0x7e00, 0x7bff, 0xfbff, 0x0001, 0x7c01)), 4);
     assert.equal(countF32NonFinite(Float32Array.of(1, -0, 3.4e38, Infinity, -Infinity, NaN, 1e-45)), 3);
   });
