@@ -153,7 +153,7 @@ const EVAL_MARGIN_GB = 4;
  * session as well as the faster one. Only the UNet is written (10.3 GB), and it runs in a child process so that its
  * peak RSS is its own.
  */
-async function benchUnetEval(file: string, dir: string): Promise<void> {
+export async function benchUnetEval(file: string, dir: string): Promise<void> {
   const unetDir = join(dir, 'unet-fp32');
   await rm(unetDir, { recursive: true, force: true });
   await mkdir(unetDir, { recursive: true });
