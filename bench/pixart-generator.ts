@@ -11,8 +11,10 @@ import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expectedVaeWeights, vaeConfigFromJson } from '../src/architectures/vae.js';
-import { f32ToF16 } from '../src/safetensors/dtypes.js';
 import { writeSafetensors, type TensorToWrite } from '../src/safetensors/writer.js';
+import { randomFiller } from './sd15-generator.js';
+
+type Filler = ReturnType<typeof randomFiller>['fill'];
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '..', '..');
 const FIXTURE = join(ROOT, 'test', 'fixtures', 'tiny-pixart');
@@ -124,28 +126,7 @@ export function t5EncoderTensors(cfg: typeof T5_XXL): [string, number[]][] {
   return t;
 }
 
-/** A fixed pool of N(0, 0.02^2) values (Box-Muller over xorshift32); tensors copy slices of it at their own offsets. */
-function normalPool(length: number, seed = 0x2545f491): Float32Array {
-  const pool = new Float32Array(length);
-  let s = seed >>> 0 || 1;
-  const uniform = (): number => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return ((s >>> 0) + 0.5) / 2 ** 32;
-  };
-  for (let i = 0; i < length; i += 2) {
-    const r = 0.02 * Math.sqrt(-2 * Math.log(uniform()));
-    const a = 2 * Math.PI * uniform();
-    pool[i] = r * Math.cos(a);
-    if (i + 1 < length) pool[i + 1] = r * Math.sin(a);
-  }
-  return pool;
-}
-
-const bytesOf = (a: ArrayBufferView): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-
-async function writeComponent(path: string, tensors: [string, number[]][], dtype: 'f32' | 'f16', pool: Float32Array, poolF16: Uint16Array, onProgress?: (bytes: number) => void): Promise<number> {
+async function writeComponent(path: string, tensors: [string, number[]][], dtype: 'f32' | 'f16', fill: Filler, onProgress?: (bytes: number) => void): Promise<number> {
   const isNorm = (k: string) => /(^|\.)(norm\d?|layer_norm|final_layer_norm|group_norm|conv_norm_out)\.(weight|bias)$/.test(k);
   const list: TensorToWrite[] = [...tensors]
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
@@ -155,20 +136,7 @@ async function writeComponent(path: string, tensors: [string, number[]][], dtype
         name,
         dtype: dtype === 'f16' ? 'F16' : 'F32',
         shape,
-        data: () => {
-          if (isNorm(name)) {
-            const f = new Float32Array(numel).fill(name.endsWith('.weight') ? 1 : 0);
-            return dtype === 'f16' ? bytesOf(f32ToF16(f)) : bytesOf(f);
-          }
-          const src = dtype === 'f16' ? poolF16 : pool;
-          const dst = dtype === 'f16' ? new Uint16Array(numel) : new Float32Array(numel);
-          for (let done = 0, offset = (i * 1_000_003) % src.length; done < numel; offset = 0) {
-            const n = Math.min(numel - done, src.length - offset);
-            dst.set(src.subarray(offset, offset + n), done);
-            done += n;
-          }
-          return bytesOf(dst);
-        },
+        data: () => fill(numel, i, isNorm(name) ? (name.endsWith('.weight') ? 1 : 0) : undefined),
       };
     });
   await writeSafetensors(path, list, { format: 'pt', 'onestep.bench': `random-weight PixArt-alpha XL/2 component (${dtype})` }, (_d, _t, bytes) => onProgress?.(bytes));
@@ -179,8 +147,7 @@ async function writeComponent(path: string, tensors: [string, number[]][], dtype
 export async function generatePixArt(dir: string, opts: { dtype?: 'f32' | 'f16'; size?: 512 | 1024; onProgress?: (bytes: number) => void } = {}): Promise<number> {
   const dtype = opts.dtype ?? 'f16';
   const transformer = pixartXlConfig(opts.size ?? 512);
-  const pool = normalPool(1 << 24);
-  const poolF16 = f32ToF16(pool);
+  const { fill } = randomFiller(dtype);
   const json = (v: unknown) => JSON.stringify(v, null, 2) + '\n';
   for (const c of ['transformer', 'text_encoder', 'vae', 'tokenizer', 'scheduler']) await mkdir(join(dir, c), { recursive: true });
   await writeFile(
@@ -203,9 +170,9 @@ export async function generatePixArt(dir: string, opts: { dtype?: 'f32' | 'f16';
   let before = 0;
   const progress = (bytes: number) => opts.onProgress?.(before + bytes);
   const vae = [...expectedVaeWeights(vaeConfigFromJson(SD_VAE, 'vae/config.json'))].map(([k, s]): [string, number[]] => [k.slice('vae.'.length), s]);
-  before += await writeComponent(join(dir, 'vae', 'diffusion_pytorch_model.safetensors'), vae, dtype, pool, poolF16, progress);
-  before += await writeComponent(join(dir, 'transformer', 'diffusion_pytorch_model.safetensors'), pixartTransformerTensors(transformer), dtype, pool, poolF16, progress);
-  before += await writeComponent(join(dir, 'text_encoder', 'model.safetensors'), t5EncoderTensors(T5_XXL), dtype, pool, poolF16, progress);
+  before += await writeComponent(join(dir, 'vae', 'diffusion_pytorch_model.safetensors'), vae, dtype, fill, progress);
+  before += await writeComponent(join(dir, 'transformer', 'diffusion_pytorch_model.safetensors'), pixartTransformerTensors(transformer), dtype, fill, progress);
+  before += await writeComponent(join(dir, 'text_encoder', 'model.safetensors'), t5EncoderTensors(T5_XXL), dtype, fill, progress);
   return before;
 }
 

@@ -93,6 +93,30 @@ export function normalPool(length: number, seed = 0x2545f491): Float32Array {
   return pool;
 }
 
+/**
+ * Tensor bytes in `dtype` for the bench generators: tensor number `index` copies the shared normalPool from its own
+ * offset (wrapping), or is filled with `value` (norm weights and biases).
+ */
+export function randomFiller(dtype: 'f32' | 'f16'): { fill: (numel: number, index: number, value?: number) => Uint8Array; itemSize: number } {
+  const pool = normalPool(1 << 24);
+  const poolF16 = dtype === 'f16' ? f32ToF16(pool) : undefined;
+  const fill = (numel: number, index: number, value?: number): Uint8Array => {
+    if (value !== undefined) {
+      const f = new Float32Array(numel).fill(value);
+      return poolF16 ? bytesOf(f32ToF16(f)) : bytesOf(f);
+    }
+    const src = poolF16 ?? pool;
+    const dst = poolF16 ? new Uint16Array(numel) : new Float32Array(numel);
+    for (let done = 0, offset = (index * 1_000_003) % src.length; done < numel; offset = 0) {
+      const n = Math.min(numel - done, src.length - offset);
+      dst.set(src.subarray(offset, offset + n), done);
+      done += n;
+    }
+    return bytesOf(dst);
+  };
+  return { fill, itemSize: poolF16 ? 2 : 4 };
+}
+
 export const isNorm = (canonical: string): boolean => /(^|\.)(norm\d?|group_norm|conv_norm_out|layer_norm\d|final_layer_norm)\.(weight|bias)$/.test(canonical);
 
 export interface GenerateOptions {
@@ -103,30 +127,13 @@ export interface GenerateOptions {
 /** Writes the file (atomically, one tensor in memory at a time). */
 export async function generateSd15(path: string, opts: GenerateOptions = {}): Promise<{ tensors: number; dataBytes: number }> {
   const dtype = opts.dtype ?? 'f32';
-  const pool = normalPool(1 << 24);
-  const poolF16 = dtype === 'f16' ? f32ToF16(pool) : undefined;
-  const itemSize = dtype === 'f16' ? 2 : 4;
-
-  const fill = (numel: number, offset: number, value?: number): Uint8Array => {
-    if (value !== undefined) {
-      const f = new Float32Array(numel).fill(value);
-      return poolF16 ? bytesOf(f32ToF16(f)) : bytesOf(f);
-    }
-    const src = poolF16 ?? pool;
-    const dst = poolF16 ? new Uint16Array(numel) : new Float32Array(numel);
-    for (let done = 0; done < numel; offset = 0) {
-      const n = Math.min(numel - done, src.length - offset);
-      dst.set(src.subarray(offset, offset + n), done);
-      done += n;
-    }
-    return bytesOf(dst);
-  };
+  const { fill, itemSize } = randomFiller(dtype);
 
   const tensors: TensorToWrite[] = sd15Tensors().map((t, i) => {
     const numel = t.shape.reduce((a, b) => a * b, 1);
     const norm = isNorm(t.canonical);
     const value = norm ? (t.canonical.endsWith('.weight') ? 1 : 0) : undefined;
-    return { name: t.key, dtype: dtype === 'f16' ? 'F16' : 'F32', shape: t.shape, data: () => fill(numel, (i * 1_000_003) % pool.length, value) };
+    return { name: t.key, dtype: dtype === 'f16' ? 'F16' : 'F32', shape: t.shape, data: () => fill(numel, i, value) };
   });
   tensors.push({
     name: `${CLIP_PREFIX}text_model.embeddings.position_ids`,
@@ -136,7 +143,7 @@ export async function generateSd15(path: string, opts: GenerateOptions = {}): Pr
   });
   for (const [name, values] of ddpmBuffers()) {
     const f = Float32Array.from(values);
-    tensors.push({ name, dtype: dtype === 'f16' ? 'F16' : 'F32', shape: [values.length], data: () => (poolF16 ? bytesOf(f32ToF16(f)) : bytesOf(f)) });
+    tensors.push({ name, dtype: dtype === 'f16' ? 'F16' : 'F32', shape: [values.length], data: () => (dtype === 'f16' ? bytesOf(f32ToF16(f)) : bytesOf(f)) });
   }
   tensors.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const dataBytes = tensors.reduce((sum, t) => sum + t.shape.reduce((a, b) => a * b, t.dtype === 'I64' ? 8 : itemSize), 0);

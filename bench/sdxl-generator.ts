@@ -14,9 +14,8 @@ import { expectedUnetWeights, unetConfigFromJson } from '../src/architectures/un
 import { expectedVaeWeights, vaeConfigFromJson } from '../src/architectures/vae.js';
 import { canonicalToLdm, SGM_CLIP_PREFIX, SGM_OPENCLIP_PREFIX, type LdmLayout } from '../src/checkpoint/keymap-sd.js';
 import { openCheckpoint } from '../src/checkpoint/open.js';
-import { f32ToF16 } from '../src/safetensors/dtypes.js';
 import { writeSafetensors, type TensorToWrite } from '../src/safetensors/writer.js';
-import { bytesOf, isNorm, normalPool } from './sd15-generator.js';
+import { bytesOf, isNorm, randomFiller } from './sd15-generator.js';
 
 /** stabilityai/stable-diffusion-xl-base-1.0's configs (the fields that shape tensors or that shapes cannot reveal). */
 export const SDXL_UNET = unetConfigFromJson({
@@ -104,27 +103,11 @@ export interface GenerateOptions {
 /** Writes the file (atomically, one tensor in memory at a time). */
 export async function generateSdxl(path: string, opts: GenerateOptions = {}): Promise<{ tensors: number; dataBytes: number }> {
   const dtype = opts.dtype ?? 'f16';
-  const pool = normalPool(1 << 24);
-  const poolF16 = dtype === 'f16' ? f32ToF16(pool) : undefined;
-  const itemSize = dtype === 'f16' ? 2 : 4;
-  const fill = (numel: number, offset: number, value?: number): Uint8Array => {
-    if (value !== undefined) {
-      const f = new Float32Array(numel).fill(value);
-      return poolF16 ? bytesOf(f32ToF16(f)) : bytesOf(f);
-    }
-    const src = poolF16 ?? pool;
-    const dst = poolF16 ? new Uint16Array(numel) : new Float32Array(numel);
-    for (let done = 0; done < numel; offset = 0) {
-      const n = Math.min(numel - done, src.length - offset);
-      dst.set(src.subarray(offset, offset + n), done);
-      done += n;
-    }
-    return bytesOf(dst);
-  };
+  const { fill, itemSize } = randomFiller(dtype);
   const tensors: TensorToWrite[] = sdxlTensors(opts.unetOnly).map((t, i) => {
     const numel = t.shape.reduce((a, b) => a * b, 1);
     const value = isNorm(t.canonical) ? (t.canonical.endsWith('.weight') ? 1 : 0) : t.canonical === 'logit_scale' ? Math.log(100) : undefined;
-    return { name: t.key, dtype: dtype === 'f16' ? 'F16' : 'F32', shape: t.shape, data: () => fill(numel, (i * 1_000_003) % pool.length, value) };
+    return { name: t.key, dtype: dtype === 'f16' ? 'F16' : 'F32', shape: t.shape, data: () => fill(numel, i, value) };
   });
   if (!opts.unetOnly) {
     tensors.push({
