@@ -1,7 +1,7 @@
 /** Shared by the benchmarks: timing a child process with its peak RSS, and timing shell commands (cp). */
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -40,3 +40,23 @@ export function timeShell(script: string, ...args: string[]): number {
   return (performance.now() - started) / 1000;
 }
 
+/** Bytes of every file under `dir`. */
+export async function folderBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (e.isFile()) total += (await stat(join(e.parentPath, e.name))).size;
+  }
+  return total;
+}
+
+/** A deterministic N(0,1)-ish fill (sum of uniforms) for the inference inputs. */
+export function randn(n: number, seed: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  const u = (): number => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 2 ** 32;
+  };
+  return Float32Array.from({ length: n }, () => (u() + u() + u() + u() - 2) * Math.sqrt(3));
+}

@@ -9,33 +9,14 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as ort from 'onnxruntime-node';
-import { measure, ROOT, timeShell } from './measure.js';
+import { folderBytes, measure, randn, ROOT, timeShell } from './measure.js';
 import { generatePixArt } from './pixart-generator.js';
 
 const MB = 1024 * 1024;
-
-async function folderBytes(dir: string): Promise<number> {
-  let total = 0;
-  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    if (e.isFile()) total += (await stat(join(e.parentPath, e.name))).size;
-  }
-  return total;
-}
-
-function randn(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const u = (): number => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2 ** 32;
-  };
-  return Float32Array.from({ length: n }, () => (u() + u() + u() + u() - 2) * Math.sqrt(3));
-}
 
 export async function benchPixArt(opts: { dir?: string; keep?: boolean } = {}): Promise<void> {
   const dir = resolve(opts.dir ?? join(ROOT, 'bench', '.work'));

@@ -15,7 +15,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as ort from 'onnxruntime-node';
@@ -23,27 +23,10 @@ import { openCheckpoint } from '../src/checkpoint/open.js';
 import { countFlops } from '../src/onnx/flops.js';
 import { readModelStructure } from '../src/onnx/read-model.js';
 import { writeModel } from '../src/onnx/write-model.js';
-import { measure, ROOT, timeShell } from './measure.js';
+import { folderBytes, measure, randn, ROOT, timeShell } from './measure.js';
 import { generateSdxl, verifySdxl } from './sdxl-generator.js';
 
 const MB = 1024 * 1024;
-
-async function folderBytes(dir: string): Promise<number> {
-  let total = 0;
-  for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) if (e.isFile()) total += (await stat(join(e.parentPath, e.name))).size;
-  return total;
-}
-
-function randn(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const u = (): number => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2 ** 32;
-  };
-  return Float32Array.from({ length: n }, () => (u() + u() + u() + u() - 2) * Math.sqrt(3));
-}
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
