@@ -171,15 +171,19 @@ function sdGraphs(ckpt: Checkpoint): GraphSpec[] {
 
 function sdInference(ckpt: Checkpoint): InferenceDeclaration {
   const { unet, vae } = configs(ckpt);
-  const downscale = vaeScaleFactor(vae);
-  const size = unet.sample_size * downscale;
+  return clipUnetInference(unet, { channels: vae.latent_channels, scaling_factor: vae.scaling_factor, shift_factor: vae.shift_factor, downscale: vaeScaleFactor(vae) });
+}
+
+/** One CLIP text encoder into a UNet over `latent` (SD 1.x/2.x; SDXS with its own decoder). */
+export function clipUnetInference(unet: UNetConfig, latent: InferenceDeclaration['latent']): InferenceDeclaration {
+  const size = unet.sample_size * latent.downscale;
   return {
     conditioning: [
       { tokenizer: 'tokenizer', max_length: CLIP_MAX_LENGTH, graph: 'text_encoder.onnx', attention_mask: false, outputs: { last_hidden_state: 'encoder_hidden_states' } },
     ],
     negative: 'encode',
     denoiser: { graph: 'unet.onnx', inputs: ['sample', 'timestep', 'encoder_hidden_states'], out_channels: unet.out_channels },
-    latent: { channels: vae.latent_channels, scaling_factor: vae.scaling_factor, shift_factor: vae.shift_factor, downscale },
+    latent,
     default_size: { width: size, height: size },
   };
 }

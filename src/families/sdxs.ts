@@ -12,11 +12,10 @@ import type { ClipTextConfig, UNetConfig } from '../checkpoint/configs.js';
 import { checkTensors } from '../checkpoint/check-tensors.js';
 import { openPipelineFolder } from '../checkpoint/folder.js';
 import { BadInputError } from '../errors.js';
-import { clipTokenizerOf } from './sd.js';
+import { clipTokenizerOf, clipUnetInference } from './sd.js';
 import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
 
 const COMPONENTS = ['unet', 'text_encoder', 'vae'];
-const CLIP_MAX_LENGTH = 77;
 /** Where the AutoencoderTiny's decoder sits among the folder's canonical names. */
 const DECODER_PREFIX = 'vae.decoder';
 
@@ -69,18 +68,8 @@ function sdxsGraphs(ckpt: Checkpoint): GraphSpec[] {
 
 function sdxsInference(ckpt: Checkpoint): InferenceDeclaration {
   const { unet, vae } = configs(ckpt);
-  const downscale = taesdUpscale(vae);
-  const size = unet.sample_size * downscale;
-  return {
-    conditioning: [
-      { tokenizer: 'tokenizer', max_length: CLIP_MAX_LENGTH, graph: 'text_encoder.onnx', attention_mask: false, outputs: { last_hidden_state: 'encoder_hidden_states' } },
-    ],
-    negative: 'encode',
-    denoiser: { graph: 'unet.onnx', inputs: ['sample', 'timestep', 'encoder_hidden_states'], out_channels: unet.out_channels },
-    latent: { channels: vae.latent_channels, scaling_factor: vae.scaling_factor, shift_factor: null, downscale },
-    default_size: { width: size, height: size },
-    decoder: 'taesd',
-  };
+  const latent = { channels: vae.latent_channels, scaling_factor: vae.scaling_factor, shift_factor: null, downscale: taesdUpscale(vae) };
+  return { ...clipUnetInference(unet, latent), decoder: 'taesd' };
 }
 
 export const SDXS: FamilyDef = {
