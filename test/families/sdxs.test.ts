@@ -8,12 +8,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import sharp from 'sharp';
 import { convertCheckpoint } from '../../src/convert.js';
 import { OneStepEngine, type ImageRequest } from '../../src/runtime/engine.js';
 import { readModelManifest } from '../../src/runtime/model-dir.js';
 import { caseBound, ulpSensitivity } from '../support/bounds.js';
-import { FIXTURES, goldens, relErr, type Tensor } from '../support/fixtures.js';
+import { assertNearGoldenImage, FIXTURES, goldenImageRequest, goldens, relErr, type Tensor } from '../support/fixtures.js';
 
 const gold = goldens('tiny-sdxs');
 const get = (name: string): Tensor => {
@@ -22,13 +21,6 @@ const get = (name: string): Tensor => {
   return t;
 };
 const PROMPTS = ['a photo of a cat', 'a close-up picture of an old man standing in the rain'];
-
-async function assertImage(rgb: Uint8Array, golden: string): Promise<void> {
-  const { data } = await sharp(path.join(FIXTURES, 'goldens', golden)).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-  let within = 0;
-  for (let i = 0; i < data.length; i++) if (Math.abs(rgb[i] - data[i]) <= 1) within++;
-  assert.ok(within / data.length >= 0.999, `${golden}: ${within} of ${data.length} values within 1`);
-}
 
 describe('families/sdxs (tiny-sdxs)', function () {
   this.timeout(300_000);
@@ -84,22 +76,12 @@ describe('families/sdxs (tiny-sdxs)', function () {
     const engine = await OneStepEngine.load(model, { device: 'cpu', recipe: { timestep: 999 } });
     try {
       const latents = get('onestep.latents').data;
-      const size = latents.length / 2;
-      const req = (i: number, extra: Partial<ImageRequest> = {}): ImageRequest => ({
-        index: i,
-        prompt: PROMPTS[i],
-        seed: 0n,
-        width: 64,
-        height: 64,
-        guidance: 0,
-        latents: latents.slice(i * size, (i + 1) * size),
-        ...extra,
-      });
+      const req = (i: number, extra: Partial<ImageRequest> = {}) => goldenImageRequest(PROMPTS, latents, i, extra);
       const plain = await engine.generate([req(0), req(1)]);
-      await assertImage(plain[0].rgb, 'tiny-sdxs-onestep-0.png');
-      await assertImage(plain[1].rgb, 'tiny-sdxs-onestep-1.png');
+      await assertNearGoldenImage(plain[0].rgb, 'tiny-sdxs-onestep-0.png');
+      await assertNearGoldenImage(plain[1].rgb, 'tiny-sdxs-onestep-1.png');
       const [cfg] = await engine.generate([req(0, { guidance: 1.5, negativePrompt: '' })]);
-      await assertImage(cfg.rgb, 'tiny-sdxs-onestep-cfg-0.png');
+      await assertNearGoldenImage(cfg.rgb, 'tiny-sdxs-onestep-cfg-0.png');
     } finally {
       await engine.close();
     }

@@ -4,7 +4,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
+import type { ImageRequest } from '../../src/runtime/engine.js';
 import type { WeightSource, TensorMeta } from '../../src/checkpoint/weight-source.js';
 import type { SafetensorsDType } from '../../src/safetensors/dtypes.js';
 
@@ -103,4 +106,19 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
     m = Math.max(m, Math.abs(b[i]));
   }
   return d / m;
+}
+
+/** >= 99.9% of channel values within +-1 of the golden PNG (image*255 can sit on a rounding boundary). */
+export async function assertNearGoldenImage(rgb: Uint8Array, golden: string): Promise<void> {
+  const { data } = await sharp(path.join(FIXTURES, 'goldens', golden)).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  assert.equal(rgb.length, data.length);
+  let within = 0;
+  for (let i = 0; i < data.length; i++) if (Math.abs(rgb[i] - data[i]) <= 1) within++;
+  assert.ok(within / data.length >= 0.999, `${golden}: ${within} of ${data.length} values within 1`);
+}
+
+/** The 64x64 request of golden image i: prompts[i] on its row of the goldens' initial latents (one row per prompt). */
+export function goldenImageRequest(prompts: string[], latents: Float32Array, i: number, extra: Partial<ImageRequest> = {}): ImageRequest {
+  const size = latents.length / prompts.length;
+  return { index: i, prompt: prompts[i], seed: 0n, width: 64, height: 64, guidance: 0, latents: latents.slice(i * size, (i + 1) * size), ...extra };
 }
