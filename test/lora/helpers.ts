@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { LoraFile } from '../../src/lora/parse.js';
 import { writeSafetensors } from '../../src/safetensors/writer.js';
 import { signedRandom } from '../support/random.js';
 
@@ -14,6 +15,32 @@ export interface TestTensor {
 export async function tempDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'onestep-lora-'));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * A fresh temp folder for each test of the calling describe block (mocha hooks), and `open`, which writes the given
+ * tensors there as a float32 LoRA file (a new name each call) and opens it.
+ */
+export function tempLoraFiles(): { dir: () => string; open: (tensors: Record<string, TestTensor>, metadata?: Record<string, string>) => Promise<LoraFile> } {
+  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  beforeEach(async () => (tmp = await tempDir()));
+  afterEach(() => tmp.cleanup());
+  return {
+    dir: () => tmp.dir,
+    open: async (tensors, metadata) => LoraFile.open(await writeF32File(join(tmp.dir, `l${Math.random().toString(36).slice(2)}.safetensors`), tensors, metadata)),
+  };
+}
+
+/** Naive reference matmul [m, k] x [k, n], written index by index from the formula (no shared code with src). */
+export function naiveMatmul(a: Float32Array, b: Float32Array, m: number, k: number, n: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s += a[i * k + p] * b[p * n + j];
+      out.push(s);
+    }
+  return out;
 }
 
 /** Seeded values in [-1, 1) (mulberry32). */

@@ -1,16 +1,10 @@
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { LoraFile } from '../../src/lora/parse.js';
 import { buildTargetIndex, resolveTarget } from '../../src/lora/targets.js';
-import { seeded, tempDir, tensor, writeF32File, type TestTensor } from './helpers.js';
+import { seeded, tempLoraFiles, tensor, type TestTensor } from './helpers.js';
 
 describe('lora/keys', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
-  beforeEach(async () => (tmp = await tempDir()));
-  afterEach(() => tmp.cleanup());
   const r = seeded(42);
-  const open = async (tensors: Record<string, TestTensor>, metadata?: Record<string, string>) =>
-    LoraFile.open(await writeF32File(join(tmp.dir, `l${Math.random().toString(36).slice(2)}.safetensors`), tensors, metadata));
+  const { dir, open } = tempLoraFiles();
 
   describe('key formats -> targets', () => {
     const names = [

@@ -1,27 +1,9 @@
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { LoraFile } from '../../src/lora/parse.js';
-import { maxRelDiff, scalar, seeded, tempDir, tensor, writeF32File, type TestTensor } from './helpers.js';
-
-/** Naive references, written index by index from the published formulas (no shared code with src). */
-function naiveMatmul(a: Float32Array, b: Float32Array, m: number, k: number, n: number): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < m; i++)
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) s += a[i * k + p] * b[p * n + j];
-      out.push(s);
-    }
-  return out;
-}
+import { maxRelDiff, naiveMatmul, scalar, seeded, tempLoraFiles, tensor, type TestTensor } from './helpers.js';
 
 describe('lora/kinds', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
-  beforeEach(async () => (tmp = await tempDir()));
-  afterEach(() => tmp.cleanup());
   const r = seeded(42);
-  const open = async (tensors: Record<string, TestTensor>, metadata?: Record<string, string>) =>
-    LoraFile.open(await writeF32File(join(tmp.dir, `l${Math.random().toString(36).slice(2)}.safetensors`), tensors, metadata));
+  const { dir, open } = tempLoraFiles();
 
   describe('deltas against naive formulas', () => {
     it('LoRA linear: (alpha/rank) up @ down; alpha 0 or missing -> alpha = rank', async () => {

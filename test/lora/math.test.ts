@@ -1,19 +1,7 @@
 import assert from 'node:assert/strict';
 import { kron } from '../../src/lora/math.js';
 import { matmul } from '../../src/lora/matmul.js';
-import { maxRelDiff, seeded } from './helpers.js';
-
-/** Naive references, written index by index from the published formulas (no shared code with src). */
-function naiveMatmul(a: Float32Array, b: Float32Array, m: number, k: number, n: number): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < m; i++)
-    for (let j = 0; j < n; j++) {
-      let s = 0;
-      for (let p = 0; p < k; p++) s += a[i * k + p] * b[p * n + j];
-      out.push(s);
-    }
-  return out;
-}
+import { maxRelDiff, naiveMatmul, seeded } from './helpers.js';
 
 describe('lora/math', () => {
   const r = seeded(42);

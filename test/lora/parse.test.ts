@@ -3,17 +3,13 @@ import { join } from 'node:path';
 import { FIXTURES } from '../support/fixtures.js';
 import { BadInputError } from '../../src/errors.js';
 import { LoraFile } from '../../src/lora/parse.js';
-import { seeded, tempDir, tensor, writeF32File, type TestTensor } from './helpers.js';
+import { seeded, tempLoraFiles, tensor, writeF32File } from './helpers.js';
 
 const LORAS = join(FIXTURES, 'loras');
 
 describe('lora/parse', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
-  beforeEach(async () => (tmp = await tempDir()));
-  afterEach(() => tmp.cleanup());
   const r = seeded(42);
-  const open = async (tensors: Record<string, TestTensor>, metadata?: Record<string, string>) =>
-    LoraFile.open(await writeF32File(join(tmp.dir, `l${Math.random().toString(36).slice(2)}.safetensors`), tensors, metadata));
+  const { dir, open } = tempLoraFiles();
 
   it('peft: 37 modules, rank 4 with alpha = rank (no alphas stored)', async () => {
       const file = await LoraFile.open(join(LORAS, 'tiny-sd15-peft.safetensors'));
@@ -27,7 +23,7 @@ describe('lora/parse', () => {
     });
 
   it('a file with no LoRA tensors is refused with the file named', async () => {
-      const path = await writeF32File(join(tmp.dir, 'notlora.safetensors'), { 'model.diffusion_model.x.weight': tensor(r, 2, 2) });
+      const path = await writeF32File(join(dir(), 'notlora.safetensors'), { 'model.diffusion_model.x.weight': tensor(r, 2, 2) });
       await assert.rejects(LoraFile.open(path), (e: unknown) => e instanceof BadInputError && e.message.startsWith(path) && /no LoRA modules/.test(e.message));
     });
 
