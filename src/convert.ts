@@ -198,21 +198,32 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
         const float32Graphs: string[] = [];
         const unchecked: string[] = [];
         const built = new Map<string, { graph: Graph; written: WrittenModel }>();
-        for (const [name, build] of graphs) {
-          const progress = (p: WriteProgress) => opts.onProgress?.({ component: name, ...p });
-          const graph = build(dtype);
-          let written = await writeModel(graph, tmp, name, progress);
-          if (dtype === 'float16') {
-            const verdict = await float16Verdict(graph, written, target, () => build('float16', false), tmp, name, latent.scaling_factor);
-            if (verdict === 'unchecked') unchecked.push(name);
-            else if (verdict.length) {
-              written = await writeModel(build('float32'), tmp, name, progress);
-              float32Graphs.push(`${name} (NaN/Inf at ${verdict[0]})`);
-            }
+        // Each float16 graph is evaluated while the next one is written (the writing waits on the disk, the
+        // evaluation on the CPU), one evaluation at a time, in graph order.
+        let probes = Promise.resolve();
+        try {
+          for (const [name, build] of graphs) {
+            const progress = (p: WriteProgress) => opts.onProgress?.({ component: name, ...p });
+            const graph = build(dtype);
+            const written = await writeModel(graph, tmp, name, progress);
+            built.set(name, { graph, written });
+            if (dtype !== 'float16') continue;
+            probes = probes.then(async () => {
+              const verdict = await float16Verdict(graph, written, target, () => build('float16', false), tmp, name, latent.scaling_factor);
+              if (verdict === 'unchecked') unchecked.push(name);
+              else if (verdict.length) {
+                built.set(name, { graph, written: await writeModel(build('float32'), tmp, name, progress) });
+                float32Graphs.push(`${name} (NaN/Inf at ${verdict[0]})`);
+              }
+            });
+            probes.catch(() => undefined); // awaited below; this only keeps a failure meanwhile from being unhandled
           }
-          bytes += written.dataBytes;
-          built.set(name, { graph, written });
+        } catch (e) {
+          await probes.catch(() => undefined);
+          throw e;
         }
+        await probes;
+        for (const { written } of built.values()) bytes += written.dataBytes;
         if (float32Graphs.length) notes.push(`kept in float32, as float16 gives NaN/Inf on a reference input: ${float32Graphs.join(', ')}`);
         if (unchecked.length) notes.push(`not evaluated in float16 (over ${FP16_CHECK_MAX_BYTES / 2 ** 20} MiB of weights, too large to load within convert's memory): ${unchecked.join(', ')}`);
         await family.writeTokenizers!(ckpt, tmp);

@@ -1,7 +1,8 @@
 /** WeightSource implementations: canonical names backed by tensors of one or more TensorSets. */
 import { BadInputError } from '../errors.js';
 import { freshBuffer, type Allocator } from '../io/buffers.js';
-import { bytesToF16 } from '../safetensors/dtypes.js';
+import { DTYPE_SIZES, bytesToF16, bytesToF32, type SafetensorsDType } from '../safetensors/dtypes.js';
+import type { ByteRange } from '../safetensors/reader.js';
 import type { TensorSet } from '../safetensors/tensor-set.js';
 import type { SourceRef } from './keymap-sd.js';
 import { numel, type TensorMeta, type WeightSource } from './weight-source.js';
@@ -79,6 +80,13 @@ function transposePairs(src: Uint32Array, dst: Uint32Array, halfRows: number, ha
       }
     }
   }
+}
+
+/** The bytes of `ref.rows`' rows of a stored tensor (one contiguous block of a row-major tensor), or all of it. */
+function rowBytes(info: { shape: number[]; dtype: SafetensorsDType }, ref: SourceRef): ByteRange | undefined {
+  if (!ref.rows) return undefined;
+  const row = numel(info.shape.slice(1)) * DTYPE_SIZES[info.dtype];
+  return { start: ref.rows[0] * row, length: (ref.rows[1] - ref.rows[0]) * row };
 }
 
 /**
@@ -167,22 +175,22 @@ export class MappedSource implements WeightSource {
 
   async readF32(name: string): Promise<Float32Array> {
     const { set, ref } = this.entry(name);
-    return this.present(await set.readF32(ref.key), set.info(ref.key).shape, ref);
+    const info = set.info(ref.key);
+    const raw = await set.readRaw(ref.key, undefined, rowBytes(info, ref));
+    const values = info.dtype === 'F32' ? new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4) : bytesToF32(info.dtype, raw);
+    return this.present(values, info.shape, ref);
   }
 
   /** float16 bits (WeightSource.readF16): f16 storage as stored, bf16 through one table lookup, never via float32. */
   async readF16(name: string, alloc?: Allocator): Promise<Uint16Array> {
     const { set, ref } = this.entry(name);
     const info = set.info(ref.key);
-    return this.present(bytesToF16(info.dtype, await set.readRaw(ref.key, alloc)), info.shape, ref, alloc);
+    return this.present(bytesToF16(info.dtype, await set.readRaw(ref.key, alloc, rowBytes(info, ref))), info.shape, ref, alloc);
   }
 
+  /** The values read (only `ref.rows`' rows of a stacked tensor) as the canonical tensor presents them. */
   private present<T extends WeightArray>(data: T, stored: number[], ref: SourceRef, alloc?: Allocator): T {
-    if (ref.rows) {
-      const rowSize = numel(stored.slice(1));
-      data = data.slice(ref.rows[0] * rowSize, ref.rows[1] * rowSize) as T;
-    }
-    if (ref.transpose) data = transpose2d(data, stored[0], stored[1], alloc);
+    if (ref.transpose) data = transpose2d(data, ref.rows ? ref.rows[1] - ref.rows[0] : stored[0], stored[1], alloc);
     return data;
   }
 

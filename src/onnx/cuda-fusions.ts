@@ -14,7 +14,7 @@
  * None of these ops has a CPU kernel: a CUDA model is for CUDA only (model.json says `target: "cuda"`).
  * Group norm statistics stay float32 inside the kernel (float16 in and out), as in the CPU graph.
  */
-import type { Graph, GroupNormSite } from './graph.js';
+import { isMatMulTransB, type Graph, type GroupNormSite } from './graph.js';
 import type { AttrValue, NodeProtoData } from './proto.js';
 
 export interface CudaFusionReport {
@@ -61,6 +61,8 @@ export function fuseForCuda(g: Graph): CudaFusionReport {
   const float = (v: number): AttrValue => ({ type: 'float', value: v });
   const initDims = (name: string) => g.initializers.get(name)?.dims;
   const isOp = (i: number | undefined, op: string) => i !== undefined && !removed.has(i) && nodes[i].opType === op && nodes[i].domain === '';
+  /** A linear layer's x @ W^T (Graph.linear). */
+  const isLinear = (i: number | undefined) => i !== undefined && !removed.has(i) && isMatMulTransB(nodes[i]);
 
   // ---- group norms (with SiLU and the time-embedding add folded in where they are) ----
   for (const site of g.groupNormSites) {
@@ -158,7 +160,7 @@ export function fuseForCuda(g: Graph): CudaFusionReport {
     const [mm, bias] = nodes[ia!].inputs;
     const c = initDims(bias);
     const m = producer.get(mm);
-    if (!c || c.length !== 1 || !BIAS_ADD_CHANNELS.has(c[0]) || !isOp(m, 'MatMul') || onlyUse(mm) !== ia) return;
+    if (!c || c.length !== 1 || !BIAS_ADD_CHANNELS.has(c[0]) || !(isOp(m, 'MatMul') || isLinear(m)) || onlyUse(mm) !== ia) return;
     // Only where the MatMul reads tokens: the output of attention or of the feed-forward's gated GELU.
     const src = producer.get(nodes[m!].inputs[0]);
     const srcOp = src === undefined ? '' : nodes[src].opType;
@@ -175,17 +177,18 @@ export function fuseForCuda(g: Graph): CudaFusionReport {
     const [q, k, v, ...rest] = n.inputs;
     if (rest.some((x) => x)) return;
     const mms = [q, k, v].map((t) => producer.get(t));
-    if (!mms.every((m) => isOp(m, 'MatMul'))) return;
+    if (!mms.every(isLinear)) return;
     const x = nodes[mms[0]!].inputs[0];
     if (!mms.every((m, j) => nodes[m!].inputs[0] === x && onlyUse([q, k, v][j]) === i)) return;
     const ws = mms.map((m) => g.initializers.get(nodes[m!].inputs[1]));
-    if (!ws.every((w) => w?.weight?.view.transpose && !w.weight.view.reshape)) return;
+    // The stored [out, in] weights as they are (the pack view reads them so).
+    if (!ws.every((w) => w?.weight && Object.keys(w.weight.view).length === 0 && w.dims.length === 2)) return;
     const heads = Number((n.attributes.find(([a]) => a === 'num_heads')?.[1] as { value: number }).value);
-    const c = ws[0]!.dims[1];
-    if (!ws.every((w) => w!.dims[1] === c) || c % heads) return;
+    const [c, inF] = ws[0]!.dims;
+    if (!ws.every((w) => w!.dims[0] === c && w!.dims[1] === inF) || c % heads) return;
     const keys = ws.map((w) => w!.weight!.key);
     const name = `${keys[0].replace(/\.to_q\.weight$/, '')}.to_qkv.packed`;
-    g.initializers.set(name, { name, type: ws[0]!.type, dims: [ws[0]!.dims[0], 3 * c], weight: { key: keys[0], view: { pack: { keys, heads } } } });
+    g.initializers.set(name, { name, type: ws[0]!.type, dims: [inF, 3 * c], weight: { key: keys[0], view: { pack: { keys, heads } } } });
     const shape = g.ints([0, 0, heads, 3, c / heads]).name;
     const base = n.name.replace(/\/MultiHeadAttention$/, '');
     const packed = `${base}/qkv`;

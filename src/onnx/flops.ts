@@ -4,13 +4,14 @@
  * resolve), and the ops that carry the compute are counted as 2 FLOPs per multiply-add:
  *
  *   Conv / NhwcConv   2 * N * Cout * Hout * Wout * (Cin / group) * kh * kw
- *   MatMul / Gemm     2 * batch * M * K * N
+ *   MatMul / Gemm     2 * batch * M * K * N   (and FusedMatMul's a @ b^T)
  *   attention         2 * B * heads * S * L * (Dqk + Dv)   (QK^T and the weighted sum of V; softmax not counted)
  *
  * Elementwise ops, norms and softmax are not counted (a few percent of a diffusion model's total). Nodes whose shapes
  * cannot be resolved are listed, so a count is never silently short.
  */
 import { numel } from '../checkpoint/weight-source.js';
+import { isMatMulTransB } from './graph.js';
 import type { AttrValue, NodeProtoData } from './proto.js';
 import type { ModelStructure } from './read-model.js';
 
@@ -346,6 +347,16 @@ function infer(node: NodeProtoData, ins: (Val | undefined)[], add: Adder): Val[]
       add('matmul', 2 * prod(batch) * m * k * n);
       const dims = [...batch, ...(d.length === 1 ? [] : [m]), ...(bDims.length === 1 ? [] : [n])];
       return [{ dims }];
+    }
+    case 'FusedMatMul': {
+      // Graph.matmulTransB's a @ b^T, b [n, k]; other transpositions are not built here.
+      const b = ins[1]?.dims;
+      if (!d || !b || b.length !== 2 || !isMatMulTransB(node)) return undefined;
+      const [m, k] = d.length === 1 ? [1, d[0]] : d.slice(-2);
+      if (b[1] !== k) return undefined;
+      const batch = d.slice(0, -2);
+      add('matmul', 2 * prod(batch) * m * k * b[0]);
+      return [{ dims: [...d.slice(0, -1), b[0]] }];
     }
     case 'Gemm': {
       const b = ins[1]?.dims;

@@ -50,7 +50,7 @@ export function referenceFeeds(inputs: readonly ValueInfoData[], scales: Referen
 
 /** Ops whose output has their first input's element type: the activations a float16 graph can overflow in. */
 const PROBED_OPS = new Set([
-  'Add', 'Sub', 'Mul', 'Div', 'MatMul', 'Gemm', 'Conv', 'MultiHeadAttention', 'LayerNormalization', 'Softmax', 'Concat',
+  'Add', 'Sub', 'Mul', 'Div', 'MatMul', 'FusedMatMul', 'Gemm', 'Conv', 'MultiHeadAttention', 'LayerNormalization', 'Softmax', 'Concat',
   'Resize', 'Reshape', 'Transpose', 'Relu', 'Sigmoid', 'Tanh', 'Gelu', 'Erf', 'Sqrt', 'Identity',
 ]);
 
@@ -62,7 +62,7 @@ export async function float16Overflows(graph: Graph, written: WrittenModel, scal
   const declared = new Set(graph.outputs.map((o) => o.name));
   const probes: ValueInfoData[] = [];
   for (const node of graph.nodes) {
-    if (node.domain && node.opType !== 'MultiHeadAttention') continue;
+    if (node.domain && node.opType !== 'MultiHeadAttention' && node.opType !== 'FusedMatMul') continue;
     if (!PROBED_OPS.has(node.opType)) continue;
     for (const name of node.outputs) {
       if (!declared.has(name) && graph.valueTypes.get(name) === 'float16') probes.push({ name, type: 'float16', dims: null });

@@ -254,6 +254,10 @@ export class Graph {
   matmul(a: Value, b: Value): Value {
     return this.op('MatMul', [a, b]);
   }
+  /** a @ b^T for b of [n, k] (isMatMulTransB recognises it). */
+  matmulTransB(a: Value, b: Value): Value {
+    return this.node('FusedMatMul', [a, b], { transB: 1 }, { domain: 'com.microsoft' })[0];
+  }
   sigmoid(x: Value): Value {
     return this.op('Sigmoid', [x]);
   }
@@ -315,12 +319,15 @@ export class Graph {
   /**
    * torch Linear on the last axis: x @ W^T + b, reading `${prefix}.weight` / `${prefix}.bias`. `features`: [in, out]
    * as nn.Linear(in, out) declares them (a bias unless `bias: false`); without them, shapes and bias are the stored ones.
+   * W stays as stored, [out, in], under com.microsoft FusedMatMul with transB: converting then moves no values (a
+   * transposed copy of every linear weight was most of a float16 conversion's CPU time), and ONNX Runtime packs B for
+   * its GEMM either way, so the outputs are the same bits as MatMul(x, W^T)'s.
    */
   linear(x: Value, prefix: string, opts: { bias?: boolean; features?: readonly [number, number] } = {}): Value {
     const f = opts.features;
     return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
-      const w = this.weight(`${prefix}.weight`, { transpose: true }, this.dtype, f && [f[1], f[0]]);
-      const y = this.matmul(x, w);
+      const w = this.weight(`${prefix}.weight`, {}, this.dtype, f && [f[1], f[0]]);
+      const y = this.matmulTransB(x, w);
       const hasBias = opts.bias ?? (f ? true : this.hasWeight(`${prefix}.bias`));
       return hasBias ? this.add(y, this.weight(`${prefix}.bias`, {}, this.dtype, f && [f[1]])) : y;
     });
@@ -397,6 +404,18 @@ export class Graph {
       scale: opts.scale === undefined ? undefined : { float: opts.scale },
     }, { domain: 'com.microsoft' })[0];
   }
+}
+
+/** A node computing input 0 @ input 1^T: Graph.matmulTransB's FusedMatMul (transB, and no other transposition or scale). */
+export function isMatMulTransB(node: NodeProtoData): boolean {
+  if (node.opType !== 'FusedMatMul' || node.domain !== 'com.microsoft') return false;
+  const attr = (name: string) => node.attributes.find(([k]) => k === name)?.[1];
+  const int = (name: string, dflt: number) => {
+    const a = attr(name);
+    return a?.type === 'int' ? Number(a.value) : dflt;
+  };
+  const alpha = attr('alpha');
+  return int('transB', 0) === 1 && int('transA', 0) === 0 && int('transBatchA', 0) === 0 && int('transBatchB', 0) === 0 && (!alpha || (alpha.type === 'float' && alpha.value === 1));
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);

@@ -17,7 +17,7 @@
  */
 import { numel } from '../checkpoint/weight-source.js';
 import { OnestepError } from '../errors.js';
-import type { Graph, InitializerSpec, WeightView } from './graph.js';
+import { isMatMulTransB, type Graph, type InitializerSpec, type WeightView } from './graph.js';
 import type { NodeProtoData, ValueInfoData } from './proto.js';
 
 export interface Range {
@@ -83,9 +83,14 @@ export function quantizedInitializerBytes(view: NonNullable<WeightView['quant']>
   return new Uint8Array(int32Bias(data, int8Scales(weightData, view.dims, view.axis), view.times).buffer);
 }
 
-/** A Conv or MatMul that becomes int8: its node, its weight (and conv bias) initializers, its activation in and out. */
+/**
+ * A Conv or MatMul that becomes int8: its node, its weight (and conv bias) initializers, its activation in and out. A
+ * linear layer's x @ W^T (Graph.matmulTransB) is a MatMul site on W^T, as the QDQ form that ONNX Runtime fuses needs.
+ */
 export interface Int8Site {
   node: NodeProtoData;
+  kind: 'conv' | 'matmul';
+  /** For a MatMul, its B as [K, N]. */
   weight: InitializerSpec;
   bias?: InitializerSpec;
   x: string;
@@ -106,7 +111,8 @@ export function int8Sites(g: Graph): Int8Site[] {
     return init?.weight && init.type === 'float32' && !init.weight.view.quant && !init.weight.view.pack ? init : undefined;
   };
   for (const node of g.nodes) {
-    if (node.domain) continue;
+    const transB = isMatMulTransB(node);
+    if (node.domain && !transB) continue;
     const [x, w, b] = node.inputs;
     const weight = stored(w);
     if (!weight || (g.valueTypes.get(x) ?? g.inputs.find((i) => i.name === x)?.type) !== 'float32') continue;
@@ -116,12 +122,18 @@ export function int8Sites(g: Graph): Int8Site[] {
       if (Math.min(weight.dims[0], weight.dims[1]) <= KEEP_FLOAT_CHANNELS) continue;
       const bias = b ? stored(b) : undefined;
       if (b && !bias) continue;
-      sites.push({ node, weight, bias, x, y: node.outputs[0] });
-    } else if (node.opType === 'MatMul' && weight.dims.length === 2) {
-      sites.push({ node, weight, x, y: node.outputs[0] });
+      sites.push({ node, kind: 'conv', weight, bias, x, y: node.outputs[0] });
+    } else if ((node.opType === 'MatMul' || transB) && weight.dims.length === 2) {
+      sites.push({ node, kind: 'matmul', weight: transB ? transposed(weight) : weight, x, y: node.outputs[0] });
     }
   }
   return sites;
+}
+
+/** The initializer W^T of a stored 2-D weight W. */
+function transposed(w: InitializerSpec): InitializerSpec {
+  const { key, view } = w.weight!;
+  return { name: `${w.name}.T`, type: w.type, dims: [w.dims[1], w.dims[0]], weight: { key, view: { ...view, transpose: true } } };
 }
 
 export const rangeName = (value: string, end: 'min' | 'max' | 'size') => `${value}::${end}`;
@@ -141,7 +153,7 @@ export function rangeProbes(g: Graph): { nodes: NodeProtoData[]; outputs: ValueI
   const values = [...new Set(sites.flatMap((s) => [s.x, s.y]))];
   const nodes: NodeProtoData[] = [];
   const outputs: ValueInfoData[] = [];
-  for (const v of new Set(sites.filter((s) => s.node.opType === 'MatMul').map((s) => s.x))) {
+  for (const v of new Set(sites.filter((s) => s.kind === 'matmul').map((s) => s.x))) {
     const name = rangeName(v, 'size');
     nodes.push({ name: `/int8-probe/${name}`, opType: 'Size', domain: '', inputs: [v], outputs: [name], attributes: [] });
     outputs.push({ name, type: 'int64', dims: [] });
@@ -179,7 +191,7 @@ export function quantizeGraphInt8(g: Graph, ranges: ReadonlyMap<string, Range>):
   for (const s of sites) {
     const { node, weight } = s;
     const size = ranges.get(s.x)?.size;
-    if (node.opType === 'MatMul' && size !== undefined && size / weight.dims[0] < KEEP_FLOAT_ROWS) continue;
+    if (s.kind === 'matmul' && size !== undefined && size / weight.dims[0] < KEEP_FLOAT_ROWS) continue;
     const at = node.name;
     const px = activationParams(range(s.x));
     const py = activationParams(range(s.y));
@@ -192,7 +204,7 @@ export function quantizeGraphInt8(g: Graph, ranges: ReadonlyMap<string, Range>):
         { name: `${at}/${tag}/DequantizeLinear`, opType: 'DequantizeLinear', domain: '', inputs: [q, scale, zero], outputs: [out], attributes: [] },
       ];
     };
-    const conv = node.opType === 'Conv';
+    const conv = s.kind === 'conv';
     const axis = conv ? 0 : 1;
     const channels = weight.dims[axis];
     const src = weight.weight!;
@@ -220,7 +232,7 @@ export function quantizeGraphInt8(g: Graph, ranges: ReadonlyMap<string, Range>):
       nodes.push({ name: `${at}/b/DequantizeLinear`, opType: 'DequantizeLinear', domain: '', inputs: [bq, bs, bz], outputs: [bd], attributes: [['axis', { type: 'int', value: 0 }]] });
       inputs.push(bd);
     }
-    nodes.push({ ...node, inputs, outputs: [yf] });
+    nodes.push(conv ? { ...node, inputs, outputs: [yf] } : { name: node.name, opType: 'MatMul', domain: '', inputs, outputs: [yf], attributes: [] });
     nodes.push(...qdq(yf, py, s.y, 'y'));
     replaced.set(node, nodes);
     if (conv) report.convs++;

@@ -1,7 +1,9 @@
-import { open, type FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { OnestepError } from '../errors.js';
+import { writeAll } from '../io/atomic.js';
 import { BufferPool, type Allocator } from '../io/buffers.js';
+import { DirectFileWriter } from '../io/direct-writer.js';
 import { allocLike, transpose2d, type WeightArray } from '../checkpoint/sources.js';
 import { countF16NonFinite, countF16Overflow, countF32NonFinite, f32ToF16, hasF16NonFinite } from '../safetensors/dtypes.js';
 import type { Graph, InitializerSpec } from './graph.js';
@@ -123,14 +125,6 @@ function nonFinite(key: string, count: number): OnestepError {
   );
 }
 
-async function writeAll(fh: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
-    done += bytesWritten;
-  }
-}
-
 /**
  * Writes `<dir>/<name>.onnx` and its weights into `<dir>/<name>.onnx.data`, streaming tensor by tensor (the next
  * one is read while the current one is written, so at most two are in memory).
@@ -143,7 +137,7 @@ export async function writeModel(
   onProgress?: (p: WriteProgress) => void,
 ): Promise<WrittenModel> {
   const dataName = `${name}.onnx.data`;
-  const fh = await open(path.join(dir, dataName), 'w');
+  const out = await DirectFileWriter.create(path.join(dir, dataName));
   const initializers: TensorProtoData[] = [];
   let offset = 0;
   let done = 0;
@@ -170,19 +164,21 @@ export async function writeModel(
       } else {
         const bytes = await current!;
         const pad = (ALIGN - (offset % ALIGN)) % ALIGN;
-        if (pad) await writeAll(fh, new Uint8Array(pad), offset);
+        await out.zeros(pad);
         offset += pad;
-        await writeAll(fh, bytes, offset);
+        await out.write(bytes);
         initializers.push({ name: init.name, type: init.type, dims: init.dims, external: { location: dataName, offset, length: bytes.length } });
         offset += bytes.length;
       }
       done++;
       onProgress?.({ tensors: done, totalTensors: total, bytes: offset });
     }
-  } finally {
+  } catch (e) {
     await next?.catch(() => undefined);
-    await fh.close();
+    await out.abort();
+    throw e;
   }
+  await out.close();
   const onnxPath = path.join(dir, `${name}.onnx`);
   await writeGraphProto(graph, initializers, graph.outputs, onnxPath);
   return { onnxPath, dataBytes: offset, initializers };
@@ -209,7 +205,7 @@ export async function writeGraphProto(graph: Graph, initializers: TensorProtoDat
   });
   const out = await open(onnxPath, 'w');
   try {
-    await writeAll(out, proto, 0);
+    await writeAll(out, proto);
   } finally {
     await out.close();
   }

@@ -7,7 +7,8 @@ import { open as openFile, stat, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { bytesToF32, countF16Overflow, f32ToF16 } from '../safetensors/dtypes.js';
 import { F16OverflowError } from '../safetensors/errors.js';
-import type { TensorInfo } from '../safetensors/reader.js';
+import { rangeWithin, type ByteRange, type TensorInfo } from '../safetensors/reader.js';
+import type { Allocator } from '../io/buffers.js';
 import { isPickleStream, readLegacy } from './legacy.js';
 import { PickleError, PyDict, PyTuple, describe, unpickle, type PyValue, type Unpickled } from './pickle.js';
 import { StorageRef, StorageType, TensorRef, torchGlobals } from './torch.js';
@@ -118,12 +119,14 @@ export class PyTorchFile {
   }
 
   /** Row-major little-endian bytes (a strided view is gathered); a fresh buffer at offset 0. */
-  async readRaw(name: string): Promise<Uint8Array> {
+  async readRaw(name: string, _alloc?: Allocator, range?: ByteRange): Promise<Uint8Array> {
     const info = this.info(name);
     const { ref, storageStart, contiguous } = this.located.get(name)!;
     const itemsize = ref.storage.type.itemsize;
-    if (info.byteLength === 0) return new Uint8Array(0);
-    if (contiguous) return readAt(this.openHandle(), this.path, info.byteOffset, info.byteLength);
+    const { start, length } = rangeWithin(info.byteLength, range, name);
+    if (length === 0) return new Uint8Array(0);
+    if (contiguous) return readAt(this.openHandle(), this.path, info.byteOffset + start, length);
+    if (range) return (await this.readRaw(name)).slice(start, start + length);
     let span = 1;
     for (let i = 0; i < ref.shape.length; i++) span += (ref.shape[i] - 1) * ref.stride[i];
     const src = await readAt(this.openHandle(), this.path, storageStart + ref.offset * itemsize, span * itemsize);

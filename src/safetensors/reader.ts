@@ -87,9 +87,10 @@ export class SafetensorsFile {
   }
 
   /** The tensor's bytes exactly as stored (little-endian), at offset 0 of a buffer from `alloc` (default: a fresh one). */
-  async readRaw(name: string, alloc?: Allocator): Promise<Uint8Array> {
+  async readRaw(name: string, alloc?: Allocator, range?: ByteRange): Promise<Uint8Array> {
     const info = this.info(name);
-    return readExactly(this.openHandle(), this.path, info.byteOffset, info.byteLength, name, alloc);
+    const { start, length } = rangeWithin(info.byteLength, range, name);
+    return readExactly(this.openHandle(), this.path, info.byteOffset + start, length, name, alloc);
   }
 
   /** Where a tensor's bytes lie, for copying them as stored without holding them in memory (the writer's copyFrom). */
@@ -128,6 +129,19 @@ export class SafetensorsFile {
     if (!this.handle) throw new Error(`${this.path}: read after close()`);
     return this.handle;
   }
+}
+
+/** Bytes [start, start + length) of a tensor's. */
+export interface ByteRange {
+  start: number;
+  length: number;
+}
+
+/** `range` checked against a tensor of `byteLength` bytes, or the whole tensor. */
+export function rangeWithin(byteLength: number, range: ByteRange | undefined, label: string): ByteRange {
+  if (!range) return { start: 0, length: byteLength };
+  if (range.start < 0 || range.length < 0 || range.start + range.length > byteLength) throw new Error(`internal: bytes ${range.start}+${range.length} of ${label}, which has ${byteLength}`);
+  return range;
 }
 
 function pickleError(path: string): SafetensorsError {

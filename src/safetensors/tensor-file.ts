@@ -10,7 +10,7 @@ import { PickleError } from '../pytorch/pickle.js';
 import { PyTorchFile } from '../pytorch/tensor-file.js';
 import { isZip } from '../pytorch/zip.js';
 import { SafetensorsError } from './errors.js';
-import { SafetensorsFile, type TensorInfo } from './reader.js';
+import { SafetensorsFile, type ByteRange, type TensorInfo } from './reader.js';
 
 export interface TensorFile {
   readonly path: string;
@@ -19,8 +19,11 @@ export interface TensorFile {
   /** `byteOffset` is -1 for a tensor that is not one contiguous range of the file (a pickle's strided view). */
   readonly tensors: ReadonlyMap<string, TensorInfo>;
   info(name: string): TensorInfo;
-  /** Row-major little-endian bytes at offset 0 of a fresh buffer, or of one from `alloc` where the format reads in place. */
-  readRaw(name: string, alloc?: Allocator): Promise<Uint8Array>;
+  /**
+   * Row-major little-endian bytes at offset 0 of a fresh buffer, or of one from `alloc` where the format reads in place;
+   * with `range`, only those bytes of the tensor's (a row block of a stacked weight).
+   */
+  readRaw(name: string, alloc?: Allocator, range?: ByteRange): Promise<Uint8Array>;
   readF32(name: string): Promise<Float32Array>;
   readF16(name: string): Promise<Uint16Array>;
   /** Where the tensor's bytes lie as stored, for copying without holding them; undefined when not one range. */

@@ -7,7 +7,7 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, sep } from 'node:path';
 import type { Allocator } from '../io/buffers.js';
 import { SafetensorsError } from './errors.js';
-import type { TensorInfo } from './reader.js';
+import type { ByteRange, TensorInfo } from './reader.js';
 import { PICKLE_EXTENSION, isPyTorchFile, openTensorFile, type TensorFile } from './tensor-file.js';
 
 const INDEX_FILE = /\.(safetensors|bin)\.index(\.[^./\\]+)?\.json$/i;
@@ -62,8 +62,8 @@ export class TensorSet {
     return { ...file.info(name), file };
   }
 
-  readRaw(name: string, alloc?: Allocator): Promise<Uint8Array> {
-    return this.info(name).file.readRaw(name, alloc);
+  readRaw(name: string, alloc?: Allocator, range?: ByteRange): Promise<Uint8Array> {
+    return this.info(name).file.readRaw(name, alloc, range);
   }
 
   readF32(name: string): Promise<Float32Array> {

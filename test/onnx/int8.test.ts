@@ -72,7 +72,7 @@ describe('onnx/int8', function () {
     const flops = (graph: Graph) => countFlops(graphStructure(graph), {});
     assert.deepEqual(flops(g), { ...flops(build()), nodes: g.nodes.length });
     assert.equal(flops(g).flops, 2 * COUT * H * W * CIN * 9 + 2 * ROWS * IN * OUT);
-    assert.ok(![...g.initializers.keys()].some((n) => n === 'conv.weight' || n === 'lin.weight.T'), 'the float32 weights are no longer stored');
+    assert.ok(![...g.initializers.keys()].some((n) => n === 'conv.weight' || n === 'lin.weight'), 'the float32 weights are no longer stored');
     const { onnxPath } = await writeModel(g, tmp, 'q');
     const optimized = path.join(tmp, 'q.opt.onnx');
     const session = await ort.InferenceSession.create(onnxPath, { graphOptimizationLevel: 'all', optimizedModelFilePath: optimized, logSeverityLevel: 3 });
@@ -81,7 +81,7 @@ describe('onnx/int8', function () {
     const ops = decodeModelStructure(fs.readFileSync(optimized)).nodes.map((n) => n.opType);
     assert.ok(ops.includes('QLinearConv'), `optimized ops: ${ops.join(' ')}`);
     assert.ok(ops.includes('QGemm') || ops.includes('QLinearMatMul'), `optimized ops: ${ops.join(' ')}`);
-    assert.ok(!ops.includes('Conv') && !ops.includes('MatMul') && !ops.includes('Gemm'), `float ops left: ${ops.join(' ')}`);
+    assert.ok(!ops.includes('Conv') && !ops.includes('MatMul') && !ops.includes('FusedMatMul') && !ops.includes('Gemm'), `float ops left: ${ops.join(' ')}`);
 
     // The reference, independently: symmetric per-channel 7-bit weights (max|w| / 63: uint8 x int8 pair sums then
     // stay below int16's limit, so CPUs without VNNI compute the same integers), uint8 activations over
@@ -164,13 +164,17 @@ describe('onnx/int8 sites', () => {
     g.output(g.linear(s, 'p'), 'ps', ['rows', 16]);
     g.output(g.linear(t, 'q'), 'qt', ['rows2', 16]);
     const sites = int8Sites(g);
-    assert.deepEqual(sites.map((x) => x.node.opType), ['Conv', 'MatMul', 'MatMul']);
+    assert.deepEqual(sites.map((x) => [x.kind, x.node.opType]), [['conv', 'Conv'], ['matmul', 'FusedMatMul'], ['matmul', 'FusedMatMul']]);
+    // A linear layer's site is a MatMul on W^T: its stored [out, in] weight viewed transposed.
+    assert.deepEqual(sites[1].weight.weight, { key: 'p.weight', view: { transpose: true } });
     const ranges = new Map<string, Range>(sites.flatMap((x) => [[x.x, { min: -1, max: 1 }], [x.y, { min: -1, max: 1 }]] as [string, Range][]));
     ranges.get('s')!.size = 256 * 16;
     ranges.get('t')!.size = 77 * 16;
     assert.deepEqual(quantizeGraphInt8(g, ranges), { convs: 1, matmuls: 1 });
-    const kept = g.nodes.filter((n) => (n.opType === 'Conv' || n.opType === 'MatMul') && !n.inputs[1].endsWith('w_dq')).map((n) => n.name);
-    assert.deepEqual(kept, ['/a/Conv', '/c/Conv', '/q/MatMul']);
+    const kept = g.nodes.filter((n) => ['Conv', 'MatMul', 'FusedMatMul'].includes(n.opType) && !n.inputs[1].endsWith('w_dq')).map((n) => n.name);
+    assert.deepEqual(kept, ['/a/Conv', '/c/Conv', '/q/FusedMatMul']);
+    const int8 = g.nodes.filter((n) => n.inputs[1]?.endsWith('w_dq')).map((n) => [n.name, n.opType, n.domain]);
+    assert.deepEqual(int8, [['/b/Conv', 'Conv', ''], ['/p/FusedMatMul', 'MatMul', '']]);
   });
 });
 
