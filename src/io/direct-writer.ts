@@ -47,19 +47,22 @@ export class DirectFileWriter {
     if (directMode) this.directHandle = handle;
   }
 
-  /** Creates (or truncates) `path`. `direct: false`, or ONESTEP_DIRECT_IO=0, writes through the page cache. */
-  static async create(path: string, opts: { direct?: boolean } = {}): Promise<DirectFileWriter> {
+  /**
+   * Creates (or truncates) `path`; with `exclusive`, only a new file (EEXIST otherwise). `direct: false`, or
+   * ONESTEP_DIRECT_IO=0, writes through the page cache.
+   */
+  static async create(path: string, opts: { direct?: boolean; exclusive?: boolean } = {}): Promise<DirectFileWriter> {
+    const { O_WRONLY, O_CREAT, O_TRUNC, O_EXCL } = fs.constants;
+    const flags = O_WRONLY | O_CREAT | (opts.exclusive ? O_EXCL : O_TRUNC);
     const O_DIRECT = fs.constants.O_DIRECT as number | undefined;
-    const wanted = (opts.direct ?? process.env.ONESTEP_DIRECT_IO !== '0') && O_DIRECT !== undefined;
-    if (wanted) {
-      const { O_WRONLY, O_CREAT, O_TRUNC } = fs.constants;
+    if ((opts.direct ?? process.env.ONESTEP_DIRECT_IO !== '0') && O_DIRECT !== undefined) {
       try {
-        return new DirectFileWriter(path, await open(path, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT!, 0o644), true);
+        return new DirectFileWriter(path, await open(path, flags | O_DIRECT, 0o644), true);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
       }
     }
-    return new DirectFileWriter(path, await open(path, 'w'), false);
+    return new DirectFileWriter(path, await open(path, flags, 0o644), false);
   }
 
   /** Whether the file is being written with O_DIRECT. */
@@ -95,13 +98,17 @@ export class DirectFileWriter {
     }
   }
 
-  /** Writes what is staged and closes the file, which then holds exactly `position` bytes. */
-  async close(): Promise<void> {
+  /**
+   * Writes what is staged and closes the file, which then holds exactly `position` bytes; with `sync`, once they are
+   * on the disk (fsync: cheap after O_DIRECT, whose blocks are there already).
+   */
+  async close(opts: { sync?: boolean } = {}): Promise<void> {
     try {
       const size = this.position;
       if (this.filled) await this.flushBlock();
       await this.settle();
       if (this.end > size) await this.handle.truncate(size);
+      if (opts.sync) await this.handle.sync();
     } finally {
       await this.closeHandles();
     }

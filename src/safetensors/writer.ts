@@ -1,11 +1,12 @@
 /** Streaming safetensors writer: at most two tensors in memory (one being written, the next being produced), atomic (temp file + rename), deterministic bytes. */
-import { link, open as openFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { link, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { OnestepError } from '../errors.js';
 import { DTYPE_SIZES, isSafetensorsDType, type SafetensorsDType } from './dtypes.js';
 import { SafetensorsError } from './errors.js';
 import { MAX_HEADER_BYTES } from './reader.js';
-import { registerTempPath, removeStaleTemps, tempPathFor, writeAll } from '../io/atomic.js';
+import { registerTempPath, removeStaleTemps, tempPathFor } from '../io/atomic.js';
+import { DirectFileWriter } from '../io/direct-writer.js';
 
 export interface TensorToWrite {
   name: string;
@@ -23,7 +24,7 @@ export interface TensorToWrite {
 const COPY_CHUNK = 8 << 20;
 
 /** Copies `length` bytes from `src` at `offset` to the end of `dst`, reading the next chunk while writing this one. */
-async function copyRange(src: FileHandle, offset: number, length: number, dst: FileHandle, buffers: [Uint8Array, Uint8Array], label: string): Promise<void> {
+async function copyRange(src: FileHandle, offset: number, length: number, dst: DirectFileWriter, buffers: [Uint8Array, Uint8Array], label: string): Promise<void> {
   const read = async (pos: number, buf: Uint8Array): Promise<Uint8Array> => {
     const n = Math.min(COPY_CHUNK, length - pos);
     let got = 0;
@@ -41,7 +42,7 @@ async function copyRange(src: FileHandle, offset: number, length: number, dst: F
     pos += current.length;
     chunk = pos < length ? read(pos, buffers[(k + 1) % 2]) : undefined;
     chunk?.catch(() => undefined);
-    await writeAll(dst, current);
+    await dst.write(current);
   }
 }
 
@@ -64,11 +65,11 @@ export async function writeSafetensors(
   const tempPath = tempPathFor(path);
   // Removed on Ctrl-C / SIGTERM too, not only on errors: a multi-GB temp file must not outlive an interrupted run.
   const unregister = registerTempPath(tempPath);
-  let handle: FileHandle | undefined;
+  let handle: DirectFileWriter | undefined;
   let next: Promise<Uint8Array> | undefined;
   try {
-    handle = await openFile(tempPath, 'wx');
-    await writeAll(handle, header);
+    handle = await DirectFileWriter.create(tempPath, { exclusive: true });
+    await handle.write(header);
     let bytes = 0;
     // The next tensor's data is produced (read, converted, merged) while the current one is written: reading and
     // writing overlap, at the cost of holding two tensors instead of one.
@@ -97,18 +98,18 @@ export async function writeSafetensors(
         const got = data instanceof Uint8Array ? `${data.byteLength} bytes` : 'not a Uint8Array';
         throw new SafetensorsError(path, 'byte-length', `data() gave ${got}; ${t.dtype} ${JSON.stringify(t.shape)} needs ${expected}`, t.name);
       }
-      await writeAll(handle, data);
+      await handle.write(data);
       bytes += expected;
       onProgress?.(i + 1, list.length, bytes);
     }
-    await handle.sync();
-    await handle.close();
+    const done = handle;
     handle = undefined;
+    await done.close({ sync: true });
     if (options.noReplace) await renameNoReplace(tempPath, path);
     else await rename(tempPath, path);
   } catch (e) {
     await next?.catch(() => undefined);
-    await handle?.close().catch(() => undefined);
+    await handle?.abort().catch(() => undefined);
     await rm(tempPath, { force: true });
     throw e;
   } finally {
