@@ -154,7 +154,8 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
     }
     // Hashed while converting (a replacement UNet is GBs, like the base): awaited when the manifest is written.
     const lorasPromise = Promise.all(loraSpecs.map(async (l) => ({ name: path.basename(l.path), sha256: await sha256Path(l.path), scale: l.scale })));
-    const componentsPromise = Promise.all(replaced.map(async (r) => ({ component: r.component, name: path.basename(path.resolve(r.input)), sha256: await sha256Path(r.path) })));
+    const replacing = [...replaced.map((r) => ({ component: r.component as string, input: r.input, path: r.path })), ...(opts.taesd ? [{ component: 'taesd', input: opts.taesd, path: opts.taesd }] : [])];
+    const componentsPromise = Promise.all(replacing.map(async (r) => ({ component: r.component, name: path.basename(path.resolve(r.input)), sha256: await sha256Path(r.path) })));
     lorasPromise.catch(() => undefined);
     componentsPromise.catch(() => undefined);
     // Before any graph is built: a recipe that does not fit the family must not cost a whole conversion.

@@ -19,10 +19,20 @@ import type { InitRecord } from './requests.js';
 
 /**
  * What decides the images beside the checkpoint's hash (`model` in the manifest): the LoRAs and their scales, the
- * dtype, the decoder. Not the file's name: a renamed checkpoint makes the same images.
+ * components used instead of the checkpoint's (`--unet`, `--vae`, `--taesd`), the dtype, the decoder, int8. Not the
+ * file's name: a renamed checkpoint makes the same images. (Components and int8 enter only where present, so the
+ * identity of a model without them is what it always was.)
  */
 export function modelIdentity(m: ModelManifest): string {
-  const what = { sha256: m.source.sha256, loras: m.source.loras.map((l) => [l.sha256, l.scale]), dtype: m.dtype, decoder: m.decoder.kind };
+  const { components } = m.source;
+  const what = {
+    sha256: m.source.sha256,
+    loras: m.source.loras.map((l) => [l.sha256, l.scale]),
+    dtype: m.dtype,
+    decoder: m.decoder.kind,
+    ...(components?.length ? { components: components.map((c) => [c.component, c.sha256]) } : {}),
+    ...(m.quantize ? { quantize: m.quantize } : {}),
+  };
   return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
 }
 

@@ -86,7 +86,7 @@ export interface ModelManifest {
     layout: 'single-file' | 'diffusers';
     sha256: string;
     loras: { name: string; sha256: string; scale: number }[];
-    /** Components used instead of the checkpoint's own (`convert --unet / --vae`). */
+    /** Components used instead of the checkpoint's own (`convert --unet / --vae`, and `--taesd`'s decoder). */
     components?: { component: string; name: string; sha256: string }[];
   };
   conditioning: ConditioningEntry[];

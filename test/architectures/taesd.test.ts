@@ -11,6 +11,7 @@ import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { buildTaesdDecoderGraph, normalizeTaesdConfig, type TaesdDecoderConfig } from '../../src/architectures/taesd.js';
 import { openTaesd } from '../../src/checkpoint/taesd.js';
+import { sha256Path } from '../../src/checkpoint/hash.js';
 import { convertCheckpoint } from '../../src/convert.js';
 import { BadInputError } from '../../src/errors.js';
 import { writeModel } from '../../src/onnx/write-model.js';
@@ -342,6 +343,8 @@ describe('architectures/taesd', function () {
       const manifest = await readModelManifest(out);
       assert.deepEqual(manifest.decoder, { graph: 'vae_decoder.onnx', kind: 'taesd' });
       assert.equal(manifest.latent.scaling_factor, SD_SCALE);
+      // The TAESD is part of the model's identity: its hash is recorded like a --vae's.
+      assert.deepEqual(manifest.source.components, [{ component: 'taesd', name: path.basename(folder), sha256: await sha256Path(folder) }]);
       // The decoder's weights are TAESD's, not the KL VAE's (whose data file is several times larger).
       const session = await ort.InferenceSession.create(path.join(out, 'vae_decoder.onnx'));
       try {

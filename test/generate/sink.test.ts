@@ -1,15 +1,17 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { OnestepError } from '../../src/errors.js';
-import { ImageSink, type SinkModel } from '../../src/generate/sink.js';
+import { ImageSink, modelIdentity, type SinkModel } from '../../src/generate/sink.js';
 import { MANIFEST_FILE, openManifest } from '../../src/io/manifest.js';
 import { NameAllocator } from '../../src/io/names.js';
 import { FilesOutput } from '../../src/io/outputs.js';
 import type { PromptRecord } from '../../src/io/prompts.js';
 import type { GeneratedImage, ImageRequest } from '../../src/runtime/engine.js';
+import type { ModelManifest } from '../../src/runtime/model-dir.js';
 
 const MODEL: SinkModel = { hash: 'ab'.repeat(32), id: '0123456789abcdef', name: 'tiny', prediction: 'epsilon', timestep: 999 };
 const MS = { tokenize: 2, textEncoder: 4, denoiser: 8, decoder: 6, total: 20 };
@@ -76,5 +78,37 @@ describe('generate/sink', () => {
     const changed = await again.sink.done(record(0), request(record(0), 99n), undefined);
     assert.ok(changed instanceof OnestepError && /prompt 0 \(line 1\).*other settings than this run: .*seed/.test(changed.message), String(changed));
     await again.output.close();
+  });
+});
+
+describe('generate/sink modelIdentity', () => {
+  const manifest = (source: Partial<ModelManifest['source']> = {}, extra: Partial<ModelManifest> = {}): ModelManifest =>
+    ({
+      dtype: 'float32',
+      decoder: { graph: 'vae_decoder.onnx', kind: 'autoencoder-kl' },
+      source: { name: 'base.safetensors', layout: 'single-file', sha256: 'ab'.repeat(32), loras: [{ name: 'l.safetensors', sha256: 'cd'.repeat(32), scale: 0.8 }], ...source },
+      ...extra,
+    }) as ModelManifest;
+
+  it('is the hash of checkpoint, LoRAs, dtype and decoder for a model without replaced components or int8 (as before)', () => {
+    const before = createHash('sha256')
+      .update(JSON.stringify({ sha256: 'ab'.repeat(32), loras: [['cd'.repeat(32), 0.8]], dtype: 'float32', decoder: 'autoencoder-kl' }))
+      .digest('hex')
+      .slice(0, 16);
+    assert.equal(modelIdentity(manifest()), before);
+    assert.equal(modelIdentity(manifest({ name: 'renamed.safetensors', components: [] })), before);
+  });
+
+  it('tells apart models that differ in a --unet / --vae / --taesd component or in int8', () => {
+    const unet = (sha: string) => manifest({ components: [{ component: 'unet', name: 'u.safetensors', sha256: sha }] });
+    const ids = [
+      modelIdentity(manifest()),
+      modelIdentity(unet('ef'.repeat(32))),
+      modelIdentity(unet('01'.repeat(32))),
+      modelIdentity(manifest({ components: [{ component: 'vae', name: 'u.safetensors', sha256: 'ef'.repeat(32) }] })),
+      modelIdentity(manifest({}, { quantize: 'int8' })),
+    ];
+    assert.equal(new Set(ids).size, ids.length, ids.join(' '));
+    assert.equal(modelIdentity(unet('ef'.repeat(32))), modelIdentity(manifest({ components: [{ component: 'unet', name: 'other-name', sha256: 'ef'.repeat(32) }] })));
   });
 });
