@@ -241,7 +241,7 @@ export async function convertCheckpoint(input: string, opts: ConvertOptions): Pr
           negative: inference.negative,
           denoiser: inference.denoiser,
           decoder: { graph: 'vae_decoder.onnx', kind: decoderKind('vae_decoder') },
-          ...(names.has('vae_encoder') ? { encoder: { graph: 'vae_encoder.onnx', kind: 'autoencoder-kl' as const } } : {}),
+          ...(names.has('vae_encoder') ? { encoder: { graph: 'vae_encoder.onnx', kind: inference.encoder ?? ('autoencoder-kl' as const) } } : {}),
           configs: { ...ckpt.configs, scheduler: ckpt.scheduler },
           recipe,
           latent,

@@ -22,7 +22,7 @@
  */
 import type { WeightSource } from '../checkpoint/weight-source.js';
 import { BadInputError, OnestepError } from '../errors.js';
-import { Graph, type Module, type Value } from '../onnx/graph.js';
+import { Graph, expectedWeights, type Module, type Value } from '../onnx/graph.js';
 import { toUint8Image } from './vae.js';
 
 /** The decoder half of diffusers' AutoencoderTiny config (same field names). */
@@ -183,4 +183,86 @@ export function buildTaesdDecoderGraph(
   if (opts.toImage) g.output(toUint8Image(g, sample), 'image', ['batch', 'image_height', 'image_width', cfg.out_channels]);
   else g.output(g.cast(sample, 'float32'), 'sample', ['batch', cfg.out_channels, 'image_height', 'image_width']);
   return g;
+}
+
+/**
+ * The encoder half of diffusers' AutoencoderTiny config (same field names). EncoderTiny is one nn.Sequential too,
+ * `encoder.layers.N...`: 0 conv (in_channels -> C0) with bias; per stage i: (i > 0) a stride-2 conv C_i -> C_i
+ * without bias, then num_encoder_blocks[i] x AutoencoderTinyBlock(C_i); last: conv (C -> latent_channels) with bias.
+ */
+export interface TaesdEncoderConfig {
+  in_channels: number;
+  latent_channels: number;
+  encoder_block_out_channels: number[];
+  num_encoder_blocks: number[];
+}
+
+/** An AutoencoderTiny config.json -> the encoder config (diffusers' defaults where a field is absent). */
+export function normalizeTaesdEncoderConfig(json: Record<string, any>, label = 'TAESD config'): TaesdEncoderConfig {
+  const cfg: TaesdEncoderConfig = {
+    in_channels: json.in_channels ?? 3,
+    latent_channels: json.latent_channels ?? 4,
+    encoder_block_out_channels: json.encoder_block_out_channels ?? [64, 64, 64, 64],
+    num_encoder_blocks: json.num_encoder_blocks ?? [1, 3, 3, 3],
+  };
+  const widths = cfg.encoder_block_out_channels;
+  if (!Array.isArray(widths) || widths.length !== cfg.num_encoder_blocks.length || widths.some((c) => !Number.isInteger(c) || c <= 0)) {
+    throw new BadInputError(label, `encoder_block_out_channels ${JSON.stringify(widths)} does not give one width per stage of num_encoder_blocks ${JSON.stringify(cfg.num_encoder_blocks)}`);
+  }
+  // EncoderTiny's stride-2 conv of stage i maps C_i to C_i: it takes stage i - 1's output only where the widths agree.
+  if (widths.some((c) => c !== widths[0])) throw new BadInputError(label, `encoder_block_out_channels ${JSON.stringify(widths)} are not all equal, which diffusers' EncoderTiny cannot run`);
+  return cfg;
+}
+
+/** How many times smaller the latent is than the image: 2 per stage after the first. */
+export function taesdDownscale(cfg: TaesdEncoderConfig): number {
+  return 2 ** (cfg.num_encoder_blocks.length - 1);
+}
+
+/** AutoencoderTinyBlock(C, C) with declared shapes (no skip conv: channels do not change). */
+function encoderBlock(m: Module, x: Value, channels: number): Value {
+  const { g } = m;
+  let h = relu(g, m.conv2d(x, 'conv.0', channels, channels));
+  h = relu(g, m.conv2d(h, 'conv.2', channels, channels));
+  h = m.conv2d(h, 'conv.4', channels, channels);
+  return relu(g, g.add(h, x));
+}
+
+/** EncoderTiny.forward: image in [-1, 1], NCHW, in the graph's dtype -> raw TAESD latents (the denoiser's space). */
+export function taesdEncoder(g: Graph, cfg: TaesdEncoderConfig, image: Value, prefix: string): Value {
+  return g.scope('encoder', () => {
+    const m = g.module(prefix);
+    const widths = cfg.encoder_block_out_channels;
+    // TAESD works on images in [0, 1].
+    let h = g.div(g.add(image, g.scalar(1, image.type)), g.scalar(2, image.type));
+    let index = 0;
+    cfg.num_encoder_blocks.forEach((count, stage) => {
+      const c = widths[stage];
+      const i = index++;
+      h = g.scope(`layers.${i}`, () =>
+        stage === 0 ? m.conv2d(h, `layers.${i}`, cfg.in_channels, c) : m.conv2d(h, `layers.${i}`, c, c, { stride: 2, bias: false }),
+      );
+      for (let b = 0; b < count; b++, index++) h = m.with(`layers.${index}`, (block) => encoderBlock(block, h, c));
+    });
+    const last = index;
+    return g.scope(`layers.${last}`, () => m.conv2d(h, `layers.${last}`, widths[widths.length - 1], cfg.latent_channels));
+  });
+}
+
+/**
+ * Standalone encoder graph: `sample` float32 [batch, in_channels, height, width] in [-1, 1] -> `latents` float32
+ * [batch, latent_channels, height / 8, width / 8], AutoencoderTiny's encode(x).latents: not yet scaled (image-to-image
+ * multiplies by the scaling factor, runtime/img2img.ts). No distribution to sample: TAESD's latents are the mode.
+ */
+export function buildTaesdEncoderGraph(weights: WeightSource, cfg: TaesdEncoderConfig, dtype: 'float32' | 'float16', prefix: string): Graph {
+  const g = new Graph('vae_encoder', weights, dtype);
+  const x = g.input('sample', 'float32', ['batch', cfg.in_channels, 'height', 'width']);
+  const latents = g.scope('taesd', () => taesdEncoder(g, cfg, g.cast(x, g.dtype), prefix));
+  g.output(g.cast(latents, 'float32'), 'latents', ['batch', cfg.latent_channels, 'latent_height', 'latent_width']);
+  return g;
+}
+
+/** The weights buildTaesdEncoderGraph reads, with their shapes (a dry run: Graph.weight). */
+export function expectedTaesdEncoderWeights(cfg: TaesdEncoderConfig, prefix: string): Map<string, number[]> {
+  return expectedWeights((w) => buildTaesdEncoderGraph(w, cfg, 'float32', prefix));
 }

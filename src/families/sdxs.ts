@@ -6,7 +6,18 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { buildClipTextGraph, clipTextConfigFromJson, expectedClipTextWeights } from '../architectures/clip-text.js';
-import { buildTaesdDecoderGraph, inferTaesdDecoderConfig, normalizeTaesdConfig, taesdUpscale, type TaesdDecoderConfig } from '../architectures/taesd.js';
+import {
+  buildTaesdDecoderGraph,
+  buildTaesdEncoderGraph,
+  expectedTaesdEncoderWeights,
+  inferTaesdDecoderConfig,
+  normalizeTaesdConfig,
+  normalizeTaesdEncoderConfig,
+  taesdDownscale,
+  taesdUpscale,
+  type TaesdDecoderConfig,
+  type TaesdEncoderConfig,
+} from '../architectures/taesd.js';
 import { buildUNetGraph, expectedUnetWeights, unetConfigFromJson } from '../architectures/unet.js';
 import type { ClipTextConfig, UNetConfig } from '../checkpoint/configs.js';
 import { checkTensors } from '../checkpoint/check-tensors.js';
@@ -16,14 +27,18 @@ import { clipTokenizerOf, clipUnetInference } from './sd.js';
 import type { Checkpoint, FamilyDef, FolderInput, GraphSpec, InferenceDeclaration, OpenOptions } from './types.js';
 
 const COMPONENTS = ['unet', 'text_encoder', 'vae'];
-/** Where the AutoencoderTiny's decoder sits among the folder's canonical names. */
+/** Where the AutoencoderTiny's decoder and encoder sit among the folder's canonical names. */
 const DECODER_PREFIX = 'vae.decoder';
+const ENCODER_PREFIX = 'vae.encoder';
 
 interface SdxsConfigs {
   unet: UNetConfig;
   text_encoder: ClipTextConfig;
-  /** The AutoencoderTiny decoder, plus its latent scale (AutoencoderTiny's scaling_factor, 1.0 in SDXS). */
-  vae: TaesdDecoderConfig & { scaling_factor: number };
+  /**
+   * The AutoencoderTiny decoder, plus its latent scale (AutoencoderTiny's scaling_factor, 1.0 in SDXS) and its encoder
+   * where the folder has one (image-to-image).
+   */
+  vae: TaesdDecoderConfig & { scaling_factor: number; encoder?: TaesdEncoderConfig };
 }
 
 function configs(ckpt: Checkpoint): SdxsConfigs {
@@ -43,10 +58,19 @@ async function openSdxsFolder(folder: FolderInput, opts: OpenOptions): Promise<C
       }
     }
     const scale = rawConfigs.vae.scaling_factor;
-    const vae = { ...decoder, scaling_factor: typeof scale === 'number' ? scale : 1 };
-    const expected = new Map([...expectedUnetWeights(unet), ...expectedClipTextWeights(textEncoder)]);
+    // Decoder-only AutoencoderTiny folders exist (madebyollin's files are split): without an encoder, no image-to-image.
+    const encoder = weights.names().some((n) => n.startsWith(`${ENCODER_PREFIX}.`)) ? normalizeTaesdEncoderConfig(rawConfigs.vae, vaeFile) : undefined;
+    if (encoder && (encoder.latent_channels !== decoder.latent_channels || taesdDownscale(encoder) !== taesdUpscale(decoder))) {
+      throw new BadInputError(vaeFile, `describes an encoder (${encoder.latent_channels} latent channels, ${taesdDownscale(encoder)}x) that does not match its decoder (${decoder.latent_channels}, ${taesdUpscale(decoder)}x)`);
+    }
+    const vae = { ...decoder, scaling_factor: typeof scale === 'number' ? scale : 1, ...(encoder ? { encoder } : {}) };
+    const expected = new Map([...expectedUnetWeights(unet), ...expectedClipTextWeights(textEncoder), ...(encoder ? expectedTaesdEncoderWeights(encoder, ENCODER_PREFIX) : [])]);
     checkTensors(weights, expected, dir);
-    notes.push('vae/ is an AutoencoderTiny: converted as the decoder (no encoder graph; image-to-image needs an AutoencoderKL)');
+    notes.push(
+      encoder
+        ? 'vae/ is an AutoencoderTiny: its decoder and encoder are the model\'s (image-to-image encodes with TAESD)'
+        : 'vae/ is an AutoencoderTiny without encoder weights: converted as the decoder only (no image-to-image)',
+    );
     return {
       family: SDXS,
       // vae: the AutoencoderTiny's decoder config (CheckpointConfigs types vae as an AutoencoderKL's).
@@ -63,13 +87,14 @@ function sdxsGraphs(ckpt: Checkpoint): GraphSpec[] {
     { name: 'text_encoder', build: (w, dtype) => buildClipTextGraph(w, text_encoder, dtype) },
     { name: 'unet', build: (w, dtype) => buildUNetGraph(w, unet, dtype) },
     { name: 'vae_decoder', build: (w, dtype) => buildTaesdDecoderGraph(w, vae, dtype, { latentScale: vae.scaling_factor, prefix: DECODER_PREFIX }) },
+    ...(vae.encoder ? [{ name: 'vae_encoder', build: (w, dtype) => buildTaesdEncoderGraph(w, vae.encoder!, dtype, ENCODER_PREFIX) } satisfies GraphSpec] : []),
   ];
 }
 
 function sdxsInference(ckpt: Checkpoint): InferenceDeclaration {
   const { unet, vae } = configs(ckpt);
   const latent = { channels: vae.latent_channels, scaling_factor: vae.scaling_factor, shift_factor: null, downscale: taesdUpscale(vae) };
-  return { ...clipUnetInference(unet, latent), decoder: 'taesd' };
+  return { ...clipUnetInference(unet, latent), decoder: 'taesd', ...(vae.encoder ? { encoder: 'taesd' as const } : {}) };
 }
 
 export const SDXS: FamilyDef = {

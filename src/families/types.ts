@@ -92,6 +92,8 @@ export interface InferenceDeclaration {
   default_size: { width: number; height: number };
   /** What vae_decoder.onnx is (absent: the VAE's AutoencoderKL decoder; SDXS: its own AutoencoderTiny). */
   decoder?: 'autoencoder-kl' | 'taesd';
+  /** What vae_encoder.onnx is, where the family writes one (absent: the VAE's AutoencoderKL encoder; SDXS: TAESD's). */
+  encoder?: 'autoencoder-kl' | 'taesd';
 }
 
 export interface FamilyDef {

@@ -335,16 +335,18 @@ export class Graph {
 
   /**
    * torch Conv2d on NCHW. `channels`: [in, out] as nn.Conv2d(in, out, kernel) declares them (square `kernel`, 3 unless
-   * given; a bias); without them, shapes and bias are the stored ones. Padding: kernel / 2 unless given.
+   * given; a bias unless `bias: false`); without them, shapes and bias are the stored ones. Padding: kernel / 2 unless
+   * given.
    */
-  conv2d(x: Value, prefix: string, opts: { stride?: number; padding?: number; channels?: readonly [number, number]; kernel?: number } = {}): Value {
+  conv2d(x: Value, prefix: string, opts: { stride?: number; padding?: number; channels?: readonly [number, number]; kernel?: number; bias?: boolean } = {}): Value {
     const c = opts.channels;
     const declared = c && [c[1], c[0], opts.kernel ?? 3, opts.kernel ?? 3];
     return this.scope(prefix.slice(prefix.lastIndexOf('.') + 1), () => {
       const shape = declared ?? this.weightShape(`${prefix}.weight`);
       const k = shape[2];
       const p = opts.padding ?? Math.floor(k / 2);
-      const bias = declared || this.hasWeight(`${prefix}.bias`) ? this.weight(`${prefix}.bias`, {}, this.dtype, declared && [declared[0]]) : undefined;
+      const hasBias = declared ? opts.bias !== false : this.hasWeight(`${prefix}.bias`);
+      const bias = hasBias ? this.weight(`${prefix}.bias`, {}, this.dtype, declared && [declared[0]]) : undefined;
       return this.op('Conv', [x, this.weight(`${prefix}.weight`, {}, this.dtype, declared), bias], {
         kernel_shape: [shape[2], shape[3]],
         pads: [p, p, p, p],
@@ -488,8 +490,8 @@ export class Module {
   linear(x: Value, name: string, inFeatures: number, outFeatures: number, opts: { bias?: boolean } = {}): Value {
     return this.g.linear(x, this.key(name), { bias: opts.bias ?? true, features: [inFeatures, outFeatures] });
   }
-  /** nn.Conv2d(inChannels, outChannels, kernel (3), stride, padding) with a bias, named `name`. */
-  conv2d(x: Value, name: string, inChannels: number, outChannels: number, opts: { kernel?: number; stride?: number; padding?: number } = {}): Value {
+  /** nn.Conv2d(inChannels, outChannels, kernel (3), stride, padding, bias (true)) named `name`. */
+  conv2d(x: Value, name: string, inChannels: number, outChannels: number, opts: { kernel?: number; stride?: number; padding?: number; bias?: boolean } = {}): Value {
     return this.g.conv2d(x, this.key(name), { ...opts, channels: [inChannels, outChannels] });
   }
   /** nn.LayerNorm(dim, eps) named `name`. */

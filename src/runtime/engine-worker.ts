@@ -224,7 +224,9 @@ export class InferencePipeline {
     if (!m.encoder) {
       throw new OnestepError(
         'this model has no VAE encoder, so it cannot do image-to-image',
-        m.decoder.kind === 'taesd' ? 'Its decoder is TAESD; convert the checkpoint again without --taesd (its VAE encoder is kept) for image-to-image.' : 'Convert the checkpoint again with this onestep.',
+        m.decoder.kind === 'taesd' && m.family !== 'sdxs'
+          ? 'Its decoder is TAESD; convert the checkpoint again without --taesd (its VAE encoder is kept) for image-to-image.'
+          : 'Convert the checkpoint again with this onestep (an AutoencoderTiny without encoder weights cannot encode).',
       );
     }
     if (this.cfg.recipe.prediction_type === 'flow') throw new OnestepError('image-to-image needs a diffusion model; flow models (InstaFlow) start from noise only');
@@ -239,12 +241,14 @@ export class InferencePipeline {
       images.set(img, k * imageSize);
     });
     const enc = await encoder.run({ sample: new ort.Tensor('float32', images, [todo.length, 3, height, width]) });
-    const mean = enc.latent_dist_mean.data as Float32Array;
-    const std = enc.latent_dist_std.data as Float32Array;
+    // AutoencoderKL: the posterior's mean and std; TAESD: latents (runtime/img2img.ts).
+    const taesd = m.encoder.kind === 'taesd';
+    const mean = (taesd ? enc.latents : enc.latent_dist_mean).data as Float32Array;
+    const std = taesd ? undefined : (enc.latent_dist_std.data as Float32Array);
     const size = C * h * w;
     todo.forEach((i, k) => {
-      const draws = img2imgDraws(batch[i].seed, size);
-      out.set(i, noisedInitLatents(mean.subarray(k * size, (k + 1) * size), std.subarray(k * size, (k + 1) * size), draws, m.latent, alphaBars[i]));
+      const draws = img2imgDraws(batch[i].seed, size, !taesd);
+      out.set(i, noisedInitLatents(mean.subarray(k * size, (k + 1) * size), std?.subarray(k * size, (k + 1) * size), draws, m.latent, alphaBars[i]));
     });
     for (const v of Object.values(enc)) v.dispose();
     return out;

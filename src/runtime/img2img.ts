@@ -8,7 +8,9 @@
  *   x_t = sqrt(abar_t) * z0 + sqrt(1 - abar_t) * noise          (= (z0 + sigma * noise) / sqrt(sigma^2 + 1))
  *
  * Random numbers come from the image's own seed in the pipeline's order: first the posterior sample, then the noise,
- * together one torch.randn(2 * C * h * w) of that seed (first half, second half).
+ * together one torch.randn(2 * C * h * w) of that seed (first half, second half). A TAESD encoder (AutoencoderTiny, SDXS)
+ * gives latents, not a distribution (diffusers' retrieve_latents takes `.latents` and draws nothing): z0 =
+ * scaling_factor * (latents - shift_factor) and the noise is the seed's first draw.
  */
 import { OnestepError } from '../errors.js';
 import { torchRandn } from './noise.js';
@@ -30,17 +32,26 @@ export function img2imgTimestep(strength: number, trainTimesteps = 1000): number
   return roundHalfEven(last) - 1;
 }
 
-/** The two draws of an image's generator: the posterior sample's eps, then the noise, each [C, h, w]. */
-export function img2imgDraws(seed: bigint, latentSize: number): { posterior: Float32Array; noise: Float32Array } {
+/**
+ * The draws of an image's generator, each [C, h, w]: the posterior sample's eps, then the noise; only the noise for an
+ * encoder without a posterior (`posterior: false`, TAESD).
+ */
+export function img2imgDraws(seed: bigint, latentSize: number): { posterior: Float32Array; noise: Float32Array };
+export function img2imgDraws(seed: bigint, latentSize: number, posterior: boolean): { posterior?: Float32Array; noise: Float32Array };
+export function img2imgDraws(seed: bigint, latentSize: number, posterior = true): { posterior?: Float32Array; noise: Float32Array } {
+  if (!posterior) return { noise: torchRandn(seed, [latentSize]) };
   const both = torchRandn(seed, [2 * latentSize]);
   return { posterior: both.subarray(0, latentSize), noise: both.subarray(latentSize) };
 }
 
-/** x_t for one image from its encoded posterior (unscaled mean and std), its draws and abar at the timestep. */
+/**
+ * x_t for one image from its encoded posterior (unscaled mean and std; without `std`, latents taken as they are), its
+ * draws and abar at the timestep.
+ */
 export function noisedInitLatents(
   mean: Float32Array,
-  std: Float32Array,
-  draws: { posterior: Float32Array; noise: Float32Array },
+  std: Float32Array | undefined,
+  draws: { posterior?: Float32Array; noise: Float32Array },
   latent: { scaling_factor: number; shift_factor: number | null },
   alphaBar: number,
 ): Float32Array {
@@ -50,8 +61,9 @@ export function noisedInitLatents(
   const shift = latent.shift_factor ?? 0;
   const sa = f(Math.sqrt(alphaBar));
   const s1a = f(Math.sqrt(1 - alphaBar));
+  if (std && !draws.posterior) throw new OnestepError('internal: a posterior sample needs its draw');
   for (let i = 0; i < mean.length; i++) {
-    const sample = f(mean[i] + f(std[i] * draws.posterior[i]));
+    const sample = std ? f(mean[i] + f(std[i] * draws.posterior![i])) : mean[i];
     const z0 = f(scale * f(sample - shift));
     out[i] = f(f(sa * z0) + f(s1a * draws.noise[i]));
   }

@@ -6,7 +6,8 @@
  *   <conditioning graph>.onnx  input_ids int64 [batch, max_length] (+ attention_mask when declared) -> named outputs
  *   <denoiser graph>.onnx      sample, timestep (float32 [batch]) and the declared conditioning inputs -> out_sample
  *   vae_decoder.onnx           latent_sample (already / scaling_factor + shift) -> sample (raw, [-1, 1])
- *   vae_encoder.onnx           sample [-1, 1] -> latent_dist_mean, latent_dist_std (not yet scaled; image-to-image)
+ *   vae_encoder.onnx           sample [-1, 1] -> latent_dist_mean, latent_dist_std (not yet scaled; image-to-image);
+ *                              a TAESD encoder (kind 'taesd', SDXS) -> latents (not yet scaled: no distribution)
  *   <tokenizer dir>/           tokenizer.json + onestep-tokenizer.json (see runtime/tokenizer.ts)
  * Every graph is stored with its weights in `<graph>.data` beside it (onnx/write-model.ts).
  */

@@ -1,7 +1,7 @@
 /**
  * TAESD decoder graph against a plain float64 DecoderTiny written here, on tiny random-weight decoders saved in both
- * namings (diffusers AutoencoderTiny folder, madebyollin's numbered layers); then `convert --taesd` end to end through
- * the engine.
+ * namings (diffusers AutoencoderTiny folder, madebyollin's numbered layers), and the encoder graph against a float64
+ * EncoderTiny on tiny-sdxs's AutoencoderTiny; then `convert --taesd` end to end through the engine.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -9,7 +9,15 @@ import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
-import { buildTaesdDecoderGraph, normalizeTaesdConfig, type TaesdDecoderConfig } from '../../src/architectures/taesd.js';
+import {
+  buildTaesdDecoderGraph,
+  buildTaesdEncoderGraph,
+  expectedTaesdEncoderWeights,
+  normalizeTaesdConfig,
+  normalizeTaesdEncoderConfig,
+  taesdDownscale,
+  type TaesdDecoderConfig,
+} from '../../src/architectures/taesd.js';
 import { openTaesd } from '../../src/checkpoint/taesd.js';
 import { sha256Path } from '../../src/checkpoint/hash.js';
 import { convertCheckpoint } from '../../src/convert.js';
@@ -113,34 +121,37 @@ interface Img {
   d: Float64Array;
 }
 
-function conv2d(x: Img, weights: Map<string, T>, name: string): Img {
+/** torch Conv2d with padding k / 2 and `stride` (output side floor((side + 2p - k) / stride) + 1). */
+function conv2d(x: Img, weights: Map<string, T>, name: string, stride = 1): Img {
   const wt = weights.get(`${name}.weight`)!;
   const bias = weights.get(`${name}.bias`);
   const [cout, cin, k] = wt.shape;
   assert.equal(cin, x.c, name);
   const p = (k - 1) / 2;
-  const out = new Float64Array(cout * x.h * x.w);
+  const oh = Math.floor((x.h + 2 * p - k) / stride) + 1;
+  const ow = Math.floor((x.w + 2 * p - k) / stride) + 1;
+  const out = new Float64Array(cout * oh * ow);
   for (let o = 0; o < cout; o++) {
-    const plane = out.subarray(o * x.h * x.w, (o + 1) * x.h * x.w);
+    const plane = out.subarray(o * oh * ow, (o + 1) * oh * ow);
     plane.fill(bias ? bias.data[o] : 0);
     for (let i = 0; i < cin; i++) {
       const src = x.d.subarray(i * x.h * x.w, (i + 1) * x.h * x.w);
       for (let ky = 0; ky < k; ky++) {
         for (let kx = 0; kx < k; kx++) {
           const wv = wt.data[((o * cin + i) * k + ky) * k + kx];
-          for (let y = 0; y < x.h; y++) {
-            const sy = y + ky - p;
+          for (let y = 0; y < oh; y++) {
+            const sy = y * stride + ky - p;
             if (sy < 0 || sy >= x.h) continue;
-            for (let xx = 0; xx < x.w; xx++) {
-              const sx = xx + kx - p;
-              if (sx >= 0 && sx < x.w) plane[y * x.w + xx] += wv * src[sy * x.w + sx];
+            for (let xx = 0; xx < ow; xx++) {
+              const sx = xx * stride + kx - p;
+              if (sx >= 0 && sx < x.w) plane[y * ow + xx] += wv * src[sy * x.w + sx];
             }
           }
         }
       }
     }
   }
-  return { c: cout, h: x.h, w: x.w, d: out };
+  return { c: cout, h: oh, w: ow, d: out };
 }
 
 const map = (x: Img, f: (v: number) => number): Img => ({ ...x, d: x.d.map(f) });
@@ -174,6 +185,22 @@ function referenceDecode(latentSample: Img, weights: Map<string, T>, cfg: TaesdD
     x = conv2d(x, weights, `layers.${i++}`);
   });
   return map(x, (v) => v * 2 - 1);
+}
+
+/** EncoderTiny.forward on one image [3, H, W] in [-1, 1]: layers((x + 1) / 2), diffusers' layer numbering. */
+function referenceEncode(image: Img, weights: Map<string, T>, blocks: number[]): Img {
+  let x = map(image, (v) => (v + 1) / 2);
+  let i = 0;
+  blocks.forEach((count, s) => {
+    x = conv2d(x, weights, `layers.${i++}`, s === 0 ? 1 : 2);
+    for (let b = 0; b < count; b++, i++) {
+      let h = relu(conv2d(x, weights, `layers.${i}.conv.0`));
+      h = relu(conv2d(h, weights, `layers.${i}.conv.2`));
+      h = conv2d(h, weights, `layers.${i}.conv.4`);
+      x = relu({ ...h, d: h.d.map((v, j) => v + x.d[j]) });
+    }
+  });
+  return conv2d(x, weights, `layers.${i}`);
 }
 
 function randomLatents(seed: number, n: number): Float32Array {
@@ -259,6 +286,60 @@ describe('architectures/taesd', function () {
       assert.ok(err <= bound, `relErr ${err}`);
     });
   }
+
+  // The encoder (SDXS image-to-image): tiny-sdxs's AutoencoderTiny, against EncoderTiny.forward in float64.
+  for (const [dtype, bound] of [
+    ['float32', 1e-4],
+    ['float16', 2e-2],
+  ] as const) {
+    it(`tiny-sdxs vae/ encoder, ${dtype}: matches the float64 reference at two image sizes (relErr <= ${bound})`, async () => {
+      const cfg = normalizeTaesdEncoderConfig(folderConfig('tiny-sdxs', 'vae'));
+      assert.deepEqual(cfg, { in_channels: 3, latent_channels: 4, encoder_block_out_channels: [16, 16, 16, 16], num_encoder_blocks: [1, 3, 3, 3] });
+      assert.equal(taesdDownscale(cfg), 8);
+      const source = folderWeights('tiny-sdxs', ['vae']);
+      const weights = new Map<string, T>();
+      for (const name of source.names().filter((n) => n.startsWith('vae.encoder.'))) {
+        weights.set(name.slice('vae.encoder.'.length), { shape: source.meta(name).shape, data: await source.readF32(name) });
+      }
+      // Every encoder tensor is one the graph reads, with the shape it declares.
+      const expected = expectedTaesdEncoderWeights(cfg, 'vae.encoder');
+      assert.deepEqual([...expected.keys()].sort(), source.names().filter((n) => n.startsWith('vae.encoder.')).sort());
+      for (const [name, shape] of expected) assert.deepEqual(source.meta(name).shape, shape, name);
+      await writeModel(buildTaesdEncoderGraph(source, cfg, dtype, 'vae.encoder'), tmp, `sdxs-encoder-${dtype}`);
+      const session = await ort.InferenceSession.create(path.join(tmp, `sdxs-encoder-${dtype}.onnx`));
+      try {
+        for (const [dims, seed] of [
+          [[2, 3, 16, 24], 31],
+          [[1, 3, 64, 64], 32],
+        ] as const) {
+          const r = signedRandom(seed);
+          const [n, c, h, w] = dims;
+          const image = Float32Array.from({ length: n * c * h * w }, () => r());
+          const out = (await session.run({ sample: new ort.Tensor('float32', image, [...dims]) })).latents;
+          assert.deepEqual(out.dims, [n, 4, h / 8, w / 8]);
+          const per = c * h * w;
+          const ref = new Float64Array((out.data as Float32Array).length);
+          for (let b = 0; b < n; b++) {
+            const enc = referenceEncode({ c, h, w, d: Float64Array.from(image.subarray(b * per, (b + 1) * per)) }, weights, cfg.num_encoder_blocks);
+            ref.set(enc.d, b * enc.d.length);
+          }
+          const err = relErr(out.data as Float32Array, ref);
+          assert.ok(err <= bound, `${dtype} ${dims}: relErr ${err}`);
+          assert.ok(Math.max(...ref) - Math.min(...ref) > 0.1, 'reference latents too flat to test anything');
+        }
+      } finally {
+        await session.release();
+      }
+    });
+  }
+
+  it('refuses an AutoencoderTiny encoder config diffusers cannot run (stage widths that differ), naming the file', () => {
+    assert.throws(
+      () => normalizeTaesdEncoderConfig({ encoder_block_out_channels: [16, 32, 32, 32], num_encoder_blocks: [1, 3, 3, 3] }, 'x/vae/config.json'),
+      (e: Error) => e instanceof BadInputError && e.message.includes('x/vae/config.json') && /not all equal/.test(e.message),
+    );
+    assert.throws(() => normalizeTaesdEncoderConfig({ encoder_block_out_channels: [16, 16], num_encoder_blocks: [1, 3, 3, 3] }, 'c.json'), /one width per stage/);
+  });
 
   it("madebyollin's numbered layers (decoder-only and whole-module files) give the same decoder; config inferred from names", async () => {
     // Stage widths that change, so blocks with a 1x1 skip are exercised too.

@@ -36,4 +36,24 @@ describe('runtime/img2img', () => {
       });
     }
   }
+
+  it('a TAESD encoder (no posterior): the noise is the seed\'s first draw and z0 = scaling_factor * (latents - shift)', () => {
+    const size = 4 * 8 * 8;
+    const seed = 1234n;
+    const draws = img2imgDraws(seed, size, false);
+    assert.equal(draws.posterior, undefined);
+    // diffusers draws nothing for AutoencoderTiny's latents: the noise is what the KL path draws as its posterior eps.
+    assert.deepEqual([...draws.noise], [...img2imgDraws(seed, size).posterior]);
+    const latents = Float32Array.from({ length: size }, (_, i) => Math.sin(i) * 2);
+    const alphaBar = 0.3;
+    for (const latent of [
+      { scaling_factor: 1, shift_factor: null },
+      { scaling_factor: 0.5, shift_factor: 0.25 },
+    ]) {
+      const xt = noisedInitLatents(latents, undefined, draws, latent, alphaBar);
+      const ref = Float64Array.from(latents, (z, i) => Math.sqrt(alphaBar) * latent.scaling_factor * (z - (latent.shift_factor ?? 0)) + Math.sqrt(1 - alphaBar) * draws.noise[i]);
+      assert.ok(relErr(xt, ref) < 1e-6, `relErr ${relErr(xt, ref)}`);
+    }
+    assert.throws(() => noisedInitLatents(latents, latents, draws, { scaling_factor: 1, shift_factor: null }, alphaBar), /posterior sample needs its draw/);
+  });
 });
