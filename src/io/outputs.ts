@@ -6,7 +6,7 @@
 import { createReadStream } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { writeFileAtomic } from './atomic.js';
+import { registerTempPath, writeFileAtomic } from './atomic.js';
 import { splitLines } from './lines.js';
 import { MANIFEST_FILE, type Manifest, type ManifestInput } from './manifest.js';
 
@@ -51,8 +51,16 @@ export class FilesOutput implements ImageOutput {
   }
 
   async write(image: OutputImage): Promise<void> {
-    await writeFileAtomic(path.join(this.out, image.entry.file), image.data);
-    await this.manifest.append(image.entry);
+    const file = path.join(this.out, image.entry.file);
+    // Until its manifest line is written the image is not part of the folder: a quit between the two (a second Ctrl-C)
+    // removes it with the temp files, so every image on disk is one the manifest (and --resume) knows.
+    const unregister = registerTempPath(file);
+    try {
+      await writeFileAtomic(file, image.data);
+      await this.manifest.append(image.entry);
+    } finally {
+      unregister();
+    }
   }
 
   async inputEnded(): Promise<void> {}
