@@ -1,7 +1,7 @@
 /** WeightSource implementations: canonical names backed by tensors of one or more TensorSets. */
 import { BadInputError } from '../errors.js';
 import { freshBuffer, type Allocator } from '../io/buffers.js';
-import { DTYPE_SIZES, bytesToF16, bytesToF32, type SafetensorsDType } from '../safetensors/dtypes.js';
+import { DTYPE_SIZES, bytesToF16, type SafetensorsDType } from '../safetensors/dtypes.js';
 import type { ByteRange } from '../safetensors/reader.js';
 import type { TensorSet } from '../safetensors/tensor-set.js';
 import type { SourceRef } from './keymap-sd.js';
@@ -176,9 +176,7 @@ export class MappedSource implements WeightSource {
   async readF32(name: string): Promise<Float32Array> {
     const { set, ref } = this.entry(name);
     const info = set.info(ref.key);
-    const raw = await set.readRaw(ref.key, undefined, rowBytes(info, ref));
-    const values = info.dtype === 'F32' ? new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4) : bytesToF32(info.dtype, raw);
-    return this.present(values, info.shape, ref);
+    return this.present(await set.readF32(ref.key, rowBytes(info, ref)), info.shape, ref);
   }
 
   /** float16 bits (WeightSource.readF16): f16 storage as stored, bf16 through one table lookup, never via float32. */

@@ -14,7 +14,7 @@ export type Dims = (number | string)[];
 
 /** How a stored weight becomes an initializer: applied when the model is written, one tensor at a time. */
 export interface WeightView {
-  /** 2-D weights: store W^T, so that MatMul(x, W^T) is torch's Linear. */
+  /** 2-D weights: store W^T, for MatMul(x, W^T) (an int8 site's B for a linear layer, onnx/int8.ts). */
   transpose?: boolean;
   /** Reinterpret the stored values under another shape of the same size (e.g. a 1x1 conv as a linear). */
   reshape?: number[];

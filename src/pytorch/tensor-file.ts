@@ -139,9 +139,9 @@ export class PyTorchFile {
     return info.byteOffset >= 0 ? { handle: this.openHandle(), offset: info.byteOffset } : undefined;
   }
 
-  async readF32(name: string): Promise<Float32Array> {
+  async readF32(name: string, range?: ByteRange): Promise<Float32Array> {
     const info = this.info(name);
-    const raw = await this.readRaw(name);
+    const raw = await this.readRaw(name, undefined, range);
     if (info.dtype === 'F32') return new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
     return bytesToF32(info.dtype, raw);
   }

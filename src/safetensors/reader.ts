@@ -99,9 +99,9 @@ export class SafetensorsFile {
   }
 
   /** Values as float32: exact for F32/F16/BF16/F8, rounded for F64 and large integers. */
-  async readF32(name: string): Promise<Float32Array> {
+  async readF32(name: string, range?: ByteRange): Promise<Float32Array> {
     const info = this.info(name);
-    const raw = await this.readRaw(name);
+    const raw = await this.readRaw(name, undefined, range);
     if (info.dtype === 'F32') return new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
     return bytesToF32(info.dtype, raw);
   }

@@ -24,7 +24,8 @@ export interface TensorFile {
    * with `range`, only those bytes of the tensor's (a row block of a stacked weight).
    */
   readRaw(name: string, alloc?: Allocator, range?: ByteRange): Promise<Uint8Array>;
-  readF32(name: string): Promise<Float32Array>;
+  /** Values as float32; with `range`, of those bytes only (readRaw's). */
+  readF32(name: string, range?: ByteRange): Promise<Float32Array>;
   readF16(name: string): Promise<Uint16Array>;
   /** Where the tensor's bytes lie as stored, for copying without holding them; undefined when not one range. */
   copySource(name: string): { handle: FileHandle; offset: number } | undefined;

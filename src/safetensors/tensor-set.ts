@@ -66,8 +66,8 @@ export class TensorSet {
     return this.info(name).file.readRaw(name, alloc, range);
   }
 
-  readF32(name: string): Promise<Float32Array> {
-    return this.info(name).file.readF32(name);
+  readF32(name: string, range?: ByteRange): Promise<Float32Array> {
+    return this.info(name).file.readF32(name, range);
   }
 
   readF16(name: string): Promise<Uint16Array> {
